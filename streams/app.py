@@ -1,0 +1,196 @@
+"""The composition root: builds the Faust app, its topics, tables, agents and services.
+
+The whole topology reads top to bottom here::
+
+    touchpoints.raw --[ingest agent]--> touchpoints.valid --[ClickHouse sink]--> touchpoints
+                          |  (dedupe table)                      (own consumer group)
+                          +-----------> touchpoints.dlq  ----[ClickHouse sink]--> dead_letters
+
+Agents are thin batch loops; the logic lives in pure steps (``streams.ingest``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from aiohttp import web as aioweb
+
+from streams import metrics
+from streams.clickhouse import connect
+from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.dlq import RawMessage
+from streams.ingest import IngestPolicy, IngestStage
+from streams.kafka import consumer_security
+from streams.settings import Settings
+from streams.sink import SinkService
+
+__all__ = ["Pipeline", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _credentials(settings: Settings) -> Any:
+    sec = consumer_security(settings)
+    if settings.kafka_security_protocol.value.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=sec["sasl_plain_username"],
+            password=sec["sasl_plain_password"],
+            mechanism=sec["sasl_mechanism"],
+            ssl_context=sec.get("ssl_context"),
+        )
+    if "ssl_context" in sec:
+        return faust.SSLCredentials(sec["ssl_context"])
+    return None
+
+
+class Pipeline:
+    """Everything the worker runs, built from one ``Settings``; ``app`` is the Faust app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = SchemaRegistry.from_dir(settings.schemas_dir)
+        self.codec = AvroCodec(self.registry, TOUCHPOINT_SUBJECT)
+        self.stage = IngestStage(
+            self.codec,
+            IngestPolicy.from_settings(settings),
+            dedupe_horizon_ms=settings.dedupe_horizon_seconds * 1000,
+        )
+        # One thread owns every ClickHouse call (the embedded engine is not for sharing).
+        self.clickhouse_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
+        self.ready = False
+
+        app = faust.App(
+            settings.app_id,
+            broker=f"kafka://{settings.kafka_bootstrap_servers}",
+            broker_credentials=_credentials(settings),
+            store=settings.table_store,
+            datadir=str(settings.data_dir),
+            key_serializer="json",  # tables; our topics carry raw bytes (below)
+            value_serializer="json",
+            topic_partitions=settings.topic_partitions,
+            topic_replication_factor=settings.topic_replication_factor,
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_linger_ms=5,
+            producer_max_batch_size=512 * 1024,
+            producer_max_request_size=4 * 1024 * 1024,
+            stream_buffer_maxsize=max(4096, settings.ingest_batch_size * 2),
+            stream_recovery_delay=0.0,
+            broker_commit_interval=1.0,
+            web_host=settings.web_host,
+            web_port=settings.web_port or 6066,
+            web_enabled=settings.web_port > 0,
+            web_in_thread=False,
+        )
+        self.app = app
+        t = settings.topics
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.raw_topic = app.topic(t.raw, key_type=bytes, value_type=bytes, **raw)
+        self.valid_topic = app.topic(t.valid, key_type=bytes, value_type=bytes, **raw)
+        self.dlq_topic = app.topic(t.dead_letter, key_type=bytes, value_type=bytes, **raw)
+        self.dedupe_table = app.Table(
+            "ingest-dedupe",
+            partitions=settings.topic_partitions,
+            help="Event ids seen per raw partition, one entry per ingest batch.",
+        )
+        app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
+        if settings.sink_enabled:
+            self.sink: SinkService | None = SinkService(
+                settings, lambda: connect(settings), self.clickhouse_executor
+            )
+            app.service(self.sink)
+        else:
+            self.sink = None
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_rebalance_complete.connect(self._on_rebalanced)
+        app.page("/healthz")(self._healthz)
+        app.page("/readyz")(self._readyz)
+        app.page("/metrics")(self._metrics)
+
+    # --- agents -------------------------------------------------------------------------
+
+    async def _ingest_agent(self, stream: Any) -> None:
+        settings = self.settings
+        producer = self.app.producer
+        valid_topic, dlq_topic = settings.topics.valid, settings.topics.dead_letter
+        async for events in stream.take_events(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            started = time.perf_counter()
+            messages = [
+                RawMessage(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                )
+                for e in events
+            ]
+            for partition in {m.partition for m in messages}:
+                if not self.stage.has_partition(partition):
+                    self.stage.restore(partition, self._dedupe_entries(partition))
+            now_ms = int(time.time() * 1000)
+            result = self.stage.process(messages, now_ms)
+            pending = []
+            for out in result.valid:
+                pending.append(await producer.send(valid_topic, out.key, out.value, None, None, None))
+                metrics.VALID_EVENTS.labels(out.channel).inc()
+            for dead in result.dead:
+                pending.append(
+                    await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
+                )
+                metrics.DEAD_LETTERS.labels(dead.reason).inc()
+            table = self.dedupe_table
+            for partition, key, value in result.state_puts:
+                table.data[key] = value
+                table.send_changelog(partition, key, value)
+            for partition, key in result.state_deletes:
+                table.data.pop(key, None)
+                table.send_changelog(partition, key, None)
+            # Delivered before the batch is acked: offsets never run ahead of the output.
+            await asyncio.gather(*pending)
+            metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
+            metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _dedupe_entries(self, partition: int) -> list[tuple[str, dict[str, Any]]]:
+        prefix = f"{partition}:"
+        return [(k, v) for k, v in self.dedupe_table.data.items() if k.startswith(prefix)]
+
+    # --- lifecycle and HTTP ------------------------------------------------------------
+
+    async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+        self.ready = False
+        for tp in revoked:
+            if tp.topic == self.settings.topics.raw:
+                self.stage.forget(tp.partition)
+
+    async def _on_rebalanced(self, app: Any, **kwargs: Any) -> None:
+        self.ready = True
+
+    async def _healthz(self, web: Any, request: Any) -> aioweb.Response:
+        return aioweb.json_response({"status": "ok"})
+
+    async def _readyz(self, web: Any, request: Any) -> aioweb.Response:
+        sink_ok = self.sink is None or self.sink.healthy
+        ok = self.ready and sink_ok
+        return aioweb.json_response(
+            {"ready": ok, "assigned": self.ready, "sink_healthy": sink_ok},
+            status=200 if ok else 503,
+        )
+
+    async def _metrics(self, web: Any, request: Any) -> aioweb.Response:
+        return aioweb.Response(
+            body=metrics.render(), content_type="text/plain", charset="utf-8"
+        )
+
+
+def create_app(settings: Settings) -> faust.App:
+    return Pipeline(settings).app

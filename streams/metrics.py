@@ -1,0 +1,85 @@
+"""Every Prometheus metric of the pipeline, in one place.
+
+Labels are bounded: channel, event type, reason, table, topic. Never a
+customer id or any other unbounded value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "CLICKHOUSE_INSERT_FAILURES",
+    "CLICKHOUSE_INSERT_SECONDS",
+    "CLICKHOUSE_ROWS",
+    "DEAD_LETTERS",
+    "EVENTS_CONSUMED",
+    "EVENT_LAG_SECONDS",
+    "INGEST_BATCH_SECONDS",
+    "REGISTRY",
+    "SINK_COMMITTED_OFFSET",
+    "VALID_EVENTS",
+    "render",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_CONSUMED = Counter(
+    "touchpoints_events_consumed_total",
+    "Messages read from an input topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+VALID_EVENTS = Counter(
+    "touchpoints_valid_events_total",
+    "Touchpoints that passed validation, by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "touchpoints_dead_letters_total",
+    "Messages sent to the dead-letter topic, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+INGEST_BATCH_SECONDS = Histogram(
+    "touchpoints_ingest_batch_seconds",
+    "Time to process one ingest batch, delivery of its output included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+EVENT_LAG_SECONDS = Histogram(
+    "touchpoints_event_processing_lag_seconds",
+    "Event time (occurred_at) to processed by the ingest agent.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+    registry=REGISTRY,
+)
+CLICKHOUSE_ROWS = Counter(
+    "touchpoints_clickhouse_rows_written_total",
+    "Rows inserted into ClickHouse, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+CLICKHOUSE_INSERT_SECONDS = Histogram(
+    "touchpoints_clickhouse_insert_seconds",
+    "Duration of one batched ClickHouse insert.",
+    ["table"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+CLICKHOUSE_INSERT_FAILURES = Counter(
+    "touchpoints_clickhouse_insert_failures_total",
+    "Failed ClickHouse inserts (retried until they succeed), by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+SINK_COMMITTED_OFFSET = Gauge(
+    "touchpoints_sink_committed_offset",
+    "Last offset the ClickHouse sink committed, per topic partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,114 @@
+"""The one settings object. Only this module reads the environment.
+
+Every field maps to an environment variable of the same name in upper case
+(``kafka_bootstrap_servers`` -> ``KAFKA_BOOTSTRAP_SERVERS``). The README's
+settings table is checked against this class by a test.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SecurityProtocol", "Settings", "TopicNames"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class TopicNames:
+    """Topic names derived from one prefix, so a test or tenant gets its own set."""
+
+    def __init__(self, prefix: str) -> None:
+        self.raw = f"{prefix}touchpoints.raw"
+        self.valid = f"{prefix}touchpoints.valid"
+        self.dead_letter = f"{prefix}touchpoints.dlq"
+
+    def all_pipeline_topics(self) -> list[str]:
+        return [self.raw, self.valid, self.dead_letter]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Immutable once built."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    # --- identity of the deployment
+    app_id: str = Field(
+        "touchpoints", description="Faust app id = consumer group / changelog prefix."
+    )
+    topic_prefix: str = Field("", description="Prefix for every topic name (tenancy, tests).")
+
+    # --- Kafka
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port].")
+    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.")
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = Field("", description="CA bundle to verify the brokers (TLS).")
+    kafka_ssl_certfile: str = Field("", description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: str = Field("", description="Client key (mutual TLS).")
+    topic_partitions: int = Field(8, ge=1, description="Partitions of every topic we create.")
+    topic_replication_factor: int = Field(1, ge=1, description="Use 3 in production.")
+    raw_retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of the raw topic.")
+    dead_letter_retention_ms: int = Field(30 * 24 * 3600 * 1000, description="DLQ retention.")
+
+    # --- ClickHouse
+    clickhouse_url: str = Field(
+        "", description="http(s)://user:pass@host:8123 of a server; empty = embedded engine."
+    )
+    clickhouse_username: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    clickhouse_database: str = Field("touchpoints", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_chdb_path: Path = Field(
+        _REPO_ROOT / ".local" / "chdb", description="Data directory of the embedded engine."
+    )
+    clickhouse_verify_tls: bool = True
+
+    # --- ingest
+    schemas_dir: Path = Field(_REPO_ROOT / "schemas", description="Local schema registry.")
+    ingest_batch_size: int = Field(2000, ge=1, description="Events per ingest batch.")
+    ingest_batch_seconds: float = Field(0.25, gt=0, description="Max wait to fill a batch.")
+    max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
+    max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
+    max_property_value_chars: int = Field(2048, ge=1)
+    max_future_skew_seconds: int = Field(300, ge=0, description="occurred_at ahead of now.")
+    max_event_age_seconds: int = Field(90 * 24 * 3600, ge=60, description="occurred_at behind.")
+    default_phone_region: str = Field("GB", description="Region for phones without +code.")
+    dedupe_horizon_seconds: int = Field(
+        3600, ge=0, description="Event ids remembered for de-duplication (0 = off)."
+    )
+
+    # --- ClickHouse sink
+    sink_enabled: bool = Field(True, description="Run the ClickHouse sink in this process.")
+    sink_batch_rows: int = Field(50_000, ge=1, description="Flush when a batch has this many.")
+    sink_flush_seconds: float = Field(1.0, gt=0, description="Flush at least this often.")
+
+    # --- worker
+    web_host: str = "0.0.0.0"  # noqa: S104 - a pod must listen on its interface
+    web_port: int = Field(6066, ge=0, le=65535, description="HTTP: /metrics, health.")
+    data_dir: Path = Field(_REPO_ROOT / ".local" / "faust", description="Faust table data.")
+    table_store: str = Field("memory://", description="memory:// or rocksdb://")
+    log_level: str = "INFO"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _strip_scheme(cls, value: str) -> str:
+        return value.removeprefix("kafka://")
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)
+
+    @property
+    def sink_group_id(self) -> str:
+        return f"{self.app_id}-clickhouse-sink"

@@ -1,0 +1,230 @@
+"""The ClickHouse sink: a Kafka consumer group that batches rows and commits after insert.
+
+Shape (after quix-streams' sinks): ``ClickHouseSink`` collects rows per table
+(``add``), and ``flush`` writes each table's rows in one insert. The
+``SinkService`` consumes the pipeline's output topics with its own consumer
+group, flushes by size or time, and commits a partition's offsets only after
+the rows they cover are in ClickHouse. A failed insert is retried with backoff,
+never skipped: the partition simply does not advance. On rebalance it flushes
+before giving partitions up. Writes are idempotent (ReplacingMergeTree keys +
+insert de-duplication tokens), so the at-least-once replay after a crash
+creates no duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from mode import Service
+
+from streams import metrics
+from streams.clickhouse import (
+    DEAD_LETTER_COLUMNS,
+    TOUCHPOINT_COLUMNS,
+    ClickHouse,
+    dead_letter_row,
+    migrate,
+    touchpoint_row,
+)
+from streams.ingest import decode_valid
+from streams.kafka import consumer_security
+from streams.settings import Settings
+
+__all__ = ["ClickHouseSink", "SinkService", "TableBatch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TableBatch:
+    table: str
+    columns: tuple[str, ...]
+    rows: list[list[Any]] = field(default_factory=list)
+    spans: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, row: list[Any], topic: str, partition: int, offset: int) -> None:
+        self.rows.append(row)
+        first, _ = self.spans.get((topic, partition), (offset, offset))
+        self.spans[(topic, partition)] = (first, offset)
+
+    def token(self) -> str:
+        """Same source span -> same token: an identical replay is dropped by ClickHouse."""
+        span = ",".join(f"{t}/{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.spans.items()))
+        return hashlib.sha256(f"{self.table}|{span}".encode()).hexdigest()
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.spans.clear()
+
+
+class ClickHouseSink:
+    """Rows per table; ``flush`` runs in the ClickHouse thread (blocking client)."""
+
+    def __init__(self, client: ClickHouse, database: str, valid_topic: str, dlq_topic: str):
+        self.client = client
+        self.database = database
+        self.valid_topic = valid_topic
+        self.dlq_topic = dlq_topic
+        self.touchpoints = TableBatch("touchpoints", TOUCHPOINT_COLUMNS)
+        self.dead_letters = TableBatch("dead_letters", DEAD_LETTER_COLUMNS)
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self.touchpoints.rows) + len(self.dead_letters.rows)
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        now_ms: int,
+    ) -> None:
+        if topic == self.valid_topic:
+            assert value is not None  # the ingest agent never writes an empty valid record
+            record = decode_valid(value)
+            identity_key = key.decode() if key else record["event_id"]
+            row = touchpoint_row(record, identity_key, partition, offset, now_ms)
+            self.touchpoints.add(row, topic, partition, offset)
+        elif topic == self.dlq_topic:
+            self.dead_letters.add(dead_letter_row(value, headers), topic, partition, offset)
+
+    def flush(self) -> int:
+        written = 0
+        for batch in (self.touchpoints, self.dead_letters):
+            if not batch.rows:
+                continue
+            started = time.perf_counter()
+            self.client.insert(
+                f"{self.database}.{batch.table}",
+                batch.rows,
+                column_names=list(batch.columns),
+                settings={"insert_deduplication_token": batch.token()},
+            )
+            metrics.CLICKHOUSE_INSERT_SECONDS.labels(batch.table).observe(
+                time.perf_counter() - started
+            )
+            metrics.CLICKHOUSE_ROWS.labels(batch.table).inc(len(batch.rows))
+            written += len(batch.rows)
+            batch.clear()
+        return written
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: SinkService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.service.flush_and_commit()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("sink assigned %d partitions", len(assigned))
+
+
+class SinkService(Service):  # type: ignore[misc]
+    """Consumes the output topics into ClickHouse. Start it in exactly one process
+    per embedded database, or in every worker when ClickHouse is a server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_factory: Callable[[], ClickHouse],
+        executor: ThreadPoolExecutor,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.client_factory = client_factory
+        self.executor = executor
+        self.topics = [settings.topics.valid, settings.topics.dead_letter]
+        self.sink: ClickHouseSink | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}
+        self._last_flush = time.monotonic()
+        self._flush_lock = asyncio.Lock()
+        self.healthy = True
+
+    async def on_start(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = await loop.run_in_executor(self.executor, self.client_factory)
+        await loop.run_in_executor(
+            self.executor, migrate, client, self.settings.clickhouse_database
+        )
+        self.sink = ClickHouseSink(
+            client, self.settings.clickhouse_database, *self.topics
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.settings.sink_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.sink_batch_rows,
+            **consumer_security(self.settings),
+        )
+        self.consumer.subscribe(self.topics, listener=_FlushOnRevoke(self))
+        await self.consumer.start()
+        self.add_future(self._consume())
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            try:
+                await self.flush_and_commit()
+            finally:
+                await self.consumer.stop()
+
+    async def _consume(self) -> None:
+        assert self.consumer is not None and self.sink is not None
+        consumer, sink = self.consumer, self.sink
+        settings = self.settings
+        while not self.should_stop:
+            batches = await consumer.getmany(timeout_ms=200, max_records=settings.sink_batch_rows)
+            now_ms = int(time.time() * 1000)
+            for tp, messages in batches.items():
+                for m in messages:
+                    sink.add(tp.topic, tp.partition, m.offset, m.key, m.value, m.headers, now_ms)
+                self._positions[tp] = messages[-1].offset + 1
+                metrics.EVENTS_CONSUMED.labels(tp.topic).inc(len(messages))
+            due = time.monotonic() - self._last_flush >= settings.sink_flush_seconds
+            if sink.pending_rows >= settings.sink_batch_rows or (due and self._positions):
+                await self.flush_and_commit()
+
+    async def flush_and_commit(self) -> None:
+        """Insert what is pending, then commit exactly the offsets it covers."""
+        async with self._flush_lock:
+            sink, consumer = self.sink, self.consumer
+            if sink is None or consumer is None:
+                return
+            self._last_flush = time.monotonic()
+            if not self._positions:
+                return
+            positions = dict(self._positions)
+            delay = 0.5
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    await loop.run_in_executor(self.executor, sink.flush)
+                    self.healthy = True
+                    break
+                except Exception as exc:  # retry forever; the offsets do not move meanwhile
+                    self.healthy = False
+                    metrics.CLICKHOUSE_INSERT_FAILURES.labels("any").inc()
+                    log.warning("ClickHouse insert failed (%s); retrying in %.1fs", exc, delay)
+                    if self.should_stop and delay > 8:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            await consumer.commit(positions)
+            for tp, offset in positions.items():
+                metrics.SINK_COMMITTED_OFFSET.labels(tp.topic, str(tp.partition)).set(offset)
+                if self._positions.get(tp) == offset:
+                    del self._positions[tp]
