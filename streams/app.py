@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +22,7 @@ import faust
 from aiohttp import web as aioweb
 
 from streams import metrics
-from streams.clickhouse import connect
+from streams.clickhouse import ClickHouse, connect
 from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.dlq import RawMessage
 from streams.ingest import IngestPolicy, IngestStage
@@ -51,7 +52,9 @@ def _credentials(settings: Settings) -> Any:
 class Pipeline:
     """Everything the worker runs, built from one ``Settings``; ``app`` is the Faust app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, clickhouse_factory: Callable[[], ClickHouse] | None = None
+    ) -> None:
         self.settings = settings
         self.registry = SchemaRegistry.from_dir(settings.schemas_dir)
         self.codec = AvroCodec(self.registry, TOUCHPOINT_SUBJECT)
@@ -101,8 +104,9 @@ class Pipeline:
         )
         app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
         if settings.sink_enabled:
+            factory = clickhouse_factory or (lambda: connect(settings))
             self.sink: SinkService | None = SinkService(
-                settings, lambda: connect(settings), self.clickhouse_executor
+                settings, factory, self.clickhouse_executor
             )
             app.service(self.sink)
         else:

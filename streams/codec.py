@@ -31,6 +31,8 @@ __all__ = [
     "RegisteredSchema",
     "SchemaRegistry",
     "TOUCHPOINT_SUBJECT",
+    "backward_compatibility_problems",
+    "load_record_schema",
 ]
 
 MAGIC_BYTE = 0
@@ -171,3 +173,73 @@ class AvroCodec:
                 "trailing_bytes", f"{len(data) - buf.tell()} bytes after the Avro record"
             )
         return record
+
+
+_PROMOTIONS = {
+    "int": {"long", "float", "double"},
+    "long": {"float", "double"},
+    "float": {"double"},
+    "string": {"bytes"},
+    "bytes": {"string"},
+}
+
+
+def backward_compatibility_problems(writer: Any, reader: Any, path: str = "$") -> list[str]:
+    """Why data written with ``writer`` could not be read with ``reader`` (empty = compatible).
+
+    BACKWARD in Schema Registry terms: consumers on the new schema read old data.
+    Both schemas are in expanded form (named types inlined at first use).
+    """
+    problems: list[str] = []
+    w, r = _normal(writer), _normal(reader)
+    if isinstance(w, list):
+        for branch in w:
+            problems += backward_compatibility_problems(branch, reader, f"{path}|{_name(branch)}")
+        return problems
+    if isinstance(r, list):
+        if not any(not backward_compatibility_problems(w, branch, path) for branch in r):
+            problems.append(f"{path}: writer type {_name(w)} matches no reader union branch")
+        return problems
+    wt, rt = _type(w), _type(r)
+    if wt != rt and rt not in _PROMOTIONS.get(wt, set()):
+        return [f"{path}: {wt} cannot be read as {rt}"]
+    if rt == "record":
+        if _name(w).split(".")[-1] != _name(r).split(".")[-1]:
+            return [f"{path}: record {_name(w)} read as {_name(r)}"]
+        wfields = {f["name"]: f for f in w["fields"]}
+        for field in r["fields"]:
+            if field["name"] in wfields:
+                problems += backward_compatibility_problems(
+                    wfields[field["name"]]["type"], field["type"], f"{path}.{field['name']}"
+                )
+            elif "default" not in field:
+                problems.append(f"{path}.{field['name']}: new field has no default")
+    elif rt == "map":
+        problems += backward_compatibility_problems(w["values"], r["values"], f"{path}{{}}")
+    elif rt == "array":
+        problems += backward_compatibility_problems(w["items"], r["items"], f"{path}[]")
+    elif rt == "enum":
+        missing = set(w["symbols"]) - set(r["symbols"])
+        if missing and "default" not in r:
+            problems.append(f"{path}: enum symbols {sorted(missing)} unknown to the reader")
+    return problems
+
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+
+
+def _normal(schema: Any) -> Any:
+    """``{"type": "long", "logicalType": ...}`` -> ``"long"``: logical types share the wire."""
+    if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES:
+        return schema["type"]
+    return schema
+
+
+def _type(schema: Any) -> str:
+    return schema if isinstance(schema, str) else str(schema["type"])
+
+
+def _name(schema: Any) -> str:
+    if isinstance(schema, dict):
+        return str(schema.get("name", schema.get("type")))
+    return str(schema)

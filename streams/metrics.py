@@ -69,8 +69,7 @@ CLICKHOUSE_INSERT_SECONDS = Histogram(
 )
 CLICKHOUSE_INSERT_FAILURES = Counter(
     "touchpoints_clickhouse_insert_failures_total",
-    "Failed ClickHouse inserts (retried until they succeed), by table.",
-    ["table"],
+    "Failed ClickHouse batch inserts (retried; offsets wait until they succeed).",
     registry=REGISTRY,
 )
 SINK_COMMITTED_OFFSET = Gauge(

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from streams.app import Pipeline
+from streams.clickhouse import ClickHouse
 from streams.kafka import create_topics
 from streams.settings import Settings
 
@@ -29,9 +30,14 @@ def prepare(settings: Settings) -> list[str]:
 
 
 @asynccontextmanager
-async def running(settings: Settings, *, start_timeout: float = 60.0) -> AsyncIterator[Pipeline]:
+async def running(
+    settings: Settings,
+    *,
+    start_timeout: float = 60.0,
+    clickhouse_factory: Callable[[], ClickHouse] | None = None,
+) -> AsyncIterator[Pipeline]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, clickhouse_factory=clickhouse_factory)
     app = pipeline.app
     await asyncio.wait_for(app.start(), timeout=start_timeout)
     try:

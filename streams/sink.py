@@ -215,12 +215,15 @@ class SinkService(Service):  # type: ignore[misc]
                     await loop.run_in_executor(self.executor, sink.flush)
                     self.healthy = True
                     break
-                except Exception as exc:  # retry forever; the offsets do not move meanwhile
+                except Exception as exc:  # retry; the offsets do not move meanwhile
                     self.healthy = False
-                    metrics.CLICKHOUSE_INSERT_FAILURES.labels("any").inc()
+                    metrics.CLICKHOUSE_INSERT_FAILURES.inc()
+                    if self.should_stop and delay > 4:
+                        # Shutting down with ClickHouse away: keep the offsets where they
+                        # are; the next owner of these partitions replays the batch.
+                        log.error("ClickHouse still failing at shutdown (%s); not committing", exc)
+                        return
                     log.warning("ClickHouse insert failed (%s); retrying in %.1fs", exc, delay)
-                    if self.should_stop and delay > 8:
-                        raise
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
             await consumer.commit(positions)

@@ -1,0 +1,73 @@
+# touchpoints: `make run` and `make test` work on a fresh machine (Python 3.11, JDK 17, Maven).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+KAFKA_HOME ?= .local/kafka
+WITH_KAFKA := PYTHON=$(PY) LOCALKAFKA_HOME=$(abspath $(KAFKA_HOME)) deploy/local/with-kafka.sh
+RUN_DIR    := .local/run
+
+CUSTOMERS ?= 500
+RATE      ?=
+EVENTS    ?= 200000
+
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing a JDK and Maven for the local Kafka broker"; \
+	  (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven) >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) $(KAFKA_HOME)/libs/.complete ## create .venv, install the package, fetch the Kafka broker jars
+
+$(KAFKA_HOME)/libs/.complete: deploy/local/kafka/pom.xml
+	$(PY) deploy/local/localkafka.py install --workdir $(KAFKA_HOME)
+	@touch $@
+
+.PHONY: run
+run: install ## start Kafka + embedded ClickHouse, run worker and generator, print a summary, stop
+	@rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)
+	@LOCALKAFKA_RUN_DIR=$(abspath $(RUN_DIR))/kafka \
+	  CLICKHOUSE_CHDB_PATH=$${CLICKHOUSE_CHDB_PATH:-$(abspath $(RUN_DIR))/chdb} \
+	  DATA_DIR=$(abspath $(RUN_DIR))/faust WEB_PORT=$${WEB_PORT:-0} \
+	  $(WITH_KAFKA) $(VENV)/bin/touchpoints demo --customers $(CUSTOMERS) $(if $(RATE),--rate $(RATE))
+
+.PHONY: test
+test: install ## unit + integration tests (starts a real Kafka broker and embedded ClickHouse itself)
+	$(PY) -m pytest -q
+
+.PHONY: unit
+unit: $(STAMP) ## unit tests only (no broker)
+	$(PY) -m pytest -q -m "not integration"
+
+.PHONY: lint
+lint: $(STAMP) ## ruff + mypy (strict on streams/)
+	$(VENV)/bin/ruff check streams tests deploy/local
+	$(VENV)/bin/ruff format --check streams tests
+	$(VENV)/bin/mypy
+
+.PHONY: check
+check: lint test ## what CI runs
+
+.PHONY: bench
+bench: install ## ingest throughput vs a plain aiokafka+fastavro ceiling, on a real broker
+	@rm -rf .local/bench && mkdir -p .local/bench
+	@LOCALKAFKA_RUN_DIR=$(abspath .local/bench)/kafka CLICKHOUSE_CHDB_PATH=$(abspath .local/bench)/chdb \
+	  DATA_DIR=$(abspath .local/bench)/faust WEB_PORT=0 \
+	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS)
+
+.PHONY: clean
+clean: ## remove local state (.local) and caches; keeps .venv and the Kafka jars
+	rm -rf $(RUN_DIR) .local/bench .local/chdb .local/faust .pytest_cache .ruff_cache .mypy_cache

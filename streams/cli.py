@@ -1,0 +1,132 @@
+"""``touchpoints``: the one command line of the pipeline.
+
+Every subcommand reads the same ``Settings`` from the environment (see README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+
+import click
+
+from streams.settings import Settings
+
+__all__ = ["main"]
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Streaming customer-touchpoint pipeline: Kafka -> Faust -> ClickHouse.
+
+    Configuration comes from environment variables (KAFKA_BOOTSTRAP_SERVERS,
+    CLICKHOUSE_URL, ...); see the README's settings table.
+    """
+
+
+@main.command()
+def worker() -> None:
+    """Run a pipeline worker (agents, tables, sink, HTTP /metrics /healthz /readyz)."""
+    import faust
+
+    from streams.app import Pipeline
+    from streams.runner import prepare
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare(settings)
+    pipeline = Pipeline(settings)
+    faust.Worker(pipeline.app, loglevel=settings.log_level.lower()).execute_from_commandline()
+
+
+@main.command()
+def topics() -> None:
+    """Create the pipeline's topics if missing (idempotent)."""
+    from streams.kafka import create_topics, topic_specs
+
+    settings = _settings()
+    created = create_topics(settings)
+    for spec in topic_specs(settings):
+        state = "created" if spec.name in created else "exists"
+        click.echo(f"{spec.name:40} partitions={spec.partitions} {state}")
+
+
+@main.command()
+def migrate() -> None:
+    """Apply ClickHouse migrations (idempotent). With the embedded engine, stop workers first."""
+    from streams.clickhouse import connect
+    from streams.clickhouse import migrate as run_migrations
+
+    settings = _settings()
+    client = connect(settings)
+    applied = run_migrations(client, settings.clickhouse_database)
+    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+
+
+@main.command()
+@click.option("--customers", default=1000, show_default=True, help="People to simulate.")
+@click.option("--rate", type=float, default=None, help="Events per second (default: max).")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--old-schema-fraction", default=0.05, show_default=True)
+def generate(customers: int, rate: float | None, seed: int, old_schema_fraction: float) -> None:
+    """Produce realistic multi-channel journeys into the raw topic."""
+    from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+    from streams.generator import encode_events, produce
+    from streams.generator import generate as make_events
+
+    settings = _settings()
+    codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
+    events = make_events(customers, seed=seed, now_ms=int(time.time() * 1000))
+    pairs = encode_events(events, codec, old_schema_fraction=old_schema_fraction, seed=seed)
+    with click.progressbar(length=len(pairs), label="producing") as bar:
+        last = [0]
+
+        def progress(n: int) -> None:
+            bar.update(n - last[0])
+            last[0] = n
+
+        sent = asyncio.run(produce(settings, pairs, rate=rate, progress=progress))
+    click.echo(f"produced {sent} events for {customers} customers to {settings.topics.raw}")
+
+
+@main.command()
+@click.option("--customers", default=500, show_default=True)
+@click.option("--rate", type=float, default=None, help="Events per second (default: max).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the sink.")
+def demo(customers: int, rate: float | None, timeout: float) -> None:
+    """Set up, run the worker and the generator, then show what happened (make run)."""
+    from streams.demo import run_demo
+
+    settings = _settings()
+    _logging("WARNING")
+    ok = asyncio.run(run_demo(settings, customers=customers, rate=rate, timeout=timeout))
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--events", default=200_000, show_default=True)
+def bench(events: int) -> None:
+    """Measure ingest throughput against a plain consumer+decode ceiling (make bench)."""
+    from streams.bench import run_bench
+
+    settings = _settings()
+    _logging("WARNING")
+    asyncio.run(run_bench(settings, events=events))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,217 @@
+"""The walking skeleton end to end: real Kafka, the Faust worker, the embedded ClickHouse."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from kafka import KafkaAdminClient
+
+from streams.clickhouse import ClickHouse, connect
+from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.dlq import parse_dead_letter_headers
+from streams.generator import encode_events, generate
+from streams.runner import prepare, query, running, wait_for
+from streams.samples import bad_samples, valid_template
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _codec(settings: Settings) -> AvroCodec:
+    return AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
+
+
+async def _produce(settings: Settings, pairs: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.topics.raw, value, key=key) for key, value in pairs]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _read_all(settings: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                out.extend(messages)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_good_events_land_in_clickhouse_and_every_bad_input_in_the_dlq(settings: Settings) -> None:
+    codec = _codec(settings)
+    now = int(time.time() * 1000)
+    events = generate(40, seed=11, now_ms=now)
+    good = encode_events(events, codec, old_schema_fraction=0.2, seed=11)
+    bad = bad_samples(codec, now, duplicate_of=events[0].record)  # type: ignore[arg-type]
+    # interleave: every bad message sits between good ones
+    traffic: list[tuple[bytes, bytes]] = []
+    step = max(1, len(good) // len(bad))
+    for i, sample in enumerate(bad):
+        traffic.extend(good[i * step : (i + 1) * step])
+        traffic.append((sample.key, sample.value))
+    traffic.extend(good[len(bad) * step :])
+    good_ids = {e.record["event_id"] for e in events}
+    db = settings.clickhouse_database
+
+    async def scenario() -> None:
+        prepare(settings)
+        await _produce(settings, traffic)
+        async with running(settings) as pipeline:
+            landed = await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", len(good_ids))
+            assert landed == len(good_ids)
+            dead = await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", len(bad))
+            assert dead == len(bad)
+            ids = {r[0] for r in await query(pipeline, f"SELECT event_id FROM {db}.touchpoints_v")}
+            assert ids == good_ids
+            reasons = await query(
+                pipeline, f"SELECT reason, original FROM {db}.dead_letters ORDER BY source_offset"
+            )
+            assert sorted(r for r, _ in reasons) == sorted(s.reason for s in bad)
+        dlq = await _read_all(settings, settings.topics.dead_letter, len(bad))
+        by_key = {m.key: m for m in dlq}
+        assert len(dlq) == len(bad)
+        for sample in bad:
+            message = by_key[sample.key]
+            assert message.value == sample.value, sample.name  # original bytes, untouched
+            meta = parse_dead_letter_headers(message.headers)
+            assert meta["dlq.reason"] == sample.reason, sample.name
+            assert meta["dlq.source.topic"] == settings.topics.raw
+            assert int(meta["dlq.source.offset"]) >= 0 and meta["dlq.detail"]
+
+    asyncio.run(scenario())
+
+
+class _FailingClient:
+    """A real ClickHouse client whose inserts fail while ``broken`` is set."""
+
+    def __init__(self, inner: ClickHouse) -> None:
+        self.inner = inner
+        self.broken = True
+        self.attempts = 0
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        if "schema_migrations" not in str(args[0]):
+            self.attempts += 1
+            if self.broken:
+                raise ConnectionError("ClickHouse is down (test)")
+        return self.inner.insert(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _committed(settings: Settings) -> dict[tuple[str, int], int]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        offsets = admin.list_group_offsets(settings.sink_group_id).get(settings.sink_group_id, {})
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    finally:
+        admin.close()
+
+
+def test_offsets_are_committed_only_after_clickhouse_accepts_the_batch(settings: Settings) -> None:
+    codec = _codec(settings)
+    now = int(time.time() * 1000)
+    records = [valid_template(now, f"c{i}") for i in range(50)]
+    db = settings.clickhouse_database
+
+    async def scenario() -> None:
+        prepare(settings)
+        await _produce(settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)])
+        failing: list[_FailingClient] = []
+
+        def broken_factory() -> ClickHouse:
+            client = _FailingClient(connect(settings))
+            failing.append(client)
+            return client  # type: ignore[return-value]
+
+        async with running(settings, clickhouse_factory=broken_factory) as pipeline:
+            deadline = time.monotonic() + 30
+            while (not failing or failing[0].attempts < 2) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert failing and failing[0].attempts >= 2, "the sink never tried to insert"
+            assert not any(t == settings.topics.valid for t, _ in _committed(settings))
+            assert await query(pipeline, f"SELECT count() FROM {db}.touchpoints") == [(0,)]
+            failing[0].broken = False  # ClickHouse comes back: the same batch now lands
+            assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 50) == 50
+        committed = _committed(settings)
+        assert sum(o for (t, _), o in committed.items() if t == settings.topics.valid) == 50
+
+    asyncio.run(scenario())
+
+
+def test_replayed_output_creates_no_duplicates(settings: Settings) -> None:
+    """A crash after insert but before commit replays the batch: still one row per event."""
+    codec = _codec(settings)
+    now = int(time.time() * 1000)
+    records = [valid_template(now, f"r{i}") for i in range(30)]
+    db = settings.clickhouse_database
+
+    async def scenario() -> None:
+        prepare(settings)
+        await _produce(settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)])
+        async with running(settings) as pipeline:
+            assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 30) == 30
+        # Forget the sink's committed offsets: the next run re-reads and re-inserts everything.
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        try:
+            admin.delete_groups([settings.sink_group_id])
+        finally:
+            admin.close()
+        assert _committed(settings) == {}
+        async with running(settings) as pipeline:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                replayed = sum(o for (t, _), o in _committed(settings).items() if t == settings.topics.valid)
+                if replayed == 30:
+                    break
+                await asyncio.sleep(0.3)
+            assert replayed == 30, "the sink did not re-read the valid topic"
+            rows = await query(pipeline, f"SELECT count(), uniqExact(event_id) FROM {db}.touchpoints_v")
+            assert rows == [(30, 30)]
+
+    asyncio.run(scenario())
+
+
+def test_dedupe_state_survives_a_restart(settings: Settings) -> None:
+    codec = _codec(settings)
+    now = int(time.time() * 1000)
+    first = [valid_template(now, f"d{i}") for i in range(20)]
+    db = settings.clickhouse_database
+
+    async def scenario() -> None:
+        prepare(settings)
+        await _produce(settings, [(b"same-key", codec.encode(r)) for r in first])
+        async with running(settings) as pipeline:
+            assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 20) == 20
+        # new worker process state: the dedupe table comes back from its changelog
+        await _produce(settings, [(b"same-key", codec.encode(r)) for r in first[:5]])
+        async with running(settings) as pipeline:
+            dups = await wait_for(
+                pipeline,
+                f"SELECT count() FROM {db}.dead_letters WHERE reason = 'duplicate_event_id'",
+                5,
+            )
+            assert dups == 5
+            assert await query(pipeline, f"SELECT count() FROM {db}.touchpoints") == [(20,)]
+
+    asyncio.run(scenario())
