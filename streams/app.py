@@ -66,9 +66,12 @@ class Pipeline:
         # One thread owns every ClickHouse call (the embedded engine is not for sharing).
         self.clickhouse_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self.ready = False
+        self.first_batch_at: float | None = None  # perf_counter of the first ingest batch
 
         app = faust.App(
             settings.app_id,
+            env={},  # Faust would read WEB_PORT etc. itself; Settings is the only source
+            env_prefix="",
             broker=f"kafka://{settings.kafka_bootstrap_servers}",
             broker_credentials=_credentials(settings),
             store=settings.table_store,
@@ -127,6 +130,8 @@ class Pipeline:
             settings.ingest_batch_size, within=settings.ingest_batch_seconds
         ):
             started = time.perf_counter()
+            if self.first_batch_at is None:
+                self.first_batch_at = started
             messages = [
                 RawMessage(
                     e.message.topic,

@@ -162,7 +162,6 @@ class AvroCodec:
                 writer.parsed,
                 reader,
                 return_record_name=True,
-                return_record_name_override=True,
             )
         except EOFError as exc:
             raise DecodeError("truncated_body", f"Avro body ends early: {exc}") from exc

@@ -35,7 +35,9 @@ async def run_demo(
     now_ms = int(time.time() * 1000)
     events = generate(customers, seed=7, now_ms=now_ms)
     pairs = encode_events(events, codec, old_schema_fraction=0.05, seed=7)
-    bad = bad_samples(codec, now_ms, duplicate_of=events[0].record)  # type: ignore[arg-type]
+    bad = bad_samples(
+        codec, now_ms, duplicate_of=dict(events[0].record), duplicate_key=events[0].key
+    )
     traffic = pairs + [(b.key, b.value) for b in bad]
     expected = len(traffic)
 

@@ -26,7 +26,8 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -665,13 +666,20 @@ class _Journeys:
             2.5 if handle else 0.0,
             1.0,
         )
+        registered = rnd() < 0.85
+        if registered:
+            # Returning customers: apps keep you logged in, some browsers remember you.
+            for a in apps:
+                a.logged_in = rnd() < 0.5
+            for b in browsers:
+                b.linked = rnd() < 0.25
         return _Person(
             index=index,
             country=country,
             city=city,
             locale=self.pick(country.locales),
             customer_id=f"CRM-{self.customer_ids[index]:0{self.customer_width}d}",
-            registered=rnd() < 0.85,
+            registered=registered,
             login_id=login_id,
             email=email,
             email_forms=email_forms,
@@ -1366,7 +1374,8 @@ class _Journeys:
         kind = "mention" if r < 0.6 else "direct_message" if r < 0.85 else "reply"
         in_reply_to = f"{p.platform}-{self.bits(60)}" if kind == "reply" else None
         ids = _ids(social_handle=handle)
-        if kind == "direct_message":
+        if kind == "direct_message":  # mostly support requests: neutral to negative
+            lo, hi = min(lo, -0.6), min(hi, 0.1)
             template = self.pick(_DM_TEXTS)
             if "{email}" in template:
                 email = self.email_form(p, 0.3)
@@ -1572,6 +1581,23 @@ def _mobile(
 # --------------------------------------------------------------------------- public API
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection for a while.
+
+    Generating and encoding allocate millions of small dicts and tuples and create no
+    reference cycles, so the collector would only re-scan live objects over and over
+    (a quarter to a third of the run time); it resumes as it was afterwards.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def generate(
     customers: int,
     *,
@@ -1592,15 +1618,8 @@ def generate(
     if not events_per_customer > 0:
         raise ValueError("events_per_customer must be > 0")
     journeys = _Journeys(random.Random(seed), customers, now_ms, span_ms, events_per_customer)
-    # Millions of small dicts and no reference cycles: the cyclic collector would only
-    # re-scan them over and over (a third of the run time), so it waits until we are done.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         return journeys.build()
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def encode_events(
@@ -1619,17 +1638,18 @@ def encode_events(
     encode = codec.encode
     out: list[tuple[bytes, bytes]] = []
     append = out.append
-    if old_schema_fraction <= 0.0:
+    with _gc_paused():
+        if old_schema_fraction <= 0.0:
+            for ev in events:
+                append((ev.key, encode(cast(dict[str, Any], ev.record))))
+            return out
+        rnd = random.Random(seed).random
         for ev in events:
-            append((ev.key, encode(cast(dict[str, Any], ev.record))))
-        return out
-    rnd = random.Random(seed).random
-    for ev in events:
-        if rnd() < old_schema_fraction:
-            v1 = {k: v for k, v in ev.record.items() if k != "consent"}
-            append((ev.key, encode(v1, 1)))
-        else:
-            append((ev.key, encode(cast(dict[str, Any], ev.record))))
+            if rnd() < old_schema_fraction:
+                v1 = {k: v for k, v in ev.record.items() if k != "consent"}
+                append((ev.key, encode(v1, 1)))
+            else:
+                append((ev.key, encode(cast(dict[str, Any], ev.record))))
     return out
 
 
@@ -1655,6 +1675,8 @@ async def produce(
     """
     if rate is not None and not rate > 0:
         raise ValueError("rate must be > 0")
+    if not pairs:
+        return 0
     topic = topic or settings.topics.raw
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -1665,7 +1687,6 @@ async def produce(
         max_batch_size=512 * 1024,
         **consumer_security(settings),
     )
-    await producer.start()
     delivered = 0
     failed = 0
     first_error: BaseException | None = None
@@ -1705,6 +1726,7 @@ async def produce(
             progress(delivered)
 
     try:
+        await producer.start()
         partitions = sorted(await producer.partitions_for(topic))
         n_partitions = len(partitions)
         partition_of: dict[bytes, int] = {}

@@ -182,6 +182,9 @@ def validate(raw: dict[str, Any], policy: IngestPolicy, now_ms: int) -> Outcome:
 
     context = record["context"]
     country = normalise_country(context["country"])
+    geo = context["geo"]
+    if isinstance(geo, tuple):  # fastavro names record branches of unions: ("touchpoints.Geo", {...})
+        context["geo"] = geo[1]
     context["country"] = country
     ids = normalise_identifiers(record["identifiers"], country or policy.default_phone_region)
     if not any(ids.values()):
@@ -193,7 +196,9 @@ def validate(raw: dict[str, Any], policy: IngestPolicy, now_ms: int) -> Outcome:
 
 
 def _invalid_value(record: TouchpointRecord) -> str | None:
-    geo = record["context"]["geo"]
+    geo: Any = record["context"]["geo"]
+    if isinstance(geo, tuple):
+        geo = geo[1]
     if geo is not None and not (-90.0 <= geo["lat"] <= 90.0 and -180.0 <= geo["lon"] <= 180.0):
         return f"geo ({geo['lat']}, {geo['lon']}) is not on Earth"
     payload = record["payload"]

@@ -40,8 +40,12 @@ def valid_template(now_ms: int, event_id: str = "tpl-0001") -> dict[str, Any]:
     }
 
 
-def bad_samples(codec: AvroCodec, now_ms: int, duplicate_of: dict[str, Any]) -> list[BadSample]:
-    """Bad messages; ``duplicate_of`` is a valid record sent earlier (re-sent as a duplicate)."""
+def bad_samples(
+    codec: AvroCodec, now_ms: int, duplicate_of: dict[str, Any], duplicate_key: bytes = b"dup"
+) -> list[BadSample]:
+    """Bad messages. ``duplicate_of`` is a valid record sent earlier with ``duplicate_key``;
+    it is sent again with the same key, as a producer retry would (same key, same partition).
+    """
 
     def variant(name: str, **changes: Any) -> dict[str, Any]:
         rec = copy.deepcopy(valid_template(now_ms, event_id=f"bad-{name}"))
@@ -120,4 +124,7 @@ def bad_samples(codec: AvroCodec, now_ms: int, duplicate_of: dict[str, Any]) -> 
         ),
         ("duplicate", "duplicate_event_id", codec.encode(duplicate_of)),
     ]
-    return [BadSample(name, reason, f"bad:{name}".encode(), value) for name, reason, value in samples]
+    return [
+        BadSample(name, reason, duplicate_key if name == "duplicate" else f"bad:{name}".encode(), value)
+        for name, reason, value in samples
+    ]

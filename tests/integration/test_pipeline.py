@@ -61,7 +61,7 @@ def test_good_events_land_in_clickhouse_and_every_bad_input_in_the_dlq(settings:
     now = int(time.time() * 1000)
     events = generate(40, seed=11, now_ms=now)
     good = encode_events(events, codec, old_schema_fraction=0.2, seed=11)
-    bad = bad_samples(codec, now, duplicate_of=events[0].record)  # type: ignore[arg-type]
+    bad = bad_samples(codec, now, duplicate_of=dict(events[0].record), duplicate_key=events[0].key)
     # interleave: every bad message sits between good ones
     traffic: list[tuple[bytes, bytes]] = []
     step = max(1, len(good) // len(bad))
@@ -87,10 +87,11 @@ def test_good_events_land_in_clickhouse_and_every_bad_input_in_the_dlq(settings:
             )
             assert sorted(r for r, _ in reasons) == sorted(s.reason for s in bad)
         dlq = await _read_all(settings, settings.topics.dead_letter, len(bad))
-        by_key = {m.key: m for m in dlq}
+        by_value = {m.value: m for m in dlq}
         assert len(dlq) == len(bad)
         for sample in bad:
-            message = by_key[sample.key]
+            message = by_value[sample.value]
+            assert message.key == sample.key
             assert message.value == sample.value, sample.name  # original bytes, untouched
             meta = parse_dead_letter_headers(message.headers)
             assert meta["dlq.reason"] == sample.reason, sample.name
