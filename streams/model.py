@@ -20,7 +20,9 @@ __all__ = [
     "ContextRecord",
     "GeoRecord",
     "IdentifiersRecord",
+    "MergeNotice",
     "MobileRecord",
+    "ResolvedEvent",
     "SocialRecord",
     "TouchpointRecord",
     "WebRecord",
@@ -199,3 +201,23 @@ CATALOGUE: Final[dict[str, dict[str, str | None]]] = {
         **_COMMERCE_TYPES,
     },
 }
+
+
+class ResolvedEvent(TypedDict):
+    """A touchpoint stamped with the customer it resolved to when it was processed.
+
+    Carried (in envelopes) on the internal ``touchpoints.resolved`` topic,
+    partitioned by ``partition_for(customer_id, n)``. The customer id may later be
+    absorbed into an older one: consumers follow ``MergeNotice``s.
+    """
+
+    customer_id: str
+    record: TouchpointRecord
+
+
+class MergeNotice(TypedDict):
+    """Customer ``absorbed`` now belongs to ``survivor`` (older). Sent to both partitions."""
+
+    survivor: str
+    absorbed: str
+    merged_at: int
