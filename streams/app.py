@@ -25,6 +25,7 @@ from streams import metrics
 from streams.clickhouse import ClickHouse, connect
 from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.dlq import RawMessage
+from streams.envelope import group_by_partition, pack
 from streams.ingest import IngestPolicy, IngestStage
 from streams.kafka import consumer_security
 from streams.settings import Settings
@@ -72,7 +73,8 @@ class Pipeline:
             settings.app_id,
             env={},  # Faust would read WEB_PORT etc. itself; Settings is the only source
             env_prefix="",
-            broker=f"kafka://{settings.kafka_bootstrap_servers}",
+            # tpkafka:// = aiokafka with a batching consumer loop (streams.faust_transport)
+            broker=f"tpkafka://{settings.kafka_bootstrap_servers}",
             broker_credentials=_credentials(settings),
             store=settings.table_store,
             datadir=str(settings.data_dir),
@@ -149,9 +151,16 @@ class Pipeline:
             now_ms = int(time.time() * 1000)
             result = self.stage.process(messages, now_ms)
             pending = []
+            # Valid records travel in envelopes, one per destination partition (by anchor).
+            grouped = group_by_partition(
+                ((out.anchor, out.record) for out in result.valid), settings.topic_partitions
+            )
+            for partition, records in grouped.items():
+                pending.append(
+                    await producer.send(valid_topic, None, pack(records), partition, None, None)
+                )
             for out in result.valid:
-                pending.append(await producer.send(valid_topic, out.key, out.value, None, None, None))
-                metrics.VALID_EVENTS.labels(out.channel).inc()
+                metrics.VALID_EVENTS.labels(out.record["channel"]).inc()
             for dead in result.dead:
                 pending.append(
                     await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)

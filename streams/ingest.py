@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-import orjson
-
 from streams.codec import AvroCodec, DecodeError
 from streams.dlq import DeadLetter, RawMessage, dead_letter
 from streams.model import (
@@ -36,7 +34,7 @@ __all__ = [
     "Reason",
     "Rejected",
     "ingest_message",
-    "partition_key",
+    "anchor_key",
 ]
 
 
@@ -231,14 +229,14 @@ def _invalid_value(record: TouchpointRecord) -> str | None:
     return None
 
 
-def partition_key(record: TouchpointRecord) -> bytes:
-    """The strongest identifier on the event: keeps one person's events together."""
+def anchor_key(record: TouchpointRecord) -> str:
+    """The strongest identifier on the event, ``kind:value``: where identity starts."""
     ids = record["identifiers"]
     for kind in IDENTIFIER_KINDS:
         value = ids[kind]  # type: ignore[literal-required]
         if value:
-            return f"{kind}:{value}".encode()
-    return record["event_id"].encode()
+            return f"{kind}:{value}"
+    return f"event:{record['event_id']}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,12 +305,10 @@ class Deduplicator:
 
 @dataclass(frozen=True, slots=True)
 class ValidOut:
-    """A normalised touchpoint for the valid topic (internal JSON, see README)."""
+    """A normalised touchpoint for the valid topic, routed by its anchor identifier."""
 
-    key: bytes
-    value: bytes
-    source_partition: int
-    channel: str
+    anchor: str
+    record: TouchpointRecord
 
 
 @dataclass(slots=True)
@@ -323,12 +319,8 @@ class BatchResult:
     state_deletes: list[tuple[int, str]]
 
 
-def encode_valid(record: TouchpointRecord) -> bytes:
-    return orjson.dumps(record)
-
-
-def decode_valid(data: bytes) -> TouchpointRecord:
-    record: TouchpointRecord = orjson.loads(data)
+def from_json(record: TouchpointRecord) -> TouchpointRecord:
+    """A record read back from JSON (envelopes): the payload union is a tuple again."""
     payload = record["payload"]
     if payload is not None:
         record["payload"] = (payload[0], payload[1])
@@ -384,15 +376,7 @@ class IngestStage:
                     fresh.setdefault(msg.partition, []).append(event_id)
                     first_offset.setdefault(msg.partition, msg.offset)
             if isinstance(outcome, Accepted):
-                record = outcome.record
-                result.valid.append(
-                    ValidOut(
-                        partition_key(record),
-                        encode_valid(record),
-                        msg.partition,
-                        record["channel"],
-                    )
-                )
+                result.valid.append(ValidOut(anchor_key(outcome.record), outcome.record))
             else:
                 result.dead.append(dead_letter(msg, outcome.reason, outcome.detail, now_ms))
         for partition, ids in fresh.items():

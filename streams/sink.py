@@ -34,7 +34,8 @@ from streams.clickhouse import (
     migrate,
     touchpoint_row,
 )
-from streams.ingest import decode_valid
+from streams.envelope import unpack
+from streams.ingest import anchor_key, from_json
 from streams.kafka import consumer_security
 from streams.settings import Settings
 
@@ -91,11 +92,11 @@ class ClickHouseSink:
         now_ms: int,
     ) -> None:
         if topic == self.valid_topic:
-            assert value is not None  # the ingest agent never writes an empty valid record
-            record = decode_valid(value)
-            identity_key = key.decode() if key else record["event_id"]
-            row = touchpoint_row(record, identity_key, partition, offset, now_ms)
-            self.touchpoints.add(row, topic, partition, offset)
+            assert value is not None  # the ingest agent never writes an empty envelope
+            for record in unpack(value):
+                record = from_json(record)
+                row = touchpoint_row(record, anchor_key(record), partition, offset, now_ms)
+                self.touchpoints.add(row, topic, partition, offset)
         elif topic == self.dlq_topic:
             self.dead_letters.add(dead_letter_row(value, headers), topic, partition, offset)
 
