@@ -54,6 +54,55 @@ def worker() -> None:
 
 
 @main.command()
+def sink() -> None:
+    """Run only the ClickHouse sink (own consumer group); for workers with SINK_ENABLED=false."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mode import Worker
+
+    from streams.clickhouse import connect
+    from streams.sink import SinkService
+
+    settings = _settings()
+    service = SinkService(
+        settings, lambda: connect(settings), ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
+    )
+    Worker(service, loglevel=settings.log_level.lower()).execute_from_commandline()
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: inspect and replay."""
+
+
+@dlq.command("show")
+@click.option("--limit", default=20, show_default=True)
+def dlq_show(limit: int) -> None:
+    """Print the newest dead letters with their reasons (reads the dead-letter topic)."""
+    from streams.dlq_tools import show_dead_letters
+
+    for line in asyncio.run(show_dead_letters(_settings(), limit=limit)):
+        click.echo(line)
+
+
+@dlq.command("replay")
+@click.option("--reason", multiple=True, help="Only these reasons (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; send nothing.")
+def dlq_replay(reason: tuple[str, ...], dry_run: bool) -> None:
+    """Re-send dead letters, byte for byte, to the raw topic they came from (after a fix).
+
+    Uses its own consumer group, so each dead letter is replayed once.
+    """
+    from streams.dlq_tools import replay_dead_letters
+
+    sent, skipped = asyncio.run(
+        replay_dead_letters(_settings(), reasons=set(reason), dry_run=dry_run)
+    )
+    verb = "would replay" if dry_run else "replayed"
+    click.echo(f"{verb} {sent} dead letters ({skipped} skipped by reason filter)")
+
+
+@main.command()
 def topics() -> None:
     """Create the pipeline's topics if missing (idempotent)."""
     from streams.kafka import create_topics, topic_specs

@@ -228,3 +228,34 @@ def test_dedupe_state_survives_a_restart(settings: Settings) -> None:
             assert await query(pipeline, f"SELECT count() FROM {db}.touchpoints") == [(20,)]
 
     asyncio.run(scenario())
+
+
+def test_dead_letters_replay_byte_for_byte_after_a_fix(settings: Settings) -> None:
+    """Rejected under a too-strict limit; after the limit is fixed, a replay ingests them."""
+    from streams.dlq_tools import replay_dead_letters
+
+    codec = _codec(settings)
+    now = int(time.time() * 1000)
+    records = [valid_template(now, f"big{i}") for i in range(5)]
+    for r in records:
+        r["properties"] = {"note": "z" * 800}
+    strict = settings.model_copy(update={"max_message_bytes": 512})
+    db = settings.clickhouse_database
+
+    async def scenario() -> None:
+        prepare(strict)
+        await _produce(strict, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)])
+        async with running(strict) as pipeline:
+            assert await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", 5) == 5
+            reasons = await query(pipeline, f"SELECT DISTINCT reason FROM {db}.dead_letters")
+            assert reasons == [("oversize_message",)]
+        sent, skipped = await replay_dead_letters(settings, reasons={"oversize_message"}, dry_run=False)
+        assert (sent, skipped) == (5, 0)
+        again, _ = await replay_dead_letters(settings, reasons=set(), dry_run=True)
+        assert again == 0, "a replay consumer group replays each dead letter once"
+        async with running(settings) as pipeline:  # fixed: default 64 KiB limit
+            assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 5) == 5
+            ids = {r[0] for r in await query(pipeline, f"SELECT event_id FROM {db}.touchpoints")}
+            assert ids == {r["event_id"] for r in records}
+
+    asyncio.run(scenario())
