@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiohttp import web as aioweb
@@ -98,10 +98,9 @@ class Pipeline:
         )
         self.app = app
         t = settings.topics
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.raw_topic = app.topic(t.raw, key_type=bytes, value_type=bytes, **raw)
-        self.valid_topic = app.topic(t.valid, key_type=bytes, value_type=bytes, **raw)
-        self.dlq_topic = app.topic(t.dead_letter, key_type=bytes, value_type=bytes, **raw)
+        self.raw_topic = self._bytes_topic(t.raw)
+        self.valid_topic = self._bytes_topic(t.valid)
+        self.dlq_topic = self._bytes_topic(t.dead_letter)
         self.dedupe_table = app.Table(
             "ingest-dedupe",
             partitions=settings.topic_partitions,
@@ -110,17 +109,20 @@ class Pipeline:
         app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
         if settings.sink_enabled:
             factory = clickhouse_factory or (lambda: connect(settings))
-            self.sink: SinkService | None = SinkService(
-                settings, factory, self.clickhouse_executor
-            )
-            app.service(self.sink)
+            self.sink: SinkService | None = SinkService(settings, factory, self.clickhouse_executor)
+            app.service(cast(Any, self.sink))  # an instance is fine: Faust starts it as is
         else:
             self.sink = None
-        app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_rebalance_complete.connect(self._on_rebalanced)
-        app.page("/healthz")(self._healthz)
-        app.page("/readyz")(self._readyz)
-        app.page("/metrics")(self._metrics)
+        app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
+        app.on_rebalance_complete.connect(cast(Any, self._on_rebalanced))
+        app.page("/healthz")(cast(Any, self._healthz))
+        app.page("/readyz")(cast(Any, self._readyz))
+        app.page("/metrics")(cast(Any, self._metrics))
+
+    def _bytes_topic(self, name: str) -> Any:
+        return self.app.topic(
+            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
 
     # --- agents -------------------------------------------------------------------------
 
@@ -205,9 +207,7 @@ class Pipeline:
         )
 
     async def _metrics(self, web: Any, request: Any) -> aioweb.Response:
-        return aioweb.Response(
-            body=metrics.render(), content_type="text/plain", charset="utf-8"
-        )
+        return aioweb.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
 
 def create_app(settings: Settings) -> faust.App:

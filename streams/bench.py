@@ -97,7 +97,10 @@ async def run_bench(settings: Settings, *, events: int) -> None:
     t0 = time.perf_counter()
     generated = generate(customers, seed=1, now_ms=now_ms)
     pairs = encode_events(generated, codec, seed=1)
-    click.echo(f"generated {len(pairs):,} events for {customers:,} customers in {time.perf_counter() - t0:.1f}s")
+    click.echo(
+        f"generated {len(pairs):,} events for {customers:,} customers "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     prepare(settings)
     t0 = time.perf_counter()
     await produce(settings, pairs)

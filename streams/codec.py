@@ -19,7 +19,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, load_schema
@@ -116,8 +116,7 @@ def _plain_timestamps(schema: Any) -> Any:
 
 def load_record_schema(path: Path) -> dict[str, Any]:
     """Load a record from ``schemas/records`` with its named references, expanded."""
-    expanded: dict[str, Any] = expand_schema(load_schema(str(path), _write_hint=False))
-    return expanded
+    return cast(dict[str, Any], expand_schema(load_schema(str(path), _write_hint=False)))
 
 
 class AvroCodec:
@@ -157,7 +156,7 @@ class AvroCodec:
         buf.seek(_HEADER.size)
         reader = None if writer.schema_id == self._reader.schema_id else self._reader.parsed
         try:
-            record: dict[str, Any] = schemaless_reader(
+            record = schemaless_reader(
                 buf,
                 writer.parsed,
                 reader,
@@ -171,7 +170,7 @@ class AvroCodec:
             raise DecodeError(
                 "trailing_bytes", f"{len(data) - buf.tell()} bytes after the Avro record"
             )
-        return record
+        return cast(dict[str, Any], record)
 
 
 _PROMOTIONS = {

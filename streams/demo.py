@@ -48,7 +48,8 @@ async def run_demo(
         await produce(settings, traffic, rate=rate)
         produced_s = time.monotonic() - t0
         total_sql = (
-            f"SELECT (SELECT count() FROM {db}.touchpoints) + (SELECT count() FROM {db}.dead_letters)"
+            f"SELECT (SELECT count() FROM {db}.touchpoints)"
+            f" + (SELECT count() FROM {db}.dead_letters)"
         )
         landed = await wait_for(pipeline, total_sql, expected, timeout=timeout)
         elapsed = time.monotonic() - t0
@@ -82,7 +83,9 @@ async def run_demo(
     )
     ok = landed >= expected
     rate_s = expected / elapsed if elapsed else 0.0
-    click.echo(f"end to end: {landed:,}/{expected:,} messages landed in {elapsed:.1f}s ({rate_s:,.0f}/s)")
+    click.echo(
+        f"end to end: {landed:,}/{expected:,} messages landed in {elapsed:.1f}s ({rate_s:,.0f}/s)"
+    )
     if not ok:
         click.secho("not everything landed before the timeout", fg="red")
     return ok

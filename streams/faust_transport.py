@@ -27,7 +27,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 __all__ = ["BatchingConsumer", "Transport"]
 
 
-class BatchingConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+class BatchingConsumer(faust_aiokafka.Consumer):
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via Faust
         callback = self.callback
         getmany = self.getmany
@@ -70,5 +70,5 @@ class BatchingConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             raise
 
 
-class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
+class Transport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer

@@ -181,7 +181,9 @@ def validate(raw: dict[str, Any], policy: IngestPolicy, now_ms: int) -> Outcome:
     context = record["context"]
     country = normalise_country(context["country"])
     geo = context["geo"]
-    if isinstance(geo, tuple):  # fastavro names record branches of unions: ("touchpoints.Geo", {...})
+    if isinstance(
+        geo, tuple
+    ):  # fastavro names record branches of unions: ("touchpoints.Geo", {...})
         context["geo"] = geo[1]
     context["country"] = country
     ids = normalise_identifiers(record["identifiers"], country or policy.default_phone_region)
@@ -218,8 +220,9 @@ def _invalid_value(record: TouchpointRecord) -> str | None:
             return f"csat {csat} outside 1..5"
         if nps is not None and not 0 <= nps <= 10:
             return f"nps {nps} outside 0..10"
+        durations: dict[str, Any] = body  # type: ignore[assignment]
         for field in ("wait_seconds", "handle_seconds"):
-            secs = body[field]  # type: ignore[literal-required]
+            secs = durations[field]
             if secs is not None and not (math.isfinite(secs) and 0 <= secs < 7 * 86400):
                 return f"{field} {secs!r} is not a sane duration"
     elif kind.endswith("SocialEvent"):

@@ -9,7 +9,13 @@ from typing import Any
 
 from streams.settings import SecurityProtocol, Settings
 
-__all__ = ["TopicSpec", "consumer_security", "create_topics", "kafka_python_security", "topic_specs"]
+__all__ = [
+    "TopicSpec",
+    "consumer_security",
+    "create_topics",
+    "kafka_python_security",
+    "topic_specs",
+]
 
 log = logging.getLogger(__name__)
 

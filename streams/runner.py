@@ -62,7 +62,7 @@ async def query(pipeline: Pipeline, sql: str) -> list[tuple[Any, ...]]:
 async def wait_for(
     pipeline: Pipeline, sql: str, expected: int, *, timeout: float = 120.0, interval: float = 0.5
 ) -> int:
-    """Poll a ``SELECT count()``-style query until it reaches ``expected``; return the last value."""
+    """Poll a ``SELECT count()`` query until it reaches ``expected``; return the last value."""
     deadline = time.monotonic() + timeout
     value = -1
     while time.monotonic() < deadline:

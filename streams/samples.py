@@ -73,13 +73,15 @@ def bad_samples(
             "oversize_message",
             codec.encode(variant("oversize", properties={"blob": "x" * 70_000})),
         ),
-        ("no_identifiers", "missing_identifiers", codec.encode(variant("noids", identifiers=no_ids))),
+        (
+            "no_identifiers",
+            "missing_identifiers",
+            codec.encode(variant("noids", identifiers=no_ids)),
+        ),
         (
             "junk_identifiers",
             "missing_identifiers",
-            codec.encode(
-                variant("junkids", identifiers={"anonymous_id": "  ", "email": "null"})
-            ),
+            codec.encode(variant("junkids", identifiers={"anonymous_id": "  ", "email": "null"})),
         ),
         (
             "year_2099",
@@ -98,7 +100,11 @@ def bad_samples(
             codec.encode(variant("longprop", properties={"note": "y" * 5000})),
         ),
         ("unknown_channel", "unknown_channel", codec.encode(variant("chan", channel="fax"))),
-        ("unknown_type", "unknown_event_type", codec.encode(variant("type", event_type="teleport"))),
+        (
+            "unknown_type",
+            "unknown_event_type",
+            codec.encode(variant("type", event_type="teleport")),
+        ),
         (
             "payment_without_commerce",
             "payload_mismatch",
@@ -125,6 +131,8 @@ def bad_samples(
         ("duplicate", "duplicate_event_id", codec.encode(duplicate_of)),
     ]
     return [
-        BadSample(name, reason, duplicate_key if name == "duplicate" else f"bad:{name}".encode(), value)
+        BadSample(
+            name, reason, duplicate_key if name == "duplicate" else f"bad:{name}".encode(), value
+        )
         for name, reason, value in samples
     ]

@@ -44,16 +44,18 @@ class Settings(BaseSettings):
 
     # --- identity of the deployment
     app_id: str = Field(
-        "touchpoints", description="Faust app id = consumer group / changelog prefix."
+        "touchpoints", description="Faust app id: consumer group and changelog topic prefix."
     )
     topic_prefix: str = Field("", description="Prefix for every topic name (tenancy, tests).")
 
     # --- Kafka
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port].")
-    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    kafka_security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL."
+    )
     kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.")
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_sasl_username: str = Field("", description="SASL user.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret).")
     kafka_ssl_cafile: str = Field("", description="CA bundle to verify the brokers (TLS).")
     kafka_ssl_certfile: str = Field("", description="Client certificate (mutual TLS).")
     kafka_ssl_keyfile: str = Field("", description="Client key (mutual TLS).")
@@ -66,13 +68,17 @@ class Settings(BaseSettings):
     clickhouse_url: str = Field(
         "", description="http(s)://user:pass@host:8123 of a server; empty = embedded engine."
     )
-    clickhouse_username: str = "default"
-    clickhouse_password: SecretStr = SecretStr("")
-    clickhouse_database: str = Field("touchpoints", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_username: str = Field("default", description="ClickHouse user (server mode).")
+    clickhouse_password: SecretStr = Field(
+        SecretStr(""), description="ClickHouse password (secret)."
+    )
+    clickhouse_database: str = Field(
+        "touchpoints", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database of all tables."
+    )
     clickhouse_chdb_path: Path = Field(
         _REPO_ROOT / ".local" / "chdb", description="Data directory of the embedded engine."
     )
-    clickhouse_verify_tls: bool = True
+    clickhouse_verify_tls: bool = Field(True, description="Verify the server certificate (https).")
 
     # --- ingest
     schemas_dir: Path = Field(_REPO_ROOT / "schemas", description="Local schema registry.")
@@ -80,7 +86,7 @@ class Settings(BaseSettings):
     ingest_batch_seconds: float = Field(0.25, gt=0, description="Max wait to fill a batch.")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
     max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
-    max_property_value_chars: int = Field(2048, ge=1)
+    max_property_value_chars: int = Field(2048, ge=1, description="Longest property value.")
     max_future_skew_seconds: int = Field(300, ge=0, description="occurred_at ahead of now.")
     max_event_age_seconds: int = Field(90 * 24 * 3600, ge=60, description="occurred_at behind.")
     default_phone_region: str = Field("GB", description="Region for phones without +code.")
@@ -94,11 +100,13 @@ class Settings(BaseSettings):
     sink_flush_seconds: float = Field(1.0, gt=0, description="Flush at least this often.")
 
     # --- worker
-    web_host: str = "0.0.0.0"  # noqa: S104 - a pod must listen on its interface
-    web_port: int = Field(6066, ge=0, le=65535, description="HTTP: /metrics, health.")
+    web_host: str = Field("0.0.0.0", description="HTTP bind address.")  # noqa: S104 - pods
+    web_port: int = Field(
+        6066, ge=0, le=65535, description="HTTP: /metrics, /healthz, /readyz; 0 = off."
+    )
     data_dir: Path = Field(_REPO_ROOT / ".local" / "faust", description="Faust table data.")
     table_store: str = Field("memory://", description="memory:// or rocksdb://")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -112,3 +120,37 @@ class Settings(BaseSettings):
     @property
     def sink_group_id(self) -> str:
         return f"{self.app_id}-clickhouse-sink"
+
+
+def settings_table() -> str:
+    """The README's settings table (``python -m streams.settings``)."""
+    lines = ["| Environment variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            shown = "(secret)" if default.get_secret_value() else "(empty)"
+        elif isinstance(default, Path):
+            shown = (
+                f"`{default.relative_to(_REPO_ROOT)}`"
+                if default.is_relative_to(_REPO_ROOT)
+                else f"`{default}`"
+            )
+        elif default == "":
+            shown = "(empty)"
+        else:
+            shown = f"`{default}`"
+        lines.append(f"| `{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(lines)
+
+
+def write_readme_table(readme: Path) -> None:
+    """Replace the table between the README's settings-table markers."""
+    text = readme.read_text()
+    start, end = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{settings_table()}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    write_readme_table(_REPO_ROOT / "README.md")

@@ -132,7 +132,7 @@ class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("sink assigned %d partitions", len(assigned))
 
 
-class SinkService(Service):  # type: ignore[misc]
+class SinkService(Service):
     """Consumes the output topics into ClickHouse. Start it in exactly one process
     per embedded database, or in every worker when ClickHouse is a server."""
 
@@ -161,9 +161,7 @@ class SinkService(Service):  # type: ignore[misc]
         await loop.run_in_executor(
             self.executor, migrate, client, self.settings.clickhouse_database
         )
-        self.sink = ClickHouseSink(
-            client, self.settings.clickhouse_database, *self.topics
-        )
+        self.sink = ClickHouseSink(client, self.settings.clickhouse_database, *self.topics)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.settings.sink_group_id,

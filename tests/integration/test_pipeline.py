@@ -35,7 +35,9 @@ async def _produce(settings: Settings, pairs: list[tuple[bytes, bytes]]) -> None
         await producer.stop()
 
 
-async def _read_all(settings: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+async def _read_all(
+    settings: Settings, topic: str, expected: int, timeout: float = 30.0
+) -> list[Any]:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -76,7 +78,9 @@ def test_good_events_land_in_clickhouse_and_every_bad_input_in_the_dlq(settings:
         prepare(settings)
         await _produce(settings, traffic)
         async with running(settings) as pipeline:
-            landed = await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", len(good_ids))
+            landed = await wait_for(
+                pipeline, f"SELECT count() FROM {db}.touchpoints", len(good_ids)
+            )
             assert landed == len(good_ids)
             dead = await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", len(bad))
             assert dead == len(bad)
@@ -124,7 +128,11 @@ def _committed(settings: Settings) -> dict[tuple[str, int], int]:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     try:
         offsets = admin.list_group_offsets(settings.sink_group_id).get(settings.sink_group_id, {})
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        return {
+            (tp.topic, tp.partition): meta.offset
+            for tp, meta in offsets.items()
+            if meta.offset >= 0
+        }
     finally:
         admin.close()
 
@@ -151,7 +159,9 @@ def test_offsets_are_committed_only_after_clickhouse_accepts_the_batch(settings:
 
     async def scenario() -> None:
         prepare(settings)
-        await _produce(settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)])
+        await _produce(
+            settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)]
+        )
         failing: list[_FailingClient] = []
 
         def broken_factory() -> ClickHouse:
@@ -183,7 +193,9 @@ def test_replayed_output_creates_no_duplicates(settings: Settings) -> None:
 
     async def scenario() -> None:
         prepare(settings)
-        await _produce(settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)])
+        await _produce(
+            settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)]
+        )
         async with running(settings) as pipeline:
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 30) == 30
         # Forget the sink's committed offsets: the next run re-reads and re-inserts everything.
@@ -199,7 +211,9 @@ def test_replayed_output_creates_no_duplicates(settings: Settings) -> None:
             while time.monotonic() < deadline and _valid_committed(settings) != ends:
                 await asyncio.sleep(0.3)
             assert ends and _valid_committed(settings) == ends, "the sink did not re-read the topic"
-            rows = await query(pipeline, f"SELECT count(), uniqExact(event_id) FROM {db}.touchpoints_v")
+            rows = await query(
+                pipeline, f"SELECT count(), uniqExact(event_id) FROM {db}.touchpoints_v"
+            )
             assert rows == [(30, 30)]
 
     asyncio.run(scenario())
@@ -249,7 +263,9 @@ def test_dead_letters_replay_byte_for_byte_after_a_fix(settings: Settings) -> No
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", 5) == 5
             reasons = await query(pipeline, f"SELECT DISTINCT reason FROM {db}.dead_letters")
             assert reasons == [("oversize_message",)]
-        sent, skipped = await replay_dead_letters(settings, reasons={"oversize_message"}, dry_run=False)
+        sent, skipped = await replay_dead_letters(
+            settings, reasons={"oversize_message"}, dry_run=False
+        )
         assert (sent, skipped) == (5, 0)
         again, _ = await replay_dead_letters(settings, reasons=set(), dry_run=True)
         assert again == 0, "a replay consumer group replays each dead letter once"

@@ -12,7 +12,9 @@ from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, DecodeError, SchemaRegi
 from streams.ingest import Accepted, IngestPolicy, Reason, Rejected, ingest_message
 from streams.samples import valid_template
 
-CODEC = AvroCodec(SchemaRegistry.from_dir(Path(__file__).resolve().parents[2] / "schemas"), TOUCHPOINT_SUBJECT)
+CODEC = AvroCodec(
+    SchemaRegistry.from_dir(Path(__file__).resolve().parents[2] / "schemas"), TOUCHPOINT_SUBJECT
+)
 NOW = int(time.time() * 1000)
 
 

@@ -16,13 +16,15 @@ from streams.ingest import (
     IngestStage,
     Reason,
     Rejected,
-    ingest_message,
     anchor_key,
+    ingest_message,
 )
 from streams.normalise import normalise_identifiers, normalise_phone
 from streams.samples import bad_samples, valid_template
 
-CODEC = AvroCodec(SchemaRegistry.from_dir(Path(__file__).resolve().parents[2] / "schemas"), TOUCHPOINT_SUBJECT)
+CODEC = AvroCodec(
+    SchemaRegistry.from_dir(Path(__file__).resolve().parents[2] / "schemas"), TOUCHPOINT_SUBJECT
+)
 NOW = int(time.time() * 1000)
 POLICY = IngestPolicy()
 SAMPLES = bad_samples(CODEC, NOW, duplicate_of=valid_template(NOW, "dup-1"))
@@ -35,7 +37,9 @@ def test_the_catalogue_covers_at_least_15_kinds_and_every_stateless_reason() -> 
     assert stateless <= covered
 
 
-@pytest.mark.parametrize("sample", [s for s in SAMPLES if s.name != "duplicate"], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sample", [s for s in SAMPLES if s.name != "duplicate"], ids=lambda s: s.name
+)
 def test_bad_input_is_rejected_with_its_reason(sample) -> None:  # type: ignore[no-untyped-def]
     outcome = ingest_message(sample.value, CODEC, POLICY, NOW)
     assert isinstance(outcome, Rejected), outcome
@@ -94,13 +98,23 @@ def test_stage_routes_good_and_bad_and_keeps_original_bytes() -> None:
     stage = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
     good = [CODEC.encode(valid_template(NOW, f"g{i}")) for i in range(3)]
     bad = [s for s in SAMPLES if s.name in ("json", "year_2099")]
-    msgs = [_raw(0, 0, good[0]), _raw(0, 1, bad[0].value), _raw(1, 0, good[1]), _raw(1, 1, bad[1].value), _raw(1, 2, good[2])]
+    msgs = [
+        _raw(0, 0, good[0]),
+        _raw(0, 1, bad[0].value),
+        _raw(1, 0, good[1]),
+        _raw(1, 1, bad[1].value),
+        _raw(1, 2, good[2]),
+    ]
     result = stage.process(msgs, NOW)
     assert [v.record["event_id"] for v in result.valid] == ["g0", "g1", "g2"]
     assert [d.value for d in result.dead] == [bad[0].value, bad[1].value]
     meta = parse_dead_letter_headers(result.dead[1].headers)
     assert meta["dlq.reason"] == bad[1].reason
-    assert (meta["dlq.source.topic"], meta["dlq.source.partition"], meta["dlq.source.offset"]) == ("raw", "1", "1")
+    assert (meta["dlq.source.topic"], meta["dlq.source.partition"], meta["dlq.source.offset"]) == (
+        "raw",
+        "1",
+        "1",
+    )
     # one durable dedupe entry per partition per batch, not per event
     assert sorted((p, k) for p, k, _ in result.state_puts) == [(0, "0:0"), (1, "1:0")]
 

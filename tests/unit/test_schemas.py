@@ -56,7 +56,9 @@ def test_compatibility_check_catches_breaking_changes() -> None:
     assert backward_compatibility_problems(v2, no_default) == ["$.tier: new field has no default"]
     retyped = copy.deepcopy(v2)
     retyped["fields"][0]["type"] = "long"
-    assert backward_compatibility_problems(v2, retyped) == ["$.event_id: string cannot be read as long"]
+    assert backward_compatibility_problems(v2, retyped) == [
+        "$.event_id: string cannot be read as long"
+    ]
     narrowed = copy.deepcopy(v2)
     payload = next(f for f in narrowed["fields"] if f["name"] == "payload")
     payload["type"] = payload["type"][:2]  # drop every channel record but web
