@@ -30,6 +30,7 @@ from streams.ingest import IngestPolicy, IngestStage
 from streams.kafka import consumer_security
 from streams.settings import Settings
 from streams.sink import SinkService
+from streams.state import TableShard
 
 __all__ = ["Pipeline", "create_app"]
 
@@ -168,13 +169,12 @@ class Pipeline:
                     await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
                 )
                 metrics.DEAD_LETTERS.labels(dead.reason).inc()
-            table = self.dedupe_table
+            shard = TableShard(self.dedupe_table)
             for partition, key, value in result.state_puts:
-                table.data[key] = value
-                table.send_changelog(partition, key, value)
+                shard.put(partition, key, value)
             for partition, key in result.state_deletes:
-                table.data.pop(key, None)
-                table.send_changelog(partition, key, None)
+                shard.delete(partition, key)
+            shard.flush()
             # Delivered before the batch is acked: offsets never run ahead of the output.
             await asyncio.gather(*pending)
             metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))

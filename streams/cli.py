@@ -6,7 +6,6 @@ Every subcommand reads the same ``Settings`` from the environment (see README).
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 
@@ -21,11 +20,21 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
+def _logging(settings: Settings, level: str | None = None) -> None:
+    from streams.logs import configure
+
+    configure(
+        level or settings.log_level,
+        json_format=settings.log_format == "json",
+        pii=settings.log_pii,
+    )
+
+
+def _logging_dict(settings: Settings) -> dict[str, object]:
+    from streams.logs import logging_dict
+
+    return logging_dict(
+        settings.log_level, json_format=settings.log_format == "json", pii=settings.log_pii
     )
 
 
@@ -50,7 +59,9 @@ def worker() -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     prepare(settings)
     pipeline = Pipeline(settings)
-    faust.Worker(pipeline.app, loglevel=settings.log_level.lower()).execute_from_commandline()
+    faust.Worker(
+        pipeline.app, loglevel=settings.log_level.lower(), logging_config=_logging_dict(settings)
+    ).execute_from_commandline()
 
 
 @main.command()
@@ -67,7 +78,9 @@ def sink() -> None:
     service = SinkService(
         settings, lambda: connect(settings), ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
     )
-    Worker(service, loglevel=settings.log_level.lower()).execute_from_commandline()
+    Worker(
+        service, loglevel=settings.log_level.lower(), logging_config=_logging_dict(settings)
+    ).execute_from_commandline()
 
 
 @main.group()
@@ -161,7 +174,7 @@ def demo(customers: int, rate: float | None, timeout: float) -> None:
     from streams.demo import run_demo
 
     settings = _settings()
-    _logging("WARNING")
+    _logging(settings, "WARNING")
     ok = asyncio.run(run_demo(settings, customers=customers, rate=rate, timeout=timeout))
     sys.exit(0 if ok else 1)
 
@@ -173,7 +186,7 @@ def bench(events: int) -> None:
     from streams.bench import run_bench
 
     settings = _settings()
-    _logging("WARNING")
+    _logging(settings, "WARNING")
     asyncio.run(run_bench(settings, events=events))
 
 

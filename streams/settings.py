@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(_REPO_ROOT / ".local" / "faust", description="Faust table data.")
     table_store: str = Field("memory://", description="memory:// or rocksdb://")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = Field("json", pattern="^(json|text)$", description="json or text.")
+    log_pii: bool = Field(False, description="Log identifiers unmasked (emails, phones).")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -1,0 +1,64 @@
+"""Batch-scoped views of Faust tables: read-through, write-back, one changelog record per key.
+
+Faust's ``table[key] = value`` writes the changelog to the partition of the
+*current event* and produces one record per assignment. Our agents process
+batches that span partitions, and a key may change many times in a batch. A
+``TableShard`` takes the partition explicitly (the key's partition, by
+``streams.envelope.partition_for``) and writes each dirty key once when the
+batch is flushed — before the batch's offsets can be committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["FaustTableLike", "TableShard"]
+
+_DELETED = object()
+
+
+class FaustTableLike(Protocol):
+    """What we use of ``faust.Table``: its local store and its changelog writer."""
+
+    @property
+    def data(self) -> Any: ...
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class TableShard:
+    def __init__(self, table: FaustTableLike) -> None:
+        self.table = table
+        self._dirty: dict[str, tuple[int, Any]] = {}
+
+    def get(self, key: str) -> Any | None:
+        pending = self._dirty.get(key)
+        if pending is not None:
+            value = pending[1]
+            return None if value is _DELETED else value
+        return self.table.data.get(key)
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self._dirty[key] = (partition, value)
+
+    def delete(self, partition: int, key: str) -> None:
+        self._dirty[key] = (partition, _DELETED)
+
+    @property
+    def dirty_keys(self) -> int:
+        return len(self._dirty)
+
+    def flush(self) -> int:
+        """Apply to the local store and send one changelog record per dirty key."""
+        data = self.table.data
+        for key, (partition, value) in self._dirty.items():
+            if value is _DELETED:
+                data.pop(key, None)
+                # a real tombstone (null value), so compaction and recovery delete the key
+                self.table.send_changelog(partition, key, None, value_serializer="raw")
+            else:
+                data[key] = value
+                self.table.send_changelog(partition, key, value)
+        written = len(self._dirty)
+        self._dirty.clear()
+        return written
