@@ -195,10 +195,10 @@ class Pipeline:
     async def _on_rebalanced(self, app: Any, **kwargs: Any) -> None:
         self.ready = True
 
-    async def _healthz(self, web: Any, request: Any) -> aioweb.Response:
+    async def _healthz(self, request: Any) -> aioweb.Response:
         return aioweb.json_response({"status": "ok"})
 
-    async def _readyz(self, web: Any, request: Any) -> aioweb.Response:
+    async def _readyz(self, request: Any) -> aioweb.Response:
         sink_ok = self.sink is None or self.sink.healthy
         ok = self.ready and sink_ok
         return aioweb.json_response(
@@ -206,7 +206,7 @@ class Pipeline:
             status=200 if ok else 503,
         )
 
-    async def _metrics(self, web: Any, request: Any) -> aioweb.Response:
+    async def _metrics(self, request: Any) -> aioweb.Response:
         return aioweb.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
 
