@@ -174,7 +174,7 @@ class Pipeline:
                 shard.put(partition, key, value)
             for partition, key in result.state_deletes:
                 shard.delete(partition, key)
-            shard.flush()
+            pending.extend(shard.flush())
             # Delivered before the batch is acked: offsets never run ahead of the output.
             await asyncio.gather(*pending)
             metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))

@@ -48,17 +48,22 @@ class TableShard:
     def dirty_keys(self) -> int:
         return len(self._dirty)
 
-    def flush(self) -> int:
-        """Apply to the local store and send one changelog record per dirty key."""
+    def flush(self) -> list[Any]:
+        """Apply to the local store and send one changelog record per dirty key.
+
+        Returns the send futures: the agent awaits them with its other output before
+        the batch is acked (Faust's own ``send_soon`` is not awaited before commits).
+        """
         data = self.table.data
+        futures = []
         for key, (partition, value) in self._dirty.items():
             if value is _DELETED:
                 data.pop(key, None)
                 # a real tombstone (null value), so compaction and recovery delete the key
-                self.table.send_changelog(partition, key, None, value_serializer="raw")
+                fut = self.table.send_changelog(partition, key, None, value_serializer="raw")
             else:
                 data[key] = value
-                self.table.send_changelog(partition, key, value)
-        written = len(self._dirty)
+                fut = self.table.send_changelog(partition, key, value)
+            futures.append(fut)
         self._dirty.clear()
-        return written
+        return futures

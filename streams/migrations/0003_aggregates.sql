@@ -75,6 +75,10 @@ ORDER BY customer_id
 COMMENT 'First minute each customer was seen in cx_partials (new vs returning customers). Fed by customer_first_seen_mv; min is idempotent, so re-inserted partials cannot skew it.';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.customer_first_seen_mv TO {db}.customer_first_seen
+(
+    customer_id         String                                          COMMENT 'Customer id as resolved at event time',
+    first_minute        SimpleAggregateFunction(min, DateTime('UTC'))   COMMENT 'Earliest minute of the inserted block'
+)
 COMMENT 'Keeps customer_first_seen: the earliest minute of every customer id inserted into cx_partials'
 AS SELECT customer_id, min(minute) AS first_minute
 FROM {db}.cx_partials
@@ -449,3 +453,124 @@ LEFT JOIN
     GROUP BY day, channel, event_type, country, segment
 ) AS n
 ON n.day = m.day AND n.channel = m.channel AND n.event_type = m.event_type AND n.country = m.country AND n.segment = m.segment;
+
+CREATE TABLE IF NOT EXISTS {db}.alert_partials
+(
+    minute              DateTime('UTC')         COMMENT 'Start of the 1-minute window of the alert time, UTC',
+    rule                LowCardinality(String)  COMMENT 'Alert rule',
+    severity            LowCardinality(String)  COMMENT 'Alert severity',
+    source_partition    UInt16                  COMMENT 'Partition of the aggregator that counted them',
+    version             UInt64                  COMMENT 'Updates folded into this partial; the highest version of a key is the current one',
+    updated_at          DateTime64(3, 'UTC')    COMMENT 'Wall-clock time of the emission (informational)',
+    alerts              UInt32                  COMMENT 'Alerts raised'
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(minute)
+ORDER BY (minute, rule, severity, source_partition)
+TTL minute + INTERVAL 400 DAY
+SETTINGS non_replicated_deduplication_window = 1000
+COMMENT 'Partial alert counts per minute, rule, severity and source partition; the highest version of a key is current. Analysts: use alerts_minute.';
+
+CREATE VIEW IF NOT EXISTS {db}.alerts_minute
+(
+    minute      DateTime('UTC')         COMMENT 'Start of the minute (alert time, UTC)',
+    rule        LowCardinality(String)  COMMENT 'Alert rule',
+    severity    LowCardinality(String)  COMMENT 'Alert severity',
+    alerts      UInt64                  COMMENT 'Alerts raised'
+)
+COMMENT 'Alerts per minute, rule and severity (roll up with toStartOfHour(minute) and sum(alerts)).'
+AS SELECT minute, rule, severity, sum(alerts) AS alerts
+FROM {db}.alert_partials FINAL
+GROUP BY minute, rule, severity;
+
+-- One row per customer id, written per batch for the customers the batch touched. No TTL:
+-- lifetime measures must outlive the 400 days of the partials. A customer absorbed by an
+-- identity merge keeps its row with merged_into set; customer_360_v folds it into the
+-- survivor (two levels of merges deep).
+CREATE TABLE IF NOT EXISTS {db}.customer_360
+(
+    customer_id         String                                      COMMENT 'Customer id as resolved by identity stitching',
+    version             UInt64                                      COMMENT 'Updates folded into this summary; the highest version is current',
+    updated_at          DateTime64(3, 'UTC')                        COMMENT 'Wall-clock time of the last update (informational)',
+    first_seen          DateTime64(3, 'UTC')                        COMMENT 'Earliest event time of the customer',
+    last_seen           DateTime64(3, 'UTC')                        COMMENT 'Latest event time of the customer',
+    events              UInt64                                      COMMENT 'Touchpoints',
+    channels            Array(LowCardinality(String))               COMMENT 'Channels used, sorted',
+    identifier_hashes   Array(UInt64)                               COMMENT 'Hashes of the distinct identifiers seen (kind:value, no PII), at most 64',
+    orders              UInt32                                      COMMENT 'Orders placed',
+    payments            UInt32                                      COMMENT 'Approved payments',
+    lifetime_value      Map(LowCardinality(String), Decimal(18, 4)) COMMENT 'Approved payments per currency, major units',
+    contacts            UInt32                                      COMMENT 'Contact-centre contacts',
+    complaints          UInt32                                      COMMENT 'Complaints',
+    last_csat           Nullable(UInt8)                             COMMENT 'Latest CSAT answer by event time (1..5)',
+    last_csat_at        Nullable(DateTime64(3, 'UTC'))              COMMENT 'When it was given',
+    last_nps            Nullable(UInt8)                             COMMENT 'Latest NPS answer by event time (0..10)',
+    last_nps_at         Nullable(DateTime64(3, 'UTC'))              COMMENT 'When it was given',
+    sentiment_count     UInt32                                      COMMENT 'Social events with a sentiment score',
+    sentiment_sum       Float64                                     COMMENT 'Sum of their sentiment scores',
+    sentiment_recent    Nullable(Float64)                           COMMENT 'Mean sentiment of the latest 5 scored social events (by event time)',
+    open_alerts         Array(LowCardinality(String))               COMMENT 'Rules of the alerts open for the customer',
+    segment             LowCardinality(String)                      COMMENT 'Highest touchpoint segment seen (anonymous < contactable < registered < loyalty < vip)',
+    merged_into         String                                      COMMENT 'Survivor id if this customer was absorbed by a merge, else empty'
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY customer_id
+COMMENT 'Customer 360 summaries, one per customer id, latest version wins. Analysts: use customer_360_v.';
+
+CREATE VIEW IF NOT EXISTS {db}.customer_360_v
+(
+    customer_id         String                          COMMENT 'Customer id (survivor of any merges)',
+    first_seen          DateTime64(3, 'UTC')            COMMENT 'Earliest event time',
+    last_seen           DateTime64(3, 'UTC')            COMMENT 'Latest event time',
+    events              UInt64                          COMMENT 'Touchpoints',
+    channels            Array(String)                   COMMENT 'Channels used, sorted',
+    identifiers_count   UInt64                          COMMENT 'Distinct identifiers linked to the customer (up to 64 per merged id)',
+    orders              UInt64                          COMMENT 'Orders placed',
+    payments            UInt64                          COMMENT 'Approved payments',
+    lifetime_value      Map(String, Decimal(38, 4))     COMMENT 'Approved payments per currency, major units',
+    contacts            UInt64                          COMMENT 'Contact-centre contacts',
+    complaints          UInt64                          COMMENT 'Complaints',
+    last_csat           Nullable(UInt8)                 COMMENT 'Latest CSAT answer (1..5)',
+    last_csat_at        Nullable(DateTime64(3, 'UTC'))  COMMENT 'When it was given',
+    last_nps            Nullable(UInt8)                 COMMENT 'Latest NPS answer (0..10)',
+    last_nps_at         Nullable(DateTime64(3, 'UTC'))  COMMENT 'When it was given',
+    sentiment_avg       Nullable(Float64)               COMMENT 'Average social sentiment, -1..1',
+    sentiment_recent    Nullable(Float64)               COMMENT 'Mean sentiment of the latest scored social events',
+    sentiment_trend     Nullable(Float64)               COMMENT 'sentiment_recent - sentiment_avg: above 0 improving, below 0 worsening',
+    open_alerts         UInt64                          COMMENT 'Open alerts (distinct rules)',
+    segment             String                          COMMENT 'Highest touchpoint segment seen',
+    merged_ids          UInt64                          COMMENT 'Other customer ids merged into this one'
+)
+COMMENT 'One row per customer: the latest customer_360 summaries with merged ids folded into their survivor (two merge levels).'
+AS SELECT
+    root AS customer_id,
+    min(c.first_seen) AS first_seen,
+    max(c.last_seen) AS last_seen,
+    sum(c.events) AS events,
+    arraySort(groupUniqArrayArray(c.channels)) AS channels,
+    length(groupUniqArrayArray(c.identifier_hashes)) AS identifiers_count,
+    sum(c.orders) AS orders,
+    sum(c.payments) AS payments,
+    sumMap(c.lifetime_value) AS lifetime_value,
+    sum(c.contacts) AS contacts,
+    sum(c.complaints) AS complaints,
+    argMax(c.last_csat, c.last_csat_at) AS last_csat,
+    max(c.last_csat_at) AS last_csat_at,
+    argMax(c.last_nps, c.last_nps_at) AS last_nps,
+    max(c.last_nps_at) AS last_nps_at,
+    if(sum(c.sentiment_count) = 0, NULL, sum(c.sentiment_sum) / sum(c.sentiment_count)) AS sentiment_avg,
+    argMax(c.sentiment_recent, c.last_seen) AS sentiment_recent,
+    sentiment_recent - sentiment_avg AS sentiment_trend,
+    length(groupUniqArrayArray(c.open_alerts)) AS open_alerts,
+    ['anonymous', 'contactable', 'registered', 'loyalty', 'vip'][max(indexOf(['anonymous', 'contactable', 'registered', 'loyalty', 'vip'], c.segment))] AS segment,
+    count() - 1 AS merged_ids
+FROM
+(
+    SELECT
+        c.*,
+        if(c.merged_into = '', c.customer_id, if(m.merged_into = '', c.merged_into, m.merged_into)) AS root
+    FROM (SELECT * FROM {db}.customer_360 FINAL) AS c
+    LEFT JOIN (SELECT customer_id, merged_into FROM {db}.customer_360 FINAL WHERE merged_into != '') AS m
+        ON m.customer_id = c.merged_into
+) AS c
+GROUP BY root;
