@@ -129,6 +129,7 @@ TOUCHPOINT_COLUMNS: tuple[str, ...] = (
     "ingested_at",
     "source",
     "identity_key",
+    "customer_id_at_ingest",
     "anonymous_id",
     "device_id",
     "customer_id",
@@ -179,7 +180,12 @@ _PAYLOAD_KIND = {
 
 
 def touchpoint_row(
-    record: TouchpointRecord, identity_key: str, partition: int, offset: int, ingested_ms: int
+    record: TouchpointRecord,
+    identity_key: str,
+    partition: int,
+    offset: int,
+    ingested_ms: int,
+    customer_id: str = "",
 ) -> list[Any]:
     """One ``touchpoints`` row, in ``TOUCHPOINT_COLUMNS`` order."""
     ids = record["identifiers"]
@@ -197,6 +203,7 @@ def touchpoint_row(
         ingested_ms,
         record["source"] or "",
         identity_key,
+        customer_id,
         ids["anonymous_id"] or "",
         ids["device_id"] or "",
         ids["customer_id"] or "",
