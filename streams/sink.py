@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +39,14 @@ from streams.ingest import anchor_key, from_json
 from streams.kafka import consumer_security
 from streams.settings import Settings
 
-__all__ = ["ClickHouseSink", "SinkService", "TableBatch"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "ClickHouseSink",
+    "RowMapper",
+    "SinkService",
+    "TableBatch",
+    "default_routes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +73,70 @@ class TableBatch:
         self.spans.clear()
 
 
+RowMapper = Callable[
+    [bytes | None, bytes | None, list[tuple[str, bytes]] | None, int, int, int],
+    Iterable[tuple[str, list[Any]]],
+]
+"""(key, value, headers, partition, offset, now_ms) -> (table, row) pairs."""
+
+
+def _valid_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    assert value is not None  # the ingest agent never writes an empty envelope
+    for item in unpack(value):
+        record = from_json(item)
+        yield "touchpoints", touchpoint_row(record, anchor_key(record), partition, offset, now_ms)
+
+
+def _dead_letter_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    yield "dead_letters", dead_letter_row(value, headers)
+
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "touchpoints": TOUCHPOINT_COLUMNS,
+    "dead_letters": DEAD_LETTER_COLUMNS,
+}
+
+
+def default_routes(settings: Settings) -> dict[str, RowMapper]:
+    """Which topic feeds which ClickHouse table(s)."""
+    t = settings.topics
+    return {t.valid: _valid_rows, t.dead_letter: _dead_letter_rows}
+
+
 class ClickHouseSink:
     """Rows per table; ``flush`` runs in the ClickHouse thread (blocking client)."""
 
-    def __init__(self, client: ClickHouse, database: str, valid_topic: str, dlq_topic: str):
+    def __init__(
+        self,
+        client: ClickHouse,
+        database: str,
+        routes: dict[str, RowMapper],
+        columns: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.client = client
         self.database = database
-        self.valid_topic = valid_topic
-        self.dlq_topic = dlq_topic
-        self.touchpoints = TableBatch("touchpoints", TOUCHPOINT_COLUMNS)
-        self.dead_letters = TableBatch("dead_letters", DEAD_LETTER_COLUMNS)
+        self.routes = routes
+        self.batches = {
+            table: TableBatch(table, cols) for table, cols in (columns or TABLE_COLUMNS).items()
+        }
 
     @property
     def pending_rows(self) -> int:
-        return len(self.touchpoints.rows) + len(self.dead_letters.rows)
+        return sum(len(b.rows) for b in self.batches.values())
 
     def add(
         self,
@@ -91,18 +148,13 @@ class ClickHouseSink:
         headers: list[tuple[str, bytes]] | None,
         now_ms: int,
     ) -> None:
-        if topic == self.valid_topic:
-            assert value is not None  # the ingest agent never writes an empty envelope
-            for record in unpack(value):
-                record = from_json(record)
-                row = touchpoint_row(record, anchor_key(record), partition, offset, now_ms)
-                self.touchpoints.add(row, topic, partition, offset)
-        elif topic == self.dlq_topic:
-            self.dead_letters.add(dead_letter_row(value, headers), topic, partition, offset)
+        batches = self.batches
+        for table, row in self.routes[topic](key, value, headers, partition, offset, now_ms):
+            batches[table].add(row, topic, partition, offset)
 
     def flush(self) -> int:
         written = 0
-        for batch in (self.touchpoints, self.dead_letters):
+        for batch in self.batches.values():
             if not batch.rows:
                 continue
             started = time.perf_counter()
@@ -147,7 +199,8 @@ class SinkService(Service):
         self.settings = settings
         self.client_factory = client_factory
         self.executor = executor
-        self.topics = [settings.topics.valid, settings.topics.dead_letter]
+        self.routes = default_routes(settings)
+        self.topics = sorted(self.routes)
         self.sink: ClickHouseSink | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._positions: dict[TopicPartition, int] = {}
@@ -161,7 +214,7 @@ class SinkService(Service):
         await loop.run_in_executor(
             self.executor, migrate, client, self.settings.clickhouse_database
         )
-        self.sink = ClickHouseSink(client, self.settings.clickhouse_database, *self.topics)
+        self.sink = ClickHouseSink(client, self.settings.clickhouse_database, self.routes)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.settings.sink_group_id,
