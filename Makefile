@@ -20,10 +20,14 @@ export PYTHONDONTWRITEBYTECODE := 1
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+# Debian packages: a JDK + Maven (local Kafka broker), prometheus/promtool and kubectl (tests).
+APT_NEEDS := $(if $(shell command -v java),,openjdk-17-jre-headless) $(if $(shell command -v mvn),,maven) \
+             $(if $(shell command -v promtool),,prometheus) $(if $(shell command -v kubectl),,kubectl)
+
 $(STAMP): pyproject.toml
-	@command -v java >/dev/null && command -v mvn >/dev/null || { \
-	  echo "installing a JDK and Maven for the local Kafka broker"; \
-	  (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven) >/dev/null; }
+	@if [ -n "$(strip $(APT_NEEDS))" ]; then \
+	  echo "installing Debian packages: $(strip $(APT_NEEDS))"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_NEEDS)) >/dev/null; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -67,6 +71,12 @@ bench: install ## ingest throughput vs a plain aiokafka+fastavro ceiling, on a r
 	@LOCALKAFKA_RUN_DIR=$(abspath .local/bench)/kafka CLICKHOUSE_CHDB_PATH=$(abspath .local/bench)/chdb \
 	  DATA_DIR=$(abspath .local/bench)/faust WEB_PORT=0 \
 	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS)
+
+.PHONY: deploy-check
+deploy-check: $(STAMP) ## render every kustomize overlay, check and unit-test the Prometheus rules
+	for o in deploy/k8s/overlays/*/; do kubectl kustomize $$o >/dev/null && echo "ok $$o"; done
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules.test.yml
 
 .PHONY: clean
 clean: ## remove local state (.local) and caches; keeps .venv and the Kafka jars

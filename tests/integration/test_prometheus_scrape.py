@@ -106,7 +106,7 @@ async def _eventually(
     while time.monotonic() < deadline:
         try:
             result = await probe()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             last_error, result = exc, None
         if result is not None:
             return result
@@ -158,7 +158,9 @@ def _dashboard_clickhouse_sql(database: str, start: int, end: int) -> str:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="needs prometheus (apt-get install prometheus)")
+@pytest.mark.skipif(
+    not Path(PROMETHEUS).exists(), reason="needs prometheus (apt-get install prometheus)"
+)
 def test_prometheus_scrapes_the_worker_and_evaluates_the_rules(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -186,7 +188,9 @@ def test_prometheus_scrapes_the_worker_and_evaluates_the_rules(
 
         timeout = aiohttp.ClientTimeout(total=5)
         async with running(s) as pipeline, aiohttp.ClientSession(timeout=timeout) as http:
-            landed = await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", EVENTS, timeout=90)
+            landed = await wait_for(
+                pipeline, f"SELECT count() FROM {db}.touchpoints", EVENTS, timeout=90
+            )
             assert landed == EVENTS
 
             # The worker's own HTTP endpoints, as the Kubernetes probes and Prometheus use them.
@@ -208,7 +212,9 @@ def test_prometheus_scrapes_the_worker_and_evaluates_the_rules(
 
             valid_expected = valid_before + EVENTS
             assert _registry_total("touchpoints_valid_events_total") == valid_expected
-            rows_expected = _registry_total("touchpoints_clickhouse_rows_written_total", table="touchpoints")
+            rows_expected = _registry_total(
+                "touchpoints_clickhouse_rows_written_total", table="touchpoints"
+            )
             assert rows_expected >= EVENTS
 
             with _prometheus(tmp_path / "prometheus", f"127.0.0.1:{web_port}") as prom:
@@ -223,7 +229,9 @@ def test_prometheus_scrapes_the_worker_and_evaluates_the_rules(
                     up = await _instant(http, prom, 'up{job="touchpoints"}')
                     valid = await _instant(http, prom, "sum(touchpoints_valid_events_total)")
                     rows = await _instant(
-                        http, prom, 'sum(touchpoints_clickhouse_rows_written_total{table="touchpoints"})'
+                        http,
+                        prom,
+                        'sum(touchpoints_clickhouse_rows_written_total{table="touchpoints"})',
                     )
                     if up and valid and rows and float(valid[0]["value"][1]) >= valid_expected:
                         return [up[0], valid[0], rows[0]]
