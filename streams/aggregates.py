@@ -92,8 +92,8 @@ one window counts twice in ``unique_customers`` of that window (an over-count bo
 the merges inside each window; ``customer_360_v`` folds absorbed customers into their
 survivor). ``apply_merge`` carries the absorbed customer's contact/failure memory over
 to the survivor so repeat contacts and channel switches after the merge see the history:
-folded in place when both live in this partition, otherwise returned as a handover for
-the survivor's partition (``accept_handover``).
+folded in place when the survivor has memory in this partition, otherwise returned as a
+handover for the survivor's partition (``accept_handover``).
 
 State
 -----
@@ -113,6 +113,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, ClassVar, Final, cast
 
 from streams.model import (
@@ -130,8 +131,10 @@ __all__ = [
     "AGGREGATE_COLUMNS",
     "CONTACT_TYPES",
     "CUSTOMER_360_COLUMNS",
+    "DAY_MS",
     "DEFAULT_LATENESS_MS",
     "DEFAULT_PANE_EVENTS",
+    "HOUR_MS",
     "MAX_DURATIONS",
     "MINUTE_MS",
     "REPEAT_CONTACT_MS",
@@ -280,19 +283,34 @@ class Measures:
 
     def merge(self, other: Measures) -> None:
         """Fold ``other`` into this (what ClickHouse does across partitions, panes, minutes)."""
-        for name in Measures.FIELDS:
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if name == "customers":
-                mine |= theirs
-            elif name == "revenue":
-                for currency, value in theirs.items():
-                    mine[currency] = mine.get(currency, 0) + value
-            elif isinstance(mine, list):
-                mine.extend(theirs)
-            else:
-                setattr(self, name, mine + theirs)
+        self.events += other.events
+        self.customers |= other.customers
+        self.orders += other.orders
+        self.basket_items += other.basket_items
+        self.basket_orders += other.basket_orders
+        self.checkouts_started += other.checkouts_started
+        self.payments_approved += other.payments_approved
+        self.payment_failures += other.payment_failures
+        for currency, value in other.revenue.items():
+            self.revenue[currency] = self.revenue.get(currency, 0) + value
+        self.csat_responses += other.csat_responses
+        self.csat_sum += other.csat_sum
+        self.nps_promoters += other.nps_promoters
+        self.nps_passives += other.nps_passives
+        self.nps_detractors += other.nps_detractors
+        self.sentiment_count += other.sentiment_count
+        self.sentiment_sum += other.sentiment_sum
+        self.contacts += other.contacts
+        self.wait_seconds.extend(other.wait_seconds)
+        self.handle_seconds.extend(other.handle_seconds)
+        self.fcr_eligible += other.fcr_eligible
+        self.fcr_resolved += other.fcr_resolved
+        self.repeat_contacts += other.repeat_contacts
+        self.channel_switches += other.channel_switches
+        self.complaints += other.complaints
 
     def copy(self) -> Measures:
+        """A plain ``Measures`` copy, sharing no container."""
         out = Measures()
         out.merge(self)
         return out
@@ -390,7 +408,7 @@ class AggregateRow:
 
     def values(self) -> list[Any]:
         m = self.measures
-        out: list[Any] = [
+        return [
             self.minute // 1000,
             self.channel,
             self.event_type,
@@ -400,15 +418,31 @@ class AggregateRow:
             self.pane,
             self.version,
             self.updated_at,
+            m.events,
+            sorted(m.customers),
+            m.orders,
+            m.basket_items,
+            m.basket_orders,
+            m.checkouts_started,
+            m.payments_approved,
+            m.payment_failures,
+            _money(m.revenue),
+            m.csat_responses,
+            m.csat_sum,
+            m.nps_promoters,
+            m.nps_passives,
+            m.nps_detractors,
+            m.sentiment_count,
+            m.sentiment_sum,
+            m.contacts,
+            m.wait_seconds,
+            m.handle_seconds,
+            m.fcr_eligible,
+            m.fcr_resolved,
+            m.repeat_contacts,
+            m.channel_switches,
+            m.complaints,
         ]
-        for name in Measures.FIELDS:
-            value = getattr(m, name)
-            if name == "customers":
-                value = sorted(value)
-            elif name == "revenue":
-                value = _money(value)
-            out.append(value)
-        return out
 
 
 ALERT_COLUMNS: Final[tuple[str, ...]] = (
@@ -512,12 +546,31 @@ class Customer360Row:
     COLUMNS: ClassVar[tuple[str, ...]] = CUSTOMER_360_COLUMNS
 
     def values(self) -> list[Any]:
-        out = [getattr(self, name) for name in CUSTOMER_360_COLUMNS]
-        out[CUSTOMER_360_COLUMNS.index("channels")] = list(self.channels)
-        out[CUSTOMER_360_COLUMNS.index("identifier_hashes")] = list(self.identifier_hashes)
-        out[CUSTOMER_360_COLUMNS.index("lifetime_value")] = _money(self.lifetime_value)
-        out[CUSTOMER_360_COLUMNS.index("open_alerts")] = list(self.open_alerts)
-        return out
+        return [
+            self.customer_id,
+            self.version,
+            self.updated_at,
+            self.first_seen,
+            self.last_seen,
+            self.events,
+            list(self.channels),
+            list(self.identifier_hashes),
+            self.orders,
+            self.payments,
+            _money(self.lifetime_value),
+            self.contacts,
+            self.complaints,
+            self.last_csat,
+            self.last_csat_at,
+            self.last_nps,
+            self.last_nps_at,
+            self.sentiment_count,
+            self.sentiment_sum,
+            self.sentiment_recent,
+            list(self.open_alerts),
+            self.segment,
+            self.merged_into,
+        ]
 
 
 Row = AggregateRow | AlertRow | Customer360Row
@@ -920,10 +973,12 @@ class AggregatorState:
     def apply_merge(self, notice: MergeNotice, offset: int | None = None) -> dict[str, Any] | None:
         """Carry the absorbed customer's memory over to the survivor.
 
-        Both in this partition: folded here, returns None. Only the absorbed one here:
-        its memory leaves this state and comes back as a handover (JSON-able) for the
-        agent to deliver, in order, to the survivor's partition (``accept_handover``).
-        Windows already counted are not changed (see the module doc on merges).
+        If the survivor has memory here, the absorbed one's is folded into it (None is
+        returned). Otherwise the absorbed customer's memory leaves this state and comes
+        back as a JSON-able handover: the agent delivers it to the survivor's partition
+        (``accept_handover`` there, or right here if the survivor hashes to this one),
+        in order with that partition's events. Windows already counted are not changed
+        (see the module doc on merges).
         """
         if self._position(offset) is None:
             return None
@@ -1107,6 +1162,7 @@ class AggregatorState:
 # --------------------------------------------------------------------------- customer 360
 
 
+@lru_cache(maxsize=1 << 16)
 def _identifier_hash(kind: str, value: str) -> int:
     digest = hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1  # fits Int64 and UInt64 alike
@@ -1252,20 +1308,60 @@ class Customer360State:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, sharing nothing with the live state."""
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if isinstance(value, list):
-                value = [list(v) if isinstance(v, list) else v for v in value]
-            elif isinstance(value, dict):
-                value = dict(value)
-            out[name] = value
-        return out
+        return {
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "events": self.events,
+            "channels": self.channels[:],
+            "identifier_hashes": self.identifier_hashes[:],
+            "orders": self.orders,
+            "payments": self.payments,
+            "lifetime_value": self.lifetime_value.copy(),
+            "contacts": self.contacts,
+            "complaints": self.complaints,
+            "last_csat": self.last_csat,
+            "last_csat_at": self.last_csat_at,
+            "last_nps": self.last_nps,
+            "last_nps_at": self.last_nps_at,
+            "sentiment_count": self.sentiment_count,
+            "sentiment_sum": self.sentiment_sum,
+            "recent_sentiments": [p[:] for p in self.recent_sentiments],
+            "open_alerts": self.open_alerts[:],
+            "segment": self.segment,
+            "merged_into": self.merged_into,
+            "version": self.version,
+            "last_offset": self.last_offset,
+            "updated_at": self.updated_at,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Customer360State:
-        state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        return cls(**state.to_dict())  # copies: the saved entry is never mutated
+        """The inverse of ``to_dict`` (copies: the saved entry is never mutated)."""
+        return cls(
+            first_seen=data["first_seen"],
+            last_seen=data["last_seen"],
+            events=data["events"],
+            channels=list(data["channels"]),
+            identifier_hashes=list(data["identifier_hashes"]),
+            orders=data["orders"],
+            payments=data["payments"],
+            lifetime_value=dict(data["lifetime_value"]),
+            contacts=data["contacts"],
+            complaints=data["complaints"],
+            last_csat=data["last_csat"],
+            last_csat_at=data["last_csat_at"],
+            last_nps=data["last_nps"],
+            last_nps_at=data["last_nps_at"],
+            sentiment_count=data["sentiment_count"],
+            sentiment_sum=data["sentiment_sum"],
+            recent_sentiments=[list(p) for p in data["recent_sentiments"]],
+            open_alerts=list(data["open_alerts"]),
+            segment=data["segment"],
+            merged_into=data["merged_into"],
+            version=data["version"],
+            last_offset=data["last_offset"],
+            updated_at=data["updated_at"],
+        )
 
 
 class Customer360Book:
@@ -1279,6 +1375,7 @@ class Customer360Book:
     def __init__(self, store: MutableMapping[str, Any] | None = None) -> None:
         self.store: MutableMapping[str, Any] = store if store is not None else {}
         self.touched: dict[str, Customer360State] = {}
+        self._loaded: dict[str, int] = {}  # version of each touched state when read
 
     def state(self, customer_id: str) -> Customer360State:
         state = self.touched.get(customer_id)
@@ -1286,6 +1383,7 @@ class Customer360Book:
             saved = self.store.get(customer_id)
             state = Customer360State() if saved is None else Customer360State.from_dict(saved)
             self.touched[customer_id] = state
+            self._loaded[customer_id] = state.version
         return state
 
     def add(self, event: ResolvedEvent, now_ms: int, offset: int | None = None) -> bool:
@@ -1307,13 +1405,14 @@ class Customer360Book:
     def flush(self) -> list[Customer360Row]:
         """Rows for the touched customers that changed; saves them to ``store``."""
         rows: list[Customer360Row] = []
+        loaded = self._loaded
         for customer_id, state in self.touched.items():
-            saved = self.store.get(customer_id)
-            if saved is not None and saved.get("version") == state.version:
-                continue
+            if loaded[customer_id] == state.version:
+                continue  # replayed events only: nothing new
             self.store[customer_id] = state.to_dict()
             rows.append(state.row(customer_id))
         self.touched.clear()
+        loaded.clear()
         return rows
 
 

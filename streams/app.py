@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import faust
+from faust.types import TP
 from aiohttp import web as aioweb
 
 from streams import metrics
@@ -178,7 +179,20 @@ class Pipeline:
             # Delivered before the batch is acked: offsets never run ahead of the output.
             await asyncio.gather(*pending)
             metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
+            self._export_lag("ingest", messages)
             metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _export_lag(self, stage: str, messages: list[RawMessage]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for m in messages:
+            last[(m.topic, m.partition)] = m.offset
+        consumer = self.app.consumer
+        for (topic, partition), offset in last.items():
+            highwater = consumer.highwater(TP(topic, partition))
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(stage, topic, str(partition)).set(
+                    max(0, highwater - offset - 1)
+                )
 
     def _dedupe_entries(self, partition: int) -> list[tuple[str, dict[str, Any]]]:
         prefix = f"{partition}:"

@@ -223,8 +223,8 @@ class VelocityBurst(RuleConfig):
 class UnusualHour(RuleConfig):
     severity: Severity = _param(Severity.LOW)
     cooldown_minutes: float = _param(720.0, ge=0)
-    min_history: int = _param(40, ge=1, doc="Web/app events in the hour histogram first.")
-    min_gap_hours: int = _param(3, ge=1, le=12, doc="Hours away from any hour ever used.")
+    min_history: int = _param(60, ge=1, doc="Web/app events in the hour histogram first.")
+    min_gap_hours: int = _param(4, ge=1, le=12, doc="Hours away from any hour ever used.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +416,7 @@ _MAX_FAILURES: Final = 8
 _MAX_RECENT: Final = 20
 _MAX_VELOCITY: Final = 32
 _MAX_COMPLAINTS: Final = 8
+_MAX_FRESH: Final = 8
 
 _CONTACT_TYPES: Final = frozenset({"call", "chat", "email", "complaint"})
 _FAILURE_TYPES: Final = frozenset({"checkout_failed", "login_failed"})
@@ -465,6 +466,7 @@ class Profile:
     last_geo: list[Any] | None = None  # [lat, lon, ts, country, event_id, event_type]
     timezone: str | None = None  # last IANA zone seen
     devices: dict[str, int] = field(default_factory=dict)  # device key -> last seen ms
+    fresh: list[list[Any]] = field(default_factory=list)  # [ts, "d"/"c", key] first seen
     channels: dict[str, int] = field(default_factory=dict)  # channel -> events
     hours: list[int] = field(default_factory=lambda: [0] * 24)  # web/app events per local hour
     amounts: dict[str, list[list[Any]]] = field(default_factory=dict)  # cur -> [[ts, amount]]
@@ -496,7 +498,10 @@ class Profile:
         return [c for c, _ in sorted(self.countries.items(), key=lambda kv: -kv[1])[:n]]
 
     def is_duplicate(self, event_id: str) -> bool:
-        return any(entry[1] == event_id for entry in self.recent)
+        for entry in self.recent:
+            if entry[1] == event_id:
+                return True
+        return False
 
 
 _PROFILE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Profile))
@@ -589,9 +594,13 @@ def _device_key(record: TouchpointRecord) -> str | None:
     if device:
         return f"d:{device}"
     ua = record["context"]["user_agent"]
-    if ua:
-        return "ua:" + hashlib.blake2b(ua.encode(), digest_size=6).hexdigest()
-    return None
+    return _ua_key(ua) if ua else None
+
+
+@lru_cache(maxsize=4096)
+def _ua_key(user_agent: str) -> str:
+    """A browser without a device id is known by its user agent (hashed: compact)."""
+    return "ua:" + hashlib.blake2b(user_agent.encode(), digest_size=6).hexdigest()
 
 
 def _contact_key(record: TouchpointRecord, body: Mapping[str, Any]) -> str:
@@ -666,6 +675,9 @@ def observe_impossible_travel(
     if geo is None or last is None:
         return None
     lat, lon, prev_ts, prev_country, prev_id, prev_type = last
+    # Cheap bound first: the great-circle distance is at most the degree "Manhattan" sum.
+    if (abs(geo["lat"] - lat) + abs(geo["lon"] - lon)) * 111.2 < rule.min_distance_km:
+        return None
     distance = haversine_km(lat, lon, geo["lat"], geo["lon"])
     if distance < rule.min_distance_km:
         return None
@@ -728,7 +740,13 @@ def observe_new_device_new_country(
     device, country = _session_attrs(profile, record, int(rule.session_minutes * _MINUTE))
     if device is None or country is None:
         return None
-    if device in profile.devices or country in profile.countries:
+    # "Never seen" before this session: a login from the new device a minute earlier
+    # (already folded in) does not make the device known.
+    since = record["occurred_at"] - int(rule.session_minutes * _MINUTE)
+    fresh = {(e[1], e[2]) for e in profile.fresh if e[0] >= since}
+    if device in profile.devices and ("d", device) not in fresh:
+        return None
+    if country in profile.countries and ("c", country) not in fresh:
         return None
     money = _money(body["amount"], body["currency"])
     summary = (
@@ -968,14 +986,12 @@ def observe_high_effort(
         return None
     body = _payload(record, CONTACT) or {}
     key = _contact_key(record, body)
+    if any(c[2] == key for c in profile.contacts):
+        return None  # a follow-up of a case already counted
     ts = record["occurred_at"]
     window = int(rule.window_days * _DAY)
     earlier = _in_window(profile.contacts, ts - window, ts)
-    keys: dict[str, str] = {}
-    for entry in earlier:
-        keys.setdefault(entry[2], entry[1])
-    if key in keys:
-        return None  # a follow-up of a contact already counted
+    keys = {entry[2]: entry[1] for entry in earlier}
     count = len(keys) + 1
     if count < rule.min_contacts:
         return None
@@ -1090,6 +1106,35 @@ def observe_complaint_unresolved(
 
 Observer = Callable[[Profile, TouchpointRecord, Any, int], Alert | None]
 
+# Which events each detector can fire on (a cheap gate in ``Detector.process``).
+_GEO, _PAYMENT, _VELOCITY, _DIGITAL_EVENT, _CONTACT_EVENT, _OPINION, _ANY = range(7)
+_GATES: Final[dict[str, int]] = {
+    "impossible_travel": _GEO,
+    "new_device_new_country_high_value": _PAYMENT,
+    "amount_outlier": _PAYMENT,
+    "velocity_burst": _VELOCITY,
+    "unusual_hour": _DIGITAL_EVENT,
+    "self_service_failed": _CONTACT_EVENT,
+    "high_effort": _CONTACT_EVENT,
+    "unhappy_valuable": _OPINION,
+    "complaint_unresolved": _ANY,
+}
+
+
+def _gates(channel: str, event_type: str) -> frozenset[int]:
+    gates = {_ANY, _GEO}
+    if event_type == "payment":
+        gates |= {_PAYMENT, _VELOCITY}
+    if event_type == "password_reset":
+        gates.add(_VELOCITY)
+    if channel in _DIGITAL:
+        gates.add(_DIGITAL_EVENT)
+    if channel == "contact_centre" and event_type in _CONTACT_TYPES:
+        gates.add(_CONTACT_EVENT)
+    if channel in ("contact_centre", "social"):
+        gates.add(_OPINION)
+    return frozenset(gates)
+
 OBSERVERS: Final[dict[str, Observer]] = {
     "impossible_travel": observe_impossible_travel,
     "new_device_new_country_high_value": observe_new_device_new_country,
@@ -1121,18 +1166,23 @@ def fold(profile: Profile, record: TouchpointRecord) -> Profile:
     if ts > profile.last_ms:
         profile.last_ms = ts
     if country:
+        if country not in profile.countries:
+            _insert(profile.fresh, [ts, "c", country], _MAX_FRESH)
         _bump(profile.countries, country, _MAX_PLACES)
     if geo is not None:
         if geo["city"]:
             _bump(profile.cities, geo["city"], _MAX_PLACES)
         if profile.last_geo is None or ts >= profile.last_geo[2]:
             profile.last_geo = [geo["lat"], geo["lon"], ts, country, event_id, event_type]
-    if context["timezone"] and _zone(context["timezone"]) is not None:
-        profile.timezone = context["timezone"]
+    zone = context["timezone"]
+    if zone and zone != profile.timezone and _zone(zone) is not None:
+        profile.timezone = zone
     device = _device_key(record)
     if device is not None:
-        if device not in profile.devices and len(profile.devices) >= _MAX_DEVICES:
-            del profile.devices[min(profile.devices, key=profile.devices.__getitem__)]
+        if device not in profile.devices:
+            _insert(profile.fresh, [ts, "d", device], _MAX_FRESH)
+            if len(profile.devices) >= _MAX_DEVICES:
+                del profile.devices[min(profile.devices, key=profile.devices.__getitem__)]
         profile.devices[device] = max(ts, profile.devices.get(device, 0))
     _bump(profile.channels, channel, _MAX_CHANNELS)
     if channel in _DIGITAL:
@@ -1144,12 +1194,13 @@ def fold(profile: Profile, record: TouchpointRecord) -> Profile:
     elif event_type == "password_reset":
         _insert(profile.resets, [ts, event_id], _MAX_VELOCITY)
 
-    commerce = _payload(record, COMMERCE)
-    if commerce is not None:
-        _fold_commerce(profile, record, commerce)
-    contact = _payload(record, CONTACT)
-    if contact is not None:
-        _fold_contact(profile, record, contact)
+    payload = record["payload"]
+    if payload is not None:
+        kind = payload[0]
+        if kind == COMMERCE:
+            _fold_commerce(profile, record, payload[1])  # type: ignore[arg-type]
+        elif kind == CONTACT:
+            _fold_contact(profile, record, payload[1])  # type: ignore[arg-type]
     return profile
 
 
@@ -1182,7 +1233,8 @@ def _fold_commerce(profile: Profile, record: TouchpointRecord, body: dict[str, A
 def _fold_contact(profile: Profile, record: TouchpointRecord, body: dict[str, Any]) -> None:
     ts = record["occurred_at"]
     key = _contact_key(record, body)
-    if _is_contact(record):
+    if _is_contact(record) and not any(c[2] == key for c in profile.contacts):
+        # One entry per case, at its first contact: follow-ups are not new effort.
         _insert(profile.contacts, [ts, record["event_id"], key], _MAX_CONTACTS)
     if body.get("csat") is not None:
         profile.csat = [ts, body["csat"]]
@@ -1263,6 +1315,7 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
         last_geo=_later(survivor.last_geo, absorbed.last_geo, at=2),
         timezone=newer.timezone or survivor.timezone or absorbed.timezone,
         devices=devices,
+        fresh=_merge_entries(survivor.fresh, absorbed.fresh, _MAX_FRESH),
         channels=_merge_counts(survivor.channels, absorbed.channels, _MAX_CHANNELS),
         hours=[a + b for a, b in zip(survivor.hours, absorbed.hours, strict=True)],
         amounts=amounts,
@@ -1295,6 +1348,17 @@ class Detector:
         ]
         complaint = self.rules.complaint_unresolved
         self._complaints: ComplaintUnresolved | None = complaint if complaint.enabled else None
+        self._by_kind: dict[tuple[str, str], list[tuple[str, Observer, RuleConfig]]] = {}
+
+    def _observers(self, channel: str, event_type: str) -> list[tuple[str, Observer, RuleConfig]]:
+        key = (channel, event_type)
+        found = self._by_kind.get(key)
+        if found is None:
+            gates = _gates(channel, event_type)
+            found = [a for a in self._active if _GATES[a[0]] in gates]
+            if len(self._by_kind) < 1024:  # channel/type are validated upstream; stay bounded
+                self._by_kind[key] = found
+        return found
 
     def process(
         self, profile: Profile, record: TouchpointRecord, now_ms: int
@@ -1303,12 +1367,18 @@ class Detector:
 
         An event already in the profile's recent history (a replay) is ignored.
         """
-        if profile.is_duplicate(record["event_id"]):
+        ts = record["occurred_at"]
+        # Anything already folded in is no newer than last_ms: only then look for it.
+        if ts <= profile.last_ms and profile.is_duplicate(record["event_id"]):
             return profile, []
         alerts: list[Alert] = []
         cooldowns = profile.cooldowns
-        ts = record["occurred_at"]
-        for name, observe, config in self._active:
+        has_geo = record["context"]["geo"] is not None
+        for name, observe, config in self._observers(record["channel"], record["event_type"]):
+            if name == "impossible_travel" and not has_geo:
+                continue
+            if name == "complaint_unresolved" and not profile.complaints:
+                continue
             last = cooldowns.get(name)
             if last is not None and abs(ts - last) < config.cooldown_ms:
                 continue

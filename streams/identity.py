@@ -1224,20 +1224,25 @@ def output_from_json(data: Mapping[str, Any]) -> Output:
 
 
 def state_to_json(value: State) -> dict[str, Any]:
-    """Compact: fields at their defaults are left out."""
+    """A JSON-able copy (shares nothing with ``value``); fields at their defaults are left out."""
+    data: dict[str, Any]
     if isinstance(value, IdState):
-        data: dict[str, Any] = {"t": "id"}
-        for name in ("customer", "quarantined", "glued", "former", "peers"):
+        data = {"t": "id", "first_seen_ms": value.first_seen_ms, "version": value.version}
+        for name in ("customer", "quarantined", "erased"):
             if getattr(value, name):
                 data[name] = getattr(value, name)
-        data["first_seen_ms"], data["version"] = value.first_seen_ms, value.version
-        if value.erased:
-            data["erased"] = True
+        for name in ("glued", "former", "peers"):
+            if getattr(value, name):
+                data[name] = list(getattr(value, name))
         return data
     data = {"t": "customer", "created_ms": value.created_ms}
-    for name in ("members", "absorbed_into", "absorbed", "pending", "lock_seq", "erased"):
+    for name in ("absorbed_into", "pending", "lock_seq", "erased"):
         if getattr(value, name):
             data[name] = getattr(value, name)
+    if value.members:
+        data["members"] = {kind: list(keys) for kind, keys in value.members.items() if keys}
+    if value.absorbed:
+        data["absorbed"] = list(value.absorbed)
     if value.waiting:
         data["waiting"] = [op_to_json(op) for op in value.waiting]
     return data

@@ -12,6 +12,7 @@ __all__ = [
     "CLICKHOUSE_INSERT_FAILURES",
     "CLICKHOUSE_INSERT_SECONDS",
     "CLICKHOUSE_ROWS",
+    "CONSUMER_LAG",
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENT_LAG_SECONDS",
@@ -76,6 +77,14 @@ SINK_COMMITTED_OFFSET = Gauge(
     "touchpoints_sink_committed_offset",
     "Last offset the ClickHouse sink committed, per topic partition.",
     ["topic", "partition"],
+    registry=REGISTRY,
+)
+
+
+CONSUMER_LAG = Gauge(
+    "touchpoints_consumer_lag_messages",
+    "High watermark minus next offset to read, per consumer (stage), topic and partition.",
+    ["stage", "topic", "partition"],
     registry=REGISTRY,
 )
 

@@ -244,8 +244,13 @@ class SinkService(Service):
             for tp, messages in batches.items():
                 for m in messages:
                     sink.add(tp.topic, tp.partition, m.offset, m.key, m.value, m.headers, now_ms)
-                self._positions[tp] = messages[-1].offset + 1
+                self._positions[tp] = next_offset = messages[-1].offset + 1
                 metrics.EVENTS_CONSUMED.labels(tp.topic).inc(len(messages))
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    metrics.CONSUMER_LAG.labels("sink", tp.topic, str(tp.partition)).set(
+                        max(0, highwater - next_offset)
+                    )
             due = time.monotonic() - self._last_flush >= settings.sink_flush_seconds
             if sink.pending_rows >= settings.sink_batch_rows or (due and self._positions):
                 await self.flush_and_commit()
