@@ -14,20 +14,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, cast
 
 import faust
-from faust.types import TP
+import orjson
+import yaml
 from aiohttp import web as aioweb
+from faust.types import TP
 
 from streams import metrics
 from streams.clickhouse import ClickHouse, connect
 from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.customer_stage import (
+    POSITION_SCALE,
+    CustomerStage,
+    encode_rows,
+    event_item,
+    merge_item,
+)
 from streams.dlq import RawMessage
-from streams.envelope import group_by_partition, pack
-from streams.ingest import IngestPolicy, IngestStage
+from streams.envelope import group_by_partition, pack, partition_for, unpack
+from streams.identity import (
+    IdentityNode,
+    IdentityRules,
+    Merge,
+    Refusal,
+    Resolved,
+    op_from_json,
+    op_to_json,
+    ops_for_event,
+    output_to_json,
+    state_from_json,
+    state_to_json,
+)
+from streams.ingest import IngestPolicy, IngestStage, from_json
 from streams.kafka import consumer_security
 from streams.settings import Settings
 from streams.sink import SinkService
@@ -61,10 +85,22 @@ class Pipeline:
         self.settings = settings
         self.registry = SchemaRegistry.from_dir(settings.schemas_dir)
         self.codec = AvroCodec(self.registry, TOUCHPOINT_SUBJECT)
+        self.identity_rules = (
+            IdentityRules.from_mapping(yaml.safe_load(settings.identity_rules.read_text()) or {})
+            if settings.identity_rules
+            else IdentityRules()
+        )
+        self.identity = IdentityNode(self.identity_rules)
         self.stage = IngestStage(
             self.codec,
             IngestPolicy.from_settings(settings),
             dedupe_horizon_ms=settings.dedupe_horizon_seconds * 1000,
+            is_blocked=self.identity_rules.is_blocked,
+        )
+        self.customer_stage = CustomerStage(
+            settings.topic_partitions,
+            lateness_ms=settings.aggregate_lateness_seconds * 1000,
+            pane_events=settings.aggregate_pane_events,
         )
         # One thread owns every ClickHouse call (the embedded engine is not for sharing).
         self.clickhouse_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
@@ -101,14 +137,28 @@ class Pipeline:
         self.app = app
         t = settings.topics
         self.raw_topic = self._bytes_topic(t.raw)
-        self.valid_topic = self._bytes_topic(t.valid)
         self.dlq_topic = self._bytes_topic(t.dead_letter)
+        # identity: LINK ops come from ingest (valid), the others from identity itself (ops)
+        self.identity_in = self._bytes_topic(t.valid, t.identity_ops)
+        self.resolved_topic = self._bytes_topic(t.resolved)
         self.dedupe_table = app.Table(
             "ingest-dedupe",
             partitions=settings.topic_partitions,
             help="Event ids seen per raw partition, one entry per ingest batch.",
         )
+        self.identity_table = app.Table(
+            "identity",
+            partitions=settings.topic_partitions,
+            help="Identity graph: identifier -> customer label; customer -> members.",
+        )
+        self.customer_table = app.Table(
+            "customers",
+            partitions=settings.topic_partitions,
+            help="Per customer partition: aggregate partials, customer memory, customer 360.",
+        )
         app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
+        app.agent(self.identity_in, name="identity")(self._identity_agent)
+        app.agent(self.resolved_topic, name="customers")(self._customer_agent)
         if settings.sink_enabled:
             factory = clickhouse_factory or (lambda: connect(settings))
             self.sink: SinkService | None = SinkService(settings, factory, self.clickhouse_executor)
@@ -121,9 +171,9 @@ class Pipeline:
         app.page("/readyz")(cast(Any, self._readyz))
         app.page("/metrics")(cast(Any, self._metrics))
 
-    def _bytes_topic(self, name: str) -> Any:
+    def _bytes_topic(self, *names: str) -> Any:
         return self.app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
     # --- agents -------------------------------------------------------------------------
@@ -157,7 +207,8 @@ class Pipeline:
             pending = []
             # Valid records travel in envelopes, one per destination partition (by anchor).
             grouped = group_by_partition(
-                ((out.anchor, out.record) for out in result.valid), settings.topic_partitions
+                ((out.anchor, {"a": out.anchor, "r": out.record}) for out in result.valid),
+                settings.topic_partitions,
             )
             for partition, records in grouped.items():
                 pending.append(
@@ -182,6 +233,141 @@ class Pipeline:
             self._export_lag("ingest", messages)
             metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
+    async def _identity_agent(self, stream: Any) -> None:
+        """LINK ops from ingest + protocol ops from itself -> state, new ops, outputs."""
+        settings, t = self.settings, self.settings.topics
+        n = settings.topic_partitions
+        async for events in stream.take_events(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            started = time.perf_counter()
+            now_ms = int(time.time() * 1000)
+            by_partition: dict[int, list[Any]] = defaultdict(list)
+            refusals: list[Refusal] = []
+            for e in events:
+                msg = e.message
+                ops = by_partition[msg.partition]
+                if msg.topic == t.valid:
+                    for item in unpack(msg.value):  # {"a": anchor, "r": record}
+                        link, refused = ops_for_event(
+                            from_json(item["r"]), self.identity_rules, carry_event=False
+                        )
+                        ops.extend(replace(op, event=item) for op in link)
+                        refusals.extend(refused)
+                else:
+                    ops.extend(op_from_json(item) for item in unpack(msg.value))
+            shard = TableShard(self.identity_table)
+            out_ops: list[tuple[str, Any]] = []
+            outputs: list[Any] = list(refusals)
+            for partition, ops in by_partition.items():
+                view = _IdentityView(shard, n, partition)
+                fx = self.identity.handle_batch(ops, view, now_ms)
+                out_ops.extend((op.routing_key, op_to_json(op)) for op in fx.ops)
+                outputs.extend(fx.outputs)
+            pending = [
+                await self._send_envelope(t.identity_ops, p, items)
+                for p, items in group_by_partition(out_ops, n).items()
+            ]
+            pending += await self._send_identity_outputs(outputs)
+            pending.extend(shard.flush())
+            await asyncio.gather(*pending)
+            metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _send_identity_outputs(self, outputs: list[Any]) -> list[Any]:
+        t, n = self.settings.topics, self.settings.topic_partitions
+        producer = self.app.producer
+        resolved: list[tuple[str, Any]] = []
+        changes: list[tuple[str, Any]] = []
+        pending = []
+        for out in outputs:
+            if isinstance(out, Resolved):
+                customer = out.customer or ""
+                item = out.event  # {"a": anchor, "r": record} from the valid topic
+                resolved.append(
+                    (customer or out.event_id, event_item(customer, item["r"], item["a"]))
+                )
+                metrics.IDENTITY_OUTPUTS.labels("resolved").inc()
+                continue
+            changes.append((out.id, output_to_json(out)))
+            metrics.IDENTITY_OUTPUTS.labels(type(out).__name__.lower()).inc()
+            if isinstance(out, Merge):
+                notice = merge_item(out.survivor, out.absorbed, out.ts)
+                resolved.append((out.absorbed, notice))
+                if partition_for(out.survivor, n) != partition_for(out.absorbed, n):
+                    resolved.append((out.survivor, notice))
+                pending.append(
+                    await producer.send(
+                        t.merges,
+                        out.absorbed.encode(),
+                        orjson.dumps(output_to_json(out)),
+                        None,
+                        None,
+                        None,
+                    )
+                )
+            elif isinstance(out, Refusal):
+                metrics.IDENTITY_REFUSALS.labels(out.reason.split(":")[0]).inc()
+                if out.for_review:
+                    pending.append(
+                        await producer.send(
+                            t.review,
+                            (out.identifier or "").encode(),
+                            orjson.dumps(output_to_json(out)),
+                            None,
+                            None,
+                            None,
+                        )
+                    )
+        for p, items in group_by_partition(resolved, n).items():
+            pending.append(await self._send_envelope(t.resolved, p, items))
+        for p, items in group_by_partition(changes, n).items():
+            pending.append(await self._send_envelope(t.identity_changes, p, items))
+        return pending
+
+    async def _customer_agent(self, stream: Any) -> None:
+        """Resolved events and merge notices -> rolling aggregates and the customer 360."""
+        settings, t = self.settings, self.settings.topics
+        stage = self.customer_stage
+        data = self.customer_table.data
+        async for events in stream.take_events(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            now_ms = int(time.time() * 1000)
+            items: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+            for e in events:
+                msg = e.message
+                entries = items[msg.partition]
+                base = msg.offset * POSITION_SCALE
+                entries.extend(
+                    (base + i, item)
+                    for i, item in enumerate(unpack(msg.value))
+                    if item["t"] != "e" or item["c"]
+                )
+            for partition in items:
+                if not stage.has_partition(partition):
+                    stage.restore(partition, data)
+            out = stage.process(items, data, now_ms)
+            metrics.LATE_EVENTS.inc(out.late_events)
+            shard = TableShard(self.customer_table)
+            for partition, key, value in out.state_puts:
+                if value is None:
+                    shard.delete(partition, key)
+                else:
+                    shard.put(partition, key, value)
+            n = settings.topic_partitions
+            pending = [
+                await self._send_envelope(t.resolved, p, handovers)
+                for p, handovers in group_by_partition(out.handovers, n).items()
+            ]
+            rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
+            if rows:
+                pending.append(await self._send_envelope(t.aggregates, min(items), rows))
+            pending.extend(shard.flush())
+            await asyncio.gather(*pending)
+
+    async def _send_envelope(self, topic: str, partition: int, items: list[Any]) -> Any:
+        return await self.app.producer.send(topic, None, pack(items), partition, None, None)
+
     def _export_lag(self, stage: str, messages: list[RawMessage]) -> None:
         last: dict[tuple[str, int], int] = {}
         for m in messages:
@@ -205,6 +391,8 @@ class Pipeline:
         for tp in revoked:
             if tp.topic == self.settings.topics.raw:
                 self.stage.forget(tp.partition)
+            elif tp.topic == self.settings.topics.resolved:
+                self.customer_stage.forget(tp.partition)
 
     async def _on_rebalanced(self, app: Any, **kwargs: Any) -> None:
         self.ready = True
@@ -226,3 +414,22 @@ class Pipeline:
 
 def create_app(settings: Settings) -> faust.App:
     return Pipeline(settings).app
+
+
+class _IdentityView:
+    """The identity node's ``StateView`` over the identity table, for one batch."""
+
+    def __init__(self, shard: TableShard, partitions: int, partition: int) -> None:
+        self.shard = shard
+        self.partitions = partitions
+        self.partition = partition
+
+    def get(self, key: str) -> Any:
+        saved = self.shard.get(key)
+        return None if saved is None else state_from_json(saved)
+
+    def put(self, key: str, value: Any) -> None:
+        partition = partition_for(key, self.partitions)
+        if partition != self.partition:  # handlers write only their op's routing key
+            raise RuntimeError(f"identity state {key!r} belongs to partition {partition}")
+        self.shard.put(partition, key, state_to_json(value))

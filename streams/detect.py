@@ -161,8 +161,14 @@ class RulesError(ValueError):
         super().__init__(f"invalid {source}:\n  " + "\n  ".join(problems))
 
 
-def _param(default: Any, *, gt: float | None = None, ge: float | None = None,
-           le: float | None = None, doc: str = "") -> Any:  # fmt: skip
+def _param(
+    default: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    doc: str = "",
+) -> Any:
     return field(default=default, metadata={"gt": gt, "ge": ge, "le": le, "doc": doc})
 
 
@@ -1135,6 +1141,7 @@ def _gates(channel: str, event_type: str) -> frozenset[int]:
         gates.add(_OPINION)
     return frozenset(gates)
 
+
 OBSERVERS: Final[dict[str, Observer]] = {
     "impossible_travel": observe_impossible_travel,
     "new_device_new_country_high_value": observe_new_device_new_country,
@@ -1406,6 +1413,13 @@ class Detector:
             alerts.append(alert)
         self._drop_overdue(profile, now_ms)
         return profile, alerts
+
+    def next_tick_ms(self, profile: Profile) -> int | None:
+        """When ``tick`` could next raise something for this customer (None: never)."""
+        rule = self._complaints
+        if rule is None or not profile.complaints:
+            return None
+        return int(min(c[0] for c in profile.complaints) + rule.target_hours * _HOUR)
 
     def _drop_overdue(self, profile: Profile, at_ms: int) -> None:
         """Complaints past their target were alerted (or suppressed): stop tracking them."""

@@ -39,9 +39,15 @@ quarantined one (the event goes to the remaining identifiers, or to nobody), and
 still in flight towards an erased customer are dropped or erase what they carry.
 Handlers only get/put by key (never scan), so the state store may hash its keys.
 
-Split (best effort): the identifier moves to a fresh customer of its own and is
-removed from the old one; it will not re-join the customer it left, but a relabel
-already in flight when the split happens can move it back to the old survivor.
+Split (best effort): the identifier moves to a fresh customer of its own and is removed
+from the old one. A replayed or stale JOIN towards its old customer is ignored, but a
+new event linking it to that customer's identifiers merges them again (evidence wins)
+unless the split also quarantined it; a relabel in flight during the split can also
+move it back.
+
+Merge cap: an identifier counts the distinct customer ids it was asked to join (its own
+label included); above the cap for its kind it is quarantined. Merges it requested
+before that stand, so at most K customers are ever glued by one identifier.
 """
 
 from __future__ import annotations
@@ -51,9 +57,9 @@ import hashlib
 import random
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Final, Protocol, TypeAlias
+from typing import Any, ClassVar, Final, Protocol, TypeAlias, get_args
 
 import orjson
 
@@ -169,23 +175,32 @@ class IdentityRules:
     blocked_values: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: dict(DEFAULT_BLOCKED_VALUES)
     )
-    blocked_patterns: Mapping[str, tuple[re.Pattern[str], ...]] = field(
-        default_factory=lambda: _compile(DEFAULT_BLOCKED_PATTERNS)
+    blocked_patterns: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_BLOCKED_PATTERNS)
     )
     max_peers: int = 16  # identifiers an anchor remembers having joined (saves repeat JOINs)
+    _block: dict[str, tuple[frozenset[str], re.Pattern[str] | None]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        """Per kind: its blocked values and one pattern, each merged with the ``*`` ones."""
+        block = {}
+        for kind in (*IDENTIFIER_KINDS, "*"):
+            values = self.blocked_values.get(kind, frozenset()) | self.blocked_values.get(
+                "*", frozenset()
+            )
+            patterns = (*self.blocked_patterns.get(kind, ()), *self.blocked_patterns.get("*", ()))
+            joined = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+            block[kind] = (frozenset(v.lower() for v in values), joined)
+        object.__setattr__(self, "_block", block)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> IdentityRules:
         """Defaults overridden by ``{"limits": {kind: n}, "merge_caps": {kind: k},
         "blocked_values": {kind | "*": [...]}, "blocked_patterns": {kind | "*": [regex]},
         "max_peers": n}``; a kind given replaces that kind's default entirely."""
-        unknown = set(config) - {
-            "limits",
-            "merge_caps",
-            "blocked_values",
-            "blocked_patterns",
-            "max_peers",
-        }
+        unknown = set(config) - {f.name for f in fields(cls) if f.init}
         if unknown:
             raise ValueError(f"unknown identity settings: {sorted(unknown)}")
 
@@ -196,8 +211,8 @@ class IdentityRules:
                 raise ValueError(f"{name}: unknown kinds {sorted(set(section) - allowed)}")
             return section
 
-        limits = {**DEFAULT_LIMITS, **kinds("limits", False)}
-        caps = {**DEFAULT_MERGE_CAPS, **kinds("merge_caps", False)}
+        limits = {**DEFAULT_LIMITS, **{k: int(v) for k, v in kinds("limits", False).items()}}
+        caps = {**DEFAULT_MERGE_CAPS, **{k: int(v) for k, v in kinds("merge_caps", False).items()}}
         if min(limits.values()) < 1 or min(caps.values()) < 1:
             raise ValueError("limits and merge caps must be >= 1")
         values = {**DEFAULT_BLOCKED_VALUES}
@@ -206,13 +221,10 @@ class IdentityRules:
         )
         patterns = {**DEFAULT_BLOCKED_PATTERNS}
         patterns.update({k: tuple(v) for k, v in kinds("blocked_patterns", True).items()})
-        return cls(
-            {k: int(v) for k, v in limits.items()},
-            {k: int(v) for k, v in caps.items()},
-            values,
-            _compile(patterns),
-            int(config.get("max_peers", 16)),
-        )
+        try:
+            return cls(limits, caps, values, patterns, int(config.get("max_peers", 16)))
+        except re.error as exc:
+            raise ValueError(f"blocked_patterns: {exc}") from exc
 
     @classmethod
     def unguarded(cls) -> IdentityRules:
@@ -228,13 +240,10 @@ class IdentityRules:
 
     def is_blocked(self, key: str) -> bool:
         kind, _, value = key.partition(":")
-        lowered = value.lower()
-        for scope in (kind, "*"):
-            if lowered in self.blocked_values.get(scope, ()):
-                return True
-            if any(p.search(value) for p in self.blocked_patterns.get(scope, ())):
-                return True
-        return False
+        values, pattern = self._block.get(kind) or self._block["*"]
+        return value.lower() in values or (
+            pattern is not None and pattern.search(value) is not None
+        )
 
     def filter(
         self, idents: Iterable[str], event_id: str = "", ts: int = 0
@@ -250,13 +259,20 @@ class IdentityRules:
         return usable, refusals
 
 
-def _compile(patterns: Mapping[str, Sequence[str]]) -> dict[str, tuple[re.Pattern[str], ...]]:
-    return {kind: tuple(re.compile(p) for p in ps) for kind, ps in patterns.items()}
-
-
 # ----------------------------------------------------------------------------- ops
-# Each op is routed to partition_for(op.routing_key, n). event_id/ts: the event (or
-# operator request) that caused it, carried along as evidence.
+# event_id/ts: the event (or operator request) that caused an op, carried as evidence.
+
+
+class _Routed:
+    """An op goes to ``partition_for(op.routing_key, n)``: the key whose state it changes."""
+
+    __slots__ = ()
+    ROUTE: ClassVar[str]
+
+    @property
+    def routing_key(self) -> str:
+        key: str = getattr(self, self.ROUTE)
+        return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,50 +289,42 @@ class LinkOp:
 
 
 @dataclass(frozen=True, slots=True)
-class JoinOp:
+class JoinOp(_Routed):
     TAG: ClassVar[str] = "join"
+    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     customer: str
     via: str  # the anchor that saw both
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.identifier
-
 
 @dataclass(frozen=True, slots=True)
-class AddMemberOp:
+class AddMemberOp(_Routed):
     TAG: ClassVar[str] = "add_member"
+    ROUTE: ClassVar[str] = "customer"
     customer: str  # where it is going (follows absorptions)
     identifier: str
     assigned: str  # the label the identifier was given
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.customer
-
 
 @dataclass(frozen=True, slots=True)
-class MergeOp:
+class MergeOp(_Routed):
     TAG: ClassVar[str] = "merge"
+    ROUTE: ClassVar[str] = "absorbed"
     absorbed: str  # the younger id
     survivor: str  # the older id
     via: str  # the identifier that glued them
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.absorbed
-
 
 @dataclass(frozen=True, slots=True)
-class ProposeOp:
+class ProposeOp(_Routed):
     TAG: ClassVar[str] = "propose"
+    ROUTE: ClassVar[str] = "survivor"
     survivor: str
     absorbed: str
     seq: int  # the absorbed customer's lock number
@@ -326,123 +334,96 @@ class ProposeOp:
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.survivor
-
 
 @dataclass(frozen=True, slots=True)
-class AbsorbedOp:
+class AbsorbedOp(_Routed):
     TAG: ClassVar[str] = "absorbed"
+    ROUTE: ClassVar[str] = "absorbed"
     absorbed: str
     survivor: str
     seq: int
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.absorbed
-
 
 @dataclass(frozen=True, slots=True)
-class UnlockOp:
+class UnlockOp(_Routed):
     TAG: ClassVar[str] = "unlock"
+    ROUTE: ClassVar[str] = "customer"
     customer: str
     seq: int
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.customer
-
 
 @dataclass(frozen=True, slots=True)
-class RelabelOp:
+class RelabelOp(_Routed):
     TAG: ClassVar[str] = "relabel"
+    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     customer: str
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.identifier
-
 
 @dataclass(frozen=True, slots=True)
-class DetachOp:
+class DetachOp(_Routed):
     """A customer refused the identifier (limit): it gets a customer of its own."""
 
     TAG: ClassVar[str] = "detach"
+    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     customer: str  # the label it was refused under
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.identifier
-
 
 @dataclass(frozen=True, slots=True)
-class RemoveMemberOp:
+class RemoveMemberOp(_Routed):
     TAG: ClassVar[str] = "remove_member"
+    ROUTE: ClassVar[str] = "customer"
     customer: str
     identifier: str
     event_id: str
     ts: int
 
-    @property
-    def routing_key(self) -> str:
-        return self.customer
-
 
 @dataclass(frozen=True, slots=True)
-class SplitOp:
+class SplitOp(_Routed):
     """Operator request: move the identifier off its customer onto a new one."""
 
     TAG: ClassVar[str] = "split"
+    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     event_id: str  # the request id
     ts: int
-
-    @property
-    def routing_key(self) -> str:
-        return self.identifier
+    quarantine: bool = False  # also stop it linking (a shared device, a kiosk)
 
 
 @dataclass(frozen=True, slots=True)
-class EraseOp:
+class EraseOp(_Routed):
     """Operator request (``cascade_of`` None: erases the customer's survivor), or the
     cascade tombstoning a customer absorbed by an erased one."""
 
     TAG: ClassVar[str] = "erase"
+    ROUTE: ClassVar[str] = "customer"
     customer: str
     event_id: str
     ts: int
     cascade_of: str | None = None
 
-    @property
-    def routing_key(self) -> str:
-        return self.customer
-
 
 @dataclass(frozen=True, slots=True)
-class EraseIdentifierOp:
+class EraseIdentifierOp(_Routed):
     """Operator request (``customers`` empty: erases the identifier and its customer), or
     the cascade: tombstone the identifier if its label is one of ``customers``."""
 
     TAG: ClassVar[str] = "erase_identifier"
+    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     event_id: str
     ts: int
     customers: tuple[str, ...] = ()
-
-    @property
-    def routing_key(self) -> str:
-        return self.identifier
 
 
 Op: TypeAlias = (
@@ -460,21 +441,7 @@ Op: TypeAlias = (
     | EraseOp
     | EraseIdentifierOp
 )
-_OP_TYPES: Final[tuple[type[Any], ...]] = (
-    LinkOp,
-    JoinOp,
-    AddMemberOp,
-    MergeOp,
-    ProposeOp,
-    AbsorbedOp,
-    UnlockOp,
-    RelabelOp,
-    DetachOp,
-    RemoveMemberOp,
-    SplitOp,
-    EraseOp,
-    EraseIdentifierOp,
-)
+_OP_TYPES: Final[tuple[type[Any], ...]] = get_args(Op)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -579,14 +546,7 @@ class SplitRecord:
 
 
 Output: TypeAlias = Resolved | Merge | Refusal | IdentityUpdate | Erased | SplitRecord
-_OUTPUT_TYPES: Final[tuple[type[Any], ...]] = (
-    Resolved,
-    Merge,
-    Refusal,
-    IdentityUpdate,
-    Erased,
-    SplitRecord,
-)
+_OUTPUT_TYPES: Final[tuple[type[Any], ...]] = get_args(Output)
 
 
 # ----------------------------------------------------------------------------- state
@@ -690,11 +650,9 @@ class _Overlay:
         self.dirty: dict[str, State] = {}
 
     def get(self, key: str) -> State | None:
-        try:
-            return self.cache[key]
-        except KeyError:
-            value = self.cache[key] = self.base.get(key)
-            return value
+        if key not in self.cache:
+            self.cache[key] = self.base.get(key)
+        return self.cache[key]
 
     def put(self, key: str, value: State) -> None:
         self.cache[key] = value
@@ -738,20 +696,9 @@ class IdentityNode:
 
     def __init__(self, rules: IdentityRules | None = None) -> None:
         self.rules = rules or IdentityRules()
+        # one method per op, named after its tag: LinkOp -> self._link
         self._handlers: dict[type[Any], Callable[[Any, StateView, Effects], None]] = {
-            LinkOp: self._link,
-            JoinOp: self._join,
-            AddMemberOp: self._add_member,
-            MergeOp: self._merge,
-            ProposeOp: self._propose,
-            AbsorbedOp: self._absorbed,
-            UnlockOp: self._unlock,
-            RelabelOp: self._relabel,
-            DetachOp: self._detach,
-            RemoveMemberOp: self._remove_member,
-            SplitOp: self._split,
-            EraseOp: self._erase,
-            EraseIdentifierOp: self._erase_identifier,
+            cls: getattr(self, f"_{cls.TAG}") for cls in _OP_TYPES
         }
 
     def handle(self, op: Op, state: StateView, now_ms: int = 0) -> Effects:
@@ -873,6 +820,7 @@ class IdentityNode:
         old = s.customer
         if old == customer_id(op.ts, f"{op.identifier}#{op.event_id}"):
             return  # replay
+        s.quarantined = s.quarantined or op.quarantine
         new = self._move_to_fresh(op.identifier, s, op.event_id, op.ts, st, fx)
         fx.ops.append(RemoveMemberOp(old, op.identifier, op.event_id, op.ts))
         fx.outputs.append(SplitRecord(op.identifier, old, new, op.event_id, op.ts))
@@ -952,9 +900,12 @@ class IdentityNode:
         elif c.pending is not None:
             _defer(c, op, op.customer, st)
         else:
-            have = c.members.get(_kind(op.identifier), [])
+            kind = _kind(op.identifier)
+            have = c.members.get(kind, [])
             if op.identifier in have:
                 have.remove(op.identifier)
+                if not have:
+                    del c.members[kind]
                 st.put(op.customer, c)
 
     def _merge(self, op: MergeOp, st: StateView, fx: Effects) -> None:
@@ -1240,7 +1191,7 @@ def state_to_json(value: State) -> dict[str, Any]:
         if getattr(value, name):
             data[name] = getattr(value, name)
     if value.members:
-        data["members"] = {kind: list(keys) for kind, keys in value.members.items() if keys}
+        data["members"] = {kind: list(keys) for kind, keys in value.members.items()}
     if value.absorbed:
         data["absorbed"] = list(value.absorbed)
     if value.waiting:
@@ -1328,8 +1279,11 @@ class Simulator:
         for _ in range(max_steps):
             busy = [p for p, q in enumerate(self.queues) if q]
             if incoming and (not busy or self.rng.random() < 0.3):
-                ops, refusals = ops_for_event(incoming.popleft(), self.rules)
+                event = incoming.popleft()
+                ops, refusals = ops_for_event(event, self.rules)
                 self._emit(refusals)
+                if not ops:  # nothing usable on it: attributed to nobody
+                    self._emit([Resolved(event["event_id"], event["occurred_at"], None, event)])
                 for op in ops:
                     self.submit(op)
             elif busy:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -232,13 +233,19 @@ def _invalid_value(record: TouchpointRecord) -> str | None:
     return None
 
 
-def anchor_key(record: TouchpointRecord) -> str:
-    """The strongest identifier on the event, ``kind:value``: where identity starts."""
+def anchor_key(record: TouchpointRecord, is_blocked: Callable[[str], bool] | None = None) -> str:
+    """The strongest usable identifier on the event, ``kind:value``: where identity starts.
+
+    Blocked values (``IdentityRules.is_blocked``) are skipped, exactly as the identity
+    stage skips them, so the anchor here is the LINK op's routing key there.
+    """
     ids = record["identifiers"]
     for kind in IDENTIFIER_KINDS:
         value = ids[kind]  # type: ignore[literal-required]
         if value:
-            return f"{kind}:{value}"
+            key = f"{kind}:{value}"
+            if is_blocked is None or not is_blocked(key):
+                return key
     return f"event:{record['event_id']}"
 
 
@@ -337,9 +344,16 @@ class IngestStage:
     and what state to persist. No Faust, no I/O.
     """
 
-    def __init__(self, codec: AvroCodec, policy: IngestPolicy, dedupe_horizon_ms: int) -> None:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        policy: IngestPolicy,
+        dedupe_horizon_ms: int,
+        is_blocked: Callable[[str], bool] | None = None,
+    ) -> None:
         self.codec = codec
         self.policy = policy
+        self.is_blocked = is_blocked
         self.dedupe_horizon_ms = dedupe_horizon_ms
         self._dedupers: dict[int, Deduplicator] = {}
 
@@ -379,7 +393,8 @@ class IngestStage:
                     fresh.setdefault(msg.partition, []).append(event_id)
                     first_offset.setdefault(msg.partition, msg.offset)
             if isinstance(outcome, Accepted):
-                result.valid.append(ValidOut(anchor_key(outcome.record), outcome.record))
+                anchor = anchor_key(outcome.record, self.is_blocked)
+                result.valid.append(ValidOut(anchor, outcome.record))
             else:
                 result.dead.append(dead_letter(msg, outcome.reason, outcome.detail, now_ms))
         for partition, ids in fresh.items():

@@ -59,7 +59,20 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     t = settings.topics
     n, rf = settings.topic_partitions, settings.topic_replication_factor
     min_isr = str(min(2, rf))
-    return [
+    internal = {"retention.ms": str(settings.raw_retention_ms), "min.insync.replicas": min_isr}
+    compacted = {"cleanup.policy": "compact", "min.insync.replicas": min_isr}
+    # Every topic has the same partition count: Faust co-partitions them, so partition p
+    # of every internal topic and table changelog lands on the same worker.
+    extra = [
+        TopicSpec(t.identity_ops, n, rf, internal),
+        TopicSpec(t.resolved, n, rf, internal),
+        TopicSpec(t.identity_changes, n, rf, internal),
+        TopicSpec(t.aggregates, n, rf, internal),
+        TopicSpec(t.merges, n, rf, compacted),
+        TopicSpec(t.review, n, rf, internal),
+        TopicSpec(t.alerts, n, rf, internal),
+    ]
+    return extra + [
         TopicSpec(
             t.raw,
             n,

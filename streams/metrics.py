@@ -13,6 +13,10 @@ __all__ = [
     "CLICKHOUSE_INSERT_SECONDS",
     "CLICKHOUSE_ROWS",
     "CONSUMER_LAG",
+    "IDENTITY_BATCH_SECONDS",
+    "IDENTITY_OUTPUTS",
+    "IDENTITY_REFUSALS",
+    "LATE_EVENTS",
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENT_LAG_SECONDS",
@@ -85,6 +89,31 @@ CONSUMER_LAG = Gauge(
     "touchpoints_consumer_lag_messages",
     "High watermark minus next offset to read, per consumer (stage), topic and partition.",
     ["stage", "topic", "partition"],
+    registry=REGISTRY,
+)
+
+
+IDENTITY_BATCH_SECONDS = Histogram(
+    "touchpoints_identity_batch_seconds",
+    "Time to process one identity batch (ops + outputs delivered).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+IDENTITY_OUTPUTS = Counter(
+    "touchpoints_identity_outputs_total",
+    "Identity stage outputs by kind (resolved, merge, refusal, identityupdate, erased, split).",
+    ["kind"],
+    registry=REGISTRY,
+)
+IDENTITY_REFUSALS = Counter(
+    "touchpoints_identity_refusals_total",
+    "Links the identity guards refused, by reason (blocked_value, merge_cap, limit).",
+    ["reason"],
+    registry=REGISTRY,
+)
+LATE_EVENTS = Counter(
+    "touchpoints_late_events_total",
+    "Events later than the allowed lateness: kept in touchpoints, not in the windows.",
     registry=REGISTRY,
 )
 

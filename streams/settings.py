@@ -32,9 +32,13 @@ class TopicNames:
         self.raw = f"{prefix}touchpoints.raw"
         self.valid = f"{prefix}touchpoints.valid"
         self.dead_letter = f"{prefix}touchpoints.dlq"
-
-    def all_pipeline_topics(self) -> list[str]:
-        return [self.raw, self.valid, self.dead_letter]
+        self.identity_ops = f"{prefix}identity.ops"
+        self.resolved = f"{prefix}touchpoints.resolved"
+        self.identity_changes = f"{prefix}identity.changes"
+        self.merges = f"{prefix}identity.merges"
+        self.review = f"{prefix}identity.review"
+        self.aggregates = f"{prefix}aggregates.rows"
+        self.alerts = f"{prefix}alerts"
 
 
 class Settings(BaseSettings):
@@ -94,6 +98,17 @@ class Settings(BaseSettings):
         3600, ge=0, description="Event ids remembered for de-duplication (0 = off)."
     )
 
+    # --- identity and aggregates
+    identity_rules: Path | None = Field(
+        None, description="YAML with identity guard limits/caps/blocked values (default: built-in)."
+    )
+    aggregate_lateness_seconds: int = Field(
+        300, ge=0, description="Allowed lateness of events for the rolling windows."
+    )
+    aggregate_pane_events: int = Field(
+        20_000, ge=0, description="Input block size that bounds open aggregate state."
+    )
+
     # --- ClickHouse sink
     sink_enabled: bool = Field(True, description="Run the ClickHouse sink in this process.")
     sink_batch_rows: int = Field(50_000, ge=1, description="Flush when a batch has this many.")
@@ -109,6 +124,11 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text.")
     log_pii: bool = Field(False, description="Log identifiers unmasked (emails, phones).")
+
+    @field_validator("identity_rules", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value in ("", "None") else value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from mode import Service
 
 from streams import metrics
+from streams.aggregates import AGGREGATE_COLUMNS, ALERT_COLUMNS, CUSTOMER_360_COLUMNS
 from streams.clickhouse import (
     DEAD_LETTER_COLUMNS,
     TOUCHPOINT_COLUMNS,
@@ -34,8 +36,17 @@ from streams.clickhouse import (
     migrate,
     touchpoint_row,
 )
+from streams.customer_stage import decode_row
 from streams.envelope import unpack
-from streams.ingest import anchor_key, from_json
+from streams.identity import (
+    Erased,
+    IdentityUpdate,
+    Merge,
+    Refusal,
+    output_from_json,
+    output_to_json,
+)
+from streams.ingest import from_json
 from streams.kafka import consumer_security
 from streams.settings import Settings
 
@@ -80,7 +91,7 @@ RowMapper = Callable[
 """(key, value, headers, partition, offset, now_ms) -> (table, row) pairs."""
 
 
-def _valid_rows(
+def _resolved_rows(
     key: bytes | None,
     value: bytes | None,
     headers: list[tuple[str, bytes]] | None,
@@ -88,10 +99,74 @@ def _valid_rows(
     offset: int,
     now_ms: int,
 ) -> Iterable[tuple[str, list[Any]]]:
-    assert value is not None  # the ingest agent never writes an empty envelope
+    """Touchpoints, stamped with the customer they resolved to (merge notices skipped)."""
+    assert value is not None
     for item in unpack(value):
-        record = from_json(item)
-        yield "touchpoints", touchpoint_row(record, anchor_key(record), partition, offset, now_ms)
+        if item["t"] != "e":
+            continue
+        record = from_json(item["r"])
+        row = touchpoint_row(record, item["a"], partition, offset, now_ms, item["c"])
+        yield "touchpoints", row
+
+
+def _identity_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    assert value is not None
+    for item in unpack(value):
+        out = output_from_json(item)
+        if isinstance(out, IdentityUpdate):
+            if out.customer is not None:  # erased identifiers are deleted, not rewritten
+                kind = out.identifier.split(":", 1)[0]
+                yield "identity_map", [out.identifier, kind, out.customer, out.ts, out.version, 0]
+        elif isinstance(out, Merge):
+            yield (
+                "customer_merges",
+                [
+                    out.id,
+                    out.survivor,
+                    out.absorbed,
+                    out.via,
+                    out.event_id,
+                    list(out.identifiers),
+                    out.ts,
+                ],
+            )
+        elif isinstance(out, Refusal):
+            evidence = orjson.dumps(output_to_json(out)).decode()
+            customers = [c for c in (*out.customers, out.survivor, out.absorbed) if c]
+            yield (
+                "identity_refusals",
+                [
+                    out.id,
+                    out.reason,
+                    out.identifier or "",
+                    sorted(set(customers)),
+                    out.event_id,
+                    evidence,
+                    out.ts,
+                ],
+            )
+        elif isinstance(out, Erased):
+            yield ERASE, [sorted({out.customer, *out.customers})]
+
+
+def _aggregate_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    assert value is not None
+    for item in unpack(value):
+        yield decode_row(item)
 
 
 def _dead_letter_rows(
@@ -105,16 +180,61 @@ def _dead_letter_rows(
     yield "dead_letters", dead_letter_row(value, headers)
 
 
+ERASE = "__erase__"
+"""Pseudo-table: rows are lists of customer ids whose data is deleted after the inserts."""
+
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "touchpoints": TOUCHPOINT_COLUMNS,
     "dead_letters": DEAD_LETTER_COLUMNS,
+    "identity_map": ("identifier", "kind", "customer_id", "updated_at", "version", "erased"),
+    "customer_merges": (
+        "merge_id",
+        "survivor",
+        "absorbed",
+        "via_identifier",
+        "event_id",
+        "identifiers",
+        "merged_at",
+    ),
+    "identity_refusals": (
+        "refusal_id",
+        "reason",
+        "identifier",
+        "customers",
+        "event_id",
+        "evidence",
+        "refused_at",
+    ),
+    "cx_partials": AGGREGATE_COLUMNS,
+    "alert_partials": ALERT_COLUMNS,
+    "customer_360": CUSTOMER_360_COLUMNS,
 }
 
 
 def default_routes(settings: Settings) -> dict[str, RowMapper]:
     """Which topic feeds which ClickHouse table(s)."""
     t = settings.topics
-    return {t.valid: _valid_rows, t.dead_letter: _dead_letter_rows}
+    return {
+        t.resolved: _resolved_rows,
+        t.dead_letter: _dead_letter_rows,
+        t.identity_changes: _identity_rows,
+        t.aggregates: _aggregate_rows,
+    }
+
+
+def erase_statements(database: str, customers: list[str]) -> list[str]:
+    """Delete everything of these customers (GDPR erasure), table by table."""
+    ids = ", ".join("'" + c.replace("\\", "\\\\").replace("'", "\\'") + "'" for c in customers)
+    db = database
+    identifiers = f"SELECT identifier FROM {db}.identity_map WHERE customer_id IN ({ids})"
+    return [
+        f"DELETE FROM {db}.touchpoints WHERE customer_id_at_ingest IN ({ids})"
+        f" OR identity_key IN ({identifiers})",
+        f"DELETE FROM {db}.identity_refusals WHERE hasAny(customers, [{ids}])",
+        f"DELETE FROM {db}.customer_merges WHERE survivor IN ({ids}) OR absorbed IN ({ids})",
+        f"DELETE FROM {db}.customer_360 WHERE customer_id IN ({ids})",
+        f"DELETE FROM {db}.identity_map WHERE customer_id IN ({ids})",
+    ]
 
 
 class ClickHouseSink:
@@ -133,10 +253,11 @@ class ClickHouseSink:
         self.batches = {
             table: TableBatch(table, cols) for table, cols in (columns or TABLE_COLUMNS).items()
         }
+        self.erasures: list[list[str]] = []
 
     @property
     def pending_rows(self) -> int:
-        return sum(len(b.rows) for b in self.batches.values())
+        return sum(len(b.rows) for b in self.batches.values()) + len(self.erasures)
 
     def add(
         self,
@@ -150,7 +271,10 @@ class ClickHouseSink:
     ) -> None:
         batches = self.batches
         for table, row in self.routes[topic](key, value, headers, partition, offset, now_ms):
-            batches[table].add(row, topic, partition, offset)
+            if table == ERASE:
+                self.erasures.append(row[0])
+            else:
+                batches[table].add(row, topic, partition, offset)
 
     def flush(self) -> int:
         written = 0
@@ -170,6 +294,10 @@ class ClickHouseSink:
             metrics.CLICKHOUSE_ROWS.labels(batch.table).inc(len(batch.rows))
             written += len(batch.rows)
             batch.clear()
+        for customers in self.erasures:  # after the inserts: nothing inserted survives them
+            for statement in erase_statements(self.database, customers):
+                self.client.command(statement)
+        self.erasures.clear()
         return written
 
 

@@ -315,7 +315,8 @@ class DeadReason(StrEnum):
     QUEUE_FULL = "queue_full"  # the subscriber's queue was full when the alert came
     MAX_ATTEMPTS = "max_attempts"  # retried max_attempts times without success
     REJECTED = "rejected"  # a 4xx (other than 408/429) or a redirect: retrying won't help
-    SHUTDOWN = "shutdown"  # still queued or in flight when the dispatcher stopped
+    SHUTDOWN = "shutdown"  # still queued or in flight when the dispatcher stopped (an
+    # in-flight one may have reached the receiver too: delivery is at least once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +350,8 @@ class DeadDelivery:
             }
         )
 
+
+_BULK_REASONS: Final = frozenset({DeadReason.QUEUE_FULL, DeadReason.SHUTDOWN})
 
 DeadLetterSink = Callable[[DeadDelivery], Awaitable[None] | None]
 
@@ -559,8 +562,12 @@ class WebhookDispatcher:
                     delay = min(max(delay, retry_after), policy.max_delay_s)
                 log.info(
                     "webhook %s: %s for %s (attempt %d), retrying in %.2fs",
-                    sub.name, error, item.alert_id, attempt, delay,
-                )  # fmt: skip
+                    sub.name,
+                    error,
+                    item.alert_id,
+                    attempt,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         self._dead(sub, item, DeadReason.MAX_ATTEMPTS, policy.max_attempts, status, error)
 
@@ -586,10 +593,17 @@ class WebhookDispatcher:
             failed_at_ms=int(self._clock() * 1000),
         )
         self.stats.dead[reason.value] += 1
-        log.warning(
+        # A full queue or a shutdown can dead-letter thousands at once: keep those quiet.
+        level = logging.INFO if reason in _BULK_REASONS else logging.WARNING
+        log.log(
+            level,
             "webhook %s: dead-lettered alert %s (%s after %d attempts: %s)",
-            sub.name, item.alert_id, reason.value, attempts, error,
-        )  # fmt: skip
+            sub.name,
+            item.alert_id,
+            reason.value,
+            attempts,
+            error,
+        )
         try:
             result = self._dead_letter(dead)
         except Exception:  # noqa: BLE001 - keep the body in the log rather than lose it
@@ -606,7 +620,8 @@ class WebhookDispatcher:
             if not future.cancelled() and future.exception() is not None:
                 log.error(
                     "dead-letter sink failed (%r); delivery was %s",
-                    future.exception(), dead.to_json().decode(),
-                )  # fmt: skip
+                    future.exception(),
+                    dead.to_json().decode(),
+                )
 
         return done

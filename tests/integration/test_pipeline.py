@@ -148,7 +148,7 @@ def _end_offsets(settings: Settings, topic: str) -> dict[tuple[str, int], int]:
 
 
 def _valid_committed(settings: Settings) -> dict[tuple[str, int], int]:
-    return {k: v for k, v in _committed(settings).items() if k[0] == settings.topics.valid}
+    return {k: v for k, v in _committed(settings).items() if k[0] == settings.topics.resolved}
 
 
 def test_offsets_are_committed_only_after_clickhouse_accepts_the_batch(settings: Settings) -> None:
@@ -174,11 +174,11 @@ def test_offsets_are_committed_only_after_clickhouse_accepts_the_batch(settings:
             while (not failing or failing[0].attempts < 2) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert failing and failing[0].attempts >= 2, "the sink never tried to insert"
-            assert not any(t == settings.topics.valid for t, _ in _committed(settings))
+            assert not any(t == settings.topics.resolved for t, _ in _committed(settings))
             assert await query(pipeline, f"SELECT count() FROM {db}.touchpoints") == [(0,)]
             failing[0].broken = False  # ClickHouse comes back: the same batch now lands
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 50) == 50
-        ends = _end_offsets(settings, settings.topics.valid)
+        ends = _end_offsets(settings, settings.topics.resolved)
         assert ends and _valid_committed(settings) == ends
 
     asyncio.run(scenario())
@@ -207,7 +207,7 @@ def test_replayed_output_creates_no_duplicates(settings: Settings) -> None:
         assert _committed(settings) == {}
         async with running(settings) as pipeline:
             deadline = time.monotonic() + 30
-            ends = _end_offsets(settings, settings.topics.valid)
+            ends = _end_offsets(settings, settings.topics.resolved)
             while time.monotonic() < deadline and _valid_committed(settings) != ends:
                 await asyncio.sleep(0.3)
             assert ends and _valid_committed(settings) == ends, "the sink did not re-read the topic"

@@ -35,6 +35,8 @@ def _free_port() -> int:
 def _env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CLICKHOUSE_"))}
     for name, value in settings.model_dump().items():
+        if value is None:
+            continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[name.upper()] = str(value)

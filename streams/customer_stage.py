@@ -1,0 +1,203 @@
+"""The customer stage: everything keyed by resolved customer, one batch at a time.
+
+Consumes the items of ``touchpoints.resolved`` (partitioned by customer id):
+
+* ``{"t": "e", "c": customer_id, "r": record, "a": anchor}`` — a touchpoint resolved to a
+  customer (``anchor``: the identifier it was routed by, the ``identity_key`` in ClickHouse);
+* ``{"t": "m", "s": survivor, "a": absorbed, "at": ms}`` — a merge notice;
+* ``{"t": "h", ...}`` — a hand-over of per-customer memory to the survivor's partition.
+
+and runs the pure steps on them: rolling aggregates (``streams.aggregates``) and the
+customer 360. Faust-free: the agent feeds items, persists ``state_puts`` through a
+``TableShard`` and produces ``rows`` and ``handovers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from streams.aggregates import (
+    AggregateRow,
+    AggregatorState,
+    AlertRow,
+    Customer360Book,
+    Customer360Row,
+    Row,
+)
+from streams.envelope import partition_for
+from streams.ingest import from_json
+from streams.model import MergeNotice, ResolvedEvent
+
+__all__ = [
+    "CustomerOutputs",
+    "CustomerStage",
+    "decode_row",
+    "encode_rows",
+    "event_item",
+    "merge_item",
+]
+
+POSITION_SCALE = 100_000  # item position = envelope offset * scale + index in the envelope
+
+
+def event_item(customer_id: str, record: Any, anchor: str) -> dict[str, Any]:
+    return {"t": "e", "c": customer_id, "r": record, "a": anchor}
+
+
+def merge_item(survivor: str, absorbed: str, at_ms: int) -> dict[str, Any]:
+    return {"t": "m", "s": survivor, "a": absorbed, "at": at_ms}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"$d": str(value)}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and "$d" in value:
+            return Decimal(value["$d"])
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def encode_rows(rows: Sequence[Row]) -> list[list[Any]]:
+    """Rows for the aggregates topic: ``[table, values]`` with decimals kept exact."""
+    return [[r.TABLE, _jsonable(r.values())] for r in rows]
+
+
+def decode_row(item: Sequence[Any]) -> tuple[str, list[Any]]:
+    return str(item[0]), _restore(item[1])
+
+
+@dataclass
+class CustomerOutputs:
+    aggregate_rows: list[AggregateRow] = field(default_factory=list)
+    alert_rows: list[AlertRow] = field(default_factory=list)
+    c360_rows: list[Customer360Row] = field(default_factory=list)
+    handovers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, item)
+    state_puts: list[tuple[int, str, Any]] = field(default_factory=list)
+    late_events: int = 0
+    events: int = 0
+
+
+class _StoreView(MutableMapping[str, Any]):
+    """The customer-360 store as the book sees it: reads from the table, writes queued."""
+
+    def __init__(self, data: Any, outputs: CustomerOutputs, partitions: int) -> None:
+        self.data = data
+        self.outputs = outputs
+        self.partitions = partitions
+        self.written: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.written:
+            return self.written[key]
+        return self.data[f"360|{key}"]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.written or f"360|{key}" in self.data
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.written[key] = value
+        self.outputs.state_puts.append((partition_for(key, self.partitions), f"360|{key}", value))
+
+    def __delitem__(self, key: str) -> None:  # pragma: no cover - the book never deletes
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[str]:  # pragma: no cover - the book never iterates
+        raise NotImplementedError
+
+    def __len__(self) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+
+class CustomerStage:
+    def __init__(self, partitions: int, *, lateness_ms: int, pane_events: int) -> None:
+        self.partitions = partitions
+        self.lateness_ms = lateness_ms
+        self.pane_events = pane_events
+        self._states: dict[int, AggregatorState] = {}
+
+    def has_partition(self, partition: int) -> bool:
+        return partition in self._states
+
+    def forget(self, partition: int) -> None:
+        self._states.pop(partition, None)
+
+    def restore(self, partition: int, data: Any) -> None:
+        """Rebuild a partition's aggregator from its table entries (after assignment)."""
+        saved = data.get(f"agg|{partition}")
+        if saved is None:
+            state = AggregatorState(
+                partition, lateness_ms=self.lateness_ms, pane_events=self.pane_events
+            )
+        else:
+            prefix = f"mem|{partition}|"
+            memory = {
+                k[len(prefix) :]: v
+                for k, v in data.items()
+                if isinstance(k, str) and k.startswith(prefix) and v is not None
+            }
+            state = AggregatorState.from_dict(saved, customers=memory)
+        self._states[partition] = state
+
+    def process(
+        self, items: dict[int, list[tuple[int, Any]]], data: Any, now_ms: int
+    ) -> CustomerOutputs:
+        """``items``: per partition, (position, item) in order. ``data``: the table store."""
+        out = CustomerOutputs()
+        book = Customer360Book(_StoreView(data, out, self.partitions))
+        for partition, entries in items.items():
+            state = self._states[partition]
+            late_before = state.late_events
+            for position, item in entries:
+                kind = item["t"]
+                if kind == "e":
+                    event: ResolvedEvent = {
+                        "customer_id": item["c"],
+                        "record": from_json(item["r"]),
+                    }
+                    state.add(event, now_ms, position)
+                    book.add(event, now_ms, position)
+                    out.events += 1
+                elif kind == "m":
+                    notice: MergeNotice = {
+                        "survivor": item["s"],
+                        "absorbed": item["a"],
+                        "merged_at": item["at"],
+                    }
+                    handover = state.apply_merge(notice, position)
+                    book.apply_merge(notice, now_ms, position)
+                    if handover is not None:
+                        survivor = notice["survivor"]
+                        if partition_for(survivor, self.partitions) == partition:
+                            state.accept_handover(handover, None)
+                        else:
+                            out.handovers.append((survivor, {"t": "h", **handover}))
+                elif kind == "h":
+                    state.accept_handover(item, position)
+            out.late_events += state.late_events - late_before
+            out.aggregate_rows.extend(state.flush(now_ms))
+            out.alert_rows.extend(state.flush_alerts(now_ms))
+            for customer_id, memory in state.take_customer_changes().items():
+                out.state_puts.append((partition, f"mem|{partition}|{customer_id}", memory))
+            out.state_puts.append((partition, f"agg|{partition}", state.to_dict(customers=False)))
+        out.c360_rows.extend(book.flush())
+        return out
