@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, cast
@@ -25,10 +25,11 @@ import orjson
 import yaml
 from aiohttp import web as aioweb
 from faust.types import TP
+from mode import Service
 
 from streams import metrics
 from streams.clickhouse import ClickHouse, connect
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.customer_stage import (
     POSITION_SCALE,
     CustomerStage,
@@ -36,6 +37,7 @@ from streams.customer_stage import (
     event_item,
     merge_item,
 )
+from streams.detect import Detector, Profile, Rules
 from streams.dlq import RawMessage
 from streams.envelope import group_by_partition, pack, partition_for, unpack
 from streams.identity import (
@@ -56,6 +58,7 @@ from streams.kafka import consumer_security
 from streams.settings import Settings
 from streams.sink import SinkService
 from streams.state import TableShard
+from streams.webhooks import WebhookDispatcher, load_subscribers
 
 __all__ = ["Pipeline", "create_app"]
 
@@ -80,7 +83,11 @@ class Pipeline:
     """Everything the worker runs, built from one ``Settings``; ``app`` is the Faust app."""
 
     def __init__(
-        self, settings: Settings, *, clickhouse_factory: Callable[[], ClickHouse] | None = None
+        self,
+        settings: Settings,
+        *,
+        clickhouse_factory: Callable[[], ClickHouse] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = SchemaRegistry.from_dir(settings.schemas_dir)
@@ -97,11 +104,23 @@ class Pipeline:
             dedupe_horizon_ms=settings.dedupe_horizon_seconds * 1000,
             is_blocked=self.identity_rules.is_blocked,
         )
+        self.rules = (
+            Rules.from_yaml(settings.rules_file) if settings.rules_file else Rules.default()
+        )
         self.customer_stage = CustomerStage(
             settings.topic_partitions,
             lateness_ms=settings.aggregate_lateness_seconds * 1000,
             pane_events=settings.aggregate_pane_events,
+            detector=Detector(self.rules),
         )
+        self.alert_codec = AvroCodec(self.registry, ALERT_SUBJECT)
+        subscribers = (
+            load_subscribers(settings.rules_file, environ or {}) if settings.rules_file else []
+        )
+        self.webhooks: WebhookDispatcher | None = (
+            WebhookDispatcher(subscribers, self._webhook_dead_letter) if subscribers else None
+        )
+        self._customer_lock = asyncio.Lock()
         # One thread owns every ClickHouse call (the embedded engine is not for sharing).
         self.clickhouse_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self.ready = False
@@ -159,6 +178,9 @@ class Pipeline:
         app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
         app.agent(self.identity_in, name="identity")(self._identity_agent)
         app.agent(self.resolved_topic, name="customers")(self._customer_agent)
+        app.timer(60.0, on_leader=False)(self._tick_customers)
+        if self.webhooks is not None:
+            app.service(cast(Any, _DispatcherService(self.webhooks)))
         if settings.sink_enabled:
             factory = clickhouse_factory or (lambda: connect(settings))
             self.sink: SinkService | None = SinkService(settings, factory, self.clickhouse_executor)
@@ -326,7 +348,7 @@ class Pipeline:
 
     async def _customer_agent(self, stream: Any) -> None:
         """Resolved events and merge notices -> rolling aggregates and the customer 360."""
-        settings, t = self.settings, self.settings.topics
+        settings = self.settings
         stage = self.customer_stage
         data = self.customer_table.data
         async for events in stream.take_events(
@@ -346,24 +368,71 @@ class Pipeline:
             for partition in items:
                 if not stage.has_partition(partition):
                     stage.restore(partition, data)
-            out = stage.process(items, data, now_ms)
-            metrics.LATE_EVENTS.inc(out.late_events)
-            shard = TableShard(self.customer_table)
-            for partition, key, value in out.state_puts:
-                if value is None:
-                    shard.delete(partition, key)
-                else:
-                    shard.put(partition, key, value)
-            n = settings.topic_partitions
-            pending = [
-                await self._send_envelope(t.resolved, p, handovers)
-                for p, handovers in group_by_partition(out.handovers, n).items()
-            ]
-            rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
-            if rows:
-                pending.append(await self._send_envelope(t.aggregates, min(items), rows))
-            pending.extend(shard.flush())
-            await asyncio.gather(*pending)
+            async with self._customer_lock:
+                out = stage.process(items, data, now_ms)
+                await self._emit_customer_outputs(out)
+
+    async def _emit_customer_outputs(self, out: Any) -> None:
+        """Alerts first (delivered), then rows and state: a crash in between replays the
+        batch and re-raises the same alert ids rather than losing an alert to a cooldown."""
+        settings, t = self.settings, self.settings.topics
+        if out.alerts:
+            producer = self.app.producer
+            sent = []
+            for alert in out.alerts:
+                value = self.alert_codec.encode(dict(alert))
+                key = alert["customer_id"].encode()
+                sent.append(await producer.send(t.alerts, key, value, None, None, None))
+                metrics.ALERTS.labels(alert["rule"], alert["severity"]).inc()
+            await asyncio.gather(*sent)
+            if self.webhooks is not None:
+                for alert in out.alerts:
+                    self.webhooks.enqueue(alert)
+        metrics.LATE_EVENTS.inc(out.late_events)
+        shard = TableShard(self.customer_table)
+        for partition, key, value in out.state_puts:
+            if value is None:
+                shard.delete(partition, key)
+            else:
+                shard.put(partition, key, value)
+        n = settings.topic_partitions
+        pending = [
+            await self._send_envelope(t.resolved, p, handovers)
+            for p, handovers in group_by_partition(out.handovers, n).items()
+        ]
+        rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
+        if rows:
+            pending.append(await self._send_envelope(t.aggregates, 0, rows))
+        pending.extend(shard.flush())
+        await asyncio.gather(*pending)
+
+    async def _tick_customers(self) -> None:
+        """Deadline rules (an unresolved complaint) fire even when a customer goes quiet."""
+        data = self.customer_table.data
+        now_ms = int(time.time() * 1000)
+        due = [
+            k[len("prof|") :]
+            for k, v in list(data.items())
+            if isinstance(k, str) and k.startswith("prof|") and v and self._tick_due(v, now_ms)
+        ]
+        if due:
+            async with self._customer_lock:
+                await self._emit_customer_outputs(self.customer_stage.tick(due, data, now_ms))
+
+    def _tick_due(self, saved: Any, now_ms: int) -> bool:
+        next_ms = self.customer_stage.detector.next_tick_ms(Profile.from_dict(saved))
+        return next_ms is not None and next_ms <= now_ms
+
+    async def _webhook_dead_letter(self, dead: Any) -> None:
+        await self.app.producer.send(
+            self.settings.topics.webhook_dead_letter,
+            dead.alert_id.encode(),
+            orjson.dumps(dead.to_json()),
+            None,
+            None,
+            None,
+        )
+        metrics.WEBHOOK_DELIVERIES.labels("dead").inc()
 
     async def _send_envelope(self, topic: str, partition: int, items: list[Any]) -> Any:
         return await self.app.producer.send(topic, None, pack(items), partition, None, None)
@@ -433,3 +502,17 @@ class _IdentityView:
         if partition != self.partition:  # handlers write only their op's routing key
             raise RuntimeError(f"identity state {key!r} belongs to partition {partition}")
         self.shard.put(partition, key, state_to_json(value))
+
+
+class _DispatcherService(Service):
+    """Runs the webhook dispatcher for the worker's lifetime; drains it on shutdown."""
+
+    def __init__(self, dispatcher: WebhookDispatcher, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dispatcher = dispatcher
+
+    async def on_start(self) -> None:
+        await self.dispatcher.start()
+
+    async def on_stop(self) -> None:
+        await self.dispatcher.stop(drain_timeout_s=5.0)

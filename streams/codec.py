@@ -30,6 +30,7 @@ __all__ = [
     "DecodeError",
     "RegisteredSchema",
     "SchemaRegistry",
+    "ALERT_SUBJECT",
     "TOUCHPOINT_SUBJECT",
     "backward_compatibility_problems",
     "load_record_schema",
@@ -38,6 +39,7 @@ __all__ = [
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
 TOUCHPOINT_SUBJECT = "touchpoints-value"
+ALERT_SUBJECT = "alerts-value"
 
 
 class DecodeError(ValueError):

@@ -5,11 +5,13 @@ Consumes the items of ``touchpoints.resolved`` (partitioned by customer id):
 * ``{"t": "e", "c": customer_id, "r": record, "a": anchor}`` — a touchpoint resolved to a
   customer (``anchor``: the identifier it was routed by, the ``identity_key`` in ClickHouse);
 * ``{"t": "m", "s": survivor, "a": absorbed, "at": ms}`` — a merge notice;
-* ``{"t": "h", ...}`` — a hand-over of per-customer memory to the survivor's partition.
+* ``{"t": "h", ...}`` — a hand-over of aggregate memory to the survivor's partition;
+* ``{"t": "p", "s": survivor, "p": profile}`` — an absorbed customer's behaviour profile.
 
-and runs the pure steps on them: rolling aggregates (``streams.aggregates``) and the
-customer 360. Faust-free: the agent feeds items, persists ``state_puts`` through a
-``TableShard`` and produces ``rows`` and ``handovers``.
+and runs the pure steps on them: rolling aggregates (``streams.aggregates``), the
+customer 360, and the detectors (``streams.detect``) over each customer's profile.
+Faust-free: the agent feeds items, persists ``state_puts`` through a ``TableShard`` and
+produces ``rows``, ``alerts`` and ``handovers``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from streams.aggregates import (
     Customer360Row,
     Row,
 )
+from streams.detect import Alert, Detector, Profile, merge_profiles
 from streams.envelope import partition_for
 from streams.ingest import from_json
 from streams.model import MergeNotice, ResolvedEvent
@@ -86,6 +89,7 @@ class CustomerOutputs:
     alert_rows: list[AlertRow] = field(default_factory=list)
     c360_rows: list[Customer360Row] = field(default_factory=list)
     handovers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, item)
+    alerts: list[Alert] = field(default_factory=list)
     state_puts: list[tuple[int, str, Any]] = field(default_factory=list)
     late_events: int = 0
     events: int = 0
@@ -129,7 +133,15 @@ class _StoreView(MutableMapping[str, Any]):
 
 
 class CustomerStage:
-    def __init__(self, partitions: int, *, lateness_ms: int, pane_events: int) -> None:
+    def __init__(
+        self,
+        partitions: int,
+        *,
+        lateness_ms: int,
+        pane_events: int,
+        detector: Detector | None = None,
+    ) -> None:
+        self.detector = detector or Detector()
         self.partitions = partitions
         self.lateness_ms = lateness_ms
         self.pane_events = pane_events
@@ -164,6 +176,17 @@ class CustomerStage:
         """``items``: per partition, (position, item) in order. ``data``: the table store."""
         out = CustomerOutputs()
         book = Customer360Book(_StoreView(data, out, self.partitions))
+        profiles: dict[str, Profile | None] = {}  # touched this batch; None: moved away
+
+        def profile(customer_id: str) -> Profile:
+            known = profiles.get(customer_id)
+            if known is not None:
+                return known
+            saved = None if customer_id in profiles else data.get(f"prof|{customer_id}")
+            loaded = Profile(customer_id) if saved is None else Profile.from_dict(saved)
+            profiles[customer_id] = loaded
+            return loaded
+
         for partition, entries in items.items():
             state = self._states[partition]
             late_before = state.late_events
@@ -177,6 +200,15 @@ class CustomerStage:
                     state.add(event, now_ms, position)
                     book.add(event, now_ms, position)
                     out.events += 1
+                    customer = event["customer_id"]
+                    updated, alerts = self.detector.process(
+                        profile(customer), event["record"], now_ms
+                    )
+                    profiles[customer] = updated
+                    for alert in alerts:
+                        out.alerts.append(alert)
+                        state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
+                        book.set_alert(customer, alert["rule"], True, now_ms)
                 elif kind == "m":
                     notice: MergeNotice = {
                         "survivor": item["s"],
@@ -185,6 +217,17 @@ class CustomerStage:
                     }
                     handover = state.apply_merge(notice, position)
                     book.apply_merge(notice, now_ms, position)
+                    absorbed_id, survivor_id = notice["absorbed"], notice["survivor"]
+                    if partition_for(absorbed_id, self.partitions) == partition and (
+                        profiles.get(absorbed_id) is not None
+                        or data.get(f"prof|{absorbed_id}") is not None
+                    ):
+                        moving = profile(absorbed_id)
+                        profiles[absorbed_id] = None
+                        out.state_puts.append((partition, f"prof|{absorbed_id}", None))
+                        out.handovers.append(
+                            (survivor_id, {"t": "p", "s": survivor_id, "p": moving.to_dict()})
+                        )
                     if handover is not None:
                         survivor = notice["survivor"]
                         if partition_for(survivor, self.partitions) == partition:
@@ -193,6 +236,11 @@ class CustomerStage:
                             out.handovers.append((survivor, {"t": "h", **handover}))
                 elif kind == "h":
                     state.accept_handover(item, position)
+                elif kind == "p":  # an absorbed customer's profile joins the survivor's
+                    survivor_id = item["s"]
+                    profiles[survivor_id] = merge_profiles(
+                        profile(survivor_id), Profile.from_dict(item["p"])
+                    )
             out.late_events += state.late_events - late_before
             out.aggregate_rows.extend(state.flush(now_ms))
             out.alert_rows.extend(state.flush_alerts(now_ms))
@@ -200,4 +248,22 @@ class CustomerStage:
                 out.state_puts.append((partition, f"mem|{partition}|{customer_id}", memory))
             out.state_puts.append((partition, f"agg|{partition}", state.to_dict(customers=False)))
         out.c360_rows.extend(book.flush())
+        for customer_id, touched in profiles.items():
+            if touched is not None:
+                part = partition_for(customer_id, self.partitions)
+                out.state_puts.append((part, f"prof|{customer_id}", touched.to_dict()))
+        return out
+
+    def tick(self, customer_ids: list[str], data: Any, now_ms: int) -> CustomerOutputs:
+        """Deadline-driven rules (e.g. complaint unresolved) for customers with due ticks."""
+        out = CustomerOutputs()
+        for customer_id in customer_ids:
+            saved = data.get(f"prof|{customer_id}")
+            if saved is None:
+                continue
+            updated, alerts = self.detector.tick(Profile.from_dict(saved), now_ms)
+            if alerts:
+                out.alerts.extend(alerts)
+                part = partition_for(customer_id, self.partitions)
+                out.state_puts.append((part, f"prof|{customer_id}", updated.to_dict()))
         return out

@@ -71,6 +71,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.merges, n, rf, compacted),
         TopicSpec(t.review, n, rf, internal),
         TopicSpec(t.alerts, n, rf, internal),
+        TopicSpec(t.webhook_dead_letter, n, rf, internal),
     ]
     return extra + [
         TopicSpec(

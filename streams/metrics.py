@@ -12,7 +12,9 @@ __all__ = [
     "CLICKHOUSE_INSERT_FAILURES",
     "CLICKHOUSE_INSERT_SECONDS",
     "CLICKHOUSE_ROWS",
+    "ALERTS",
     "CONSUMER_LAG",
+    "WEBHOOK_DELIVERIES",
     "IDENTITY_BATCH_SECONDS",
     "IDENTITY_OUTPUTS",
     "IDENTITY_REFUSALS",
@@ -114,6 +116,20 @@ IDENTITY_REFUSALS = Counter(
 LATE_EVENTS = Counter(
     "touchpoints_late_events_total",
     "Events later than the allowed lateness: kept in touchpoints, not in the windows.",
+    registry=REGISTRY,
+)
+
+
+ALERTS = Counter(
+    "touchpoints_alerts_total",
+    "Alerts raised, by rule and severity.",
+    ["rule", "severity"],
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "touchpoints_webhook_deliveries_total",
+    "Webhook deliveries by outcome (ok, retry, dead).",
+    ["outcome"],
     registry=REGISTRY,
 )
 

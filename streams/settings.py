@@ -39,6 +39,7 @@ class TopicNames:
         self.review = f"{prefix}identity.review"
         self.aggregates = f"{prefix}aggregates.rows"
         self.alerts = f"{prefix}alerts"
+        self.webhook_dead_letter = f"{prefix}alerts.webhook-dlq"
 
 
 class Settings(BaseSettings):
@@ -98,7 +99,11 @@ class Settings(BaseSettings):
         3600, ge=0, description="Event ids remembered for de-duplication (0 = off)."
     )
 
-    # --- identity and aggregates
+    # --- identity, detection and aggregates
+    rules_file: Path | None = Field(
+        _REPO_ROOT / "deploy" / "rules.yaml",
+        description="Detector rules and webhook subscribers (YAML); empty = built-in defaults.",
+    )
     identity_rules: Path | None = Field(
         None, description="YAML with identity guard limits/caps/blocked values (default: built-in)."
     )
@@ -125,7 +130,7 @@ class Settings(BaseSettings):
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text.")
     log_pii: bool = Field(False, description="Log identifiers unmasked (emails, phones).")
 
-    @field_validator("identity_rules", mode="before")
+    @field_validator("identity_rules", "rules_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value in ("", "None") else value

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -36,7 +36,10 @@ from streams.clickhouse import (
     migrate,
     touchpoint_row,
 )
+from streams.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.customer_stage import decode_row
+from streams.detect import ALERT_COLUMNS as DETECT_ALERT_COLUMNS
+from streams.detect import Alert, alert_row
 from streams.envelope import unpack
 from streams.identity import (
     Erased,
@@ -208,17 +211,35 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "cx_partials": AGGREGATE_COLUMNS,
     "alert_partials": ALERT_COLUMNS,
     "customer_360": CUSTOMER_360_COLUMNS,
+    "alerts": DETECT_ALERT_COLUMNS,
 }
+
+
+def _alert_rows(codec: AvroCodec) -> RowMapper:
+    def rows(
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int,
+        offset: int,
+        now_ms: int,
+    ) -> Iterable[tuple[str, list[Any]]]:
+        assert value is not None
+        yield "alerts", alert_row(cast(Alert, codec.decode(value)))
+
+    return rows
 
 
 def default_routes(settings: Settings) -> dict[str, RowMapper]:
     """Which topic feeds which ClickHouse table(s)."""
     t = settings.topics
+    alerts = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
     return {
         t.resolved: _resolved_rows,
         t.dead_letter: _dead_letter_rows,
         t.identity_changes: _identity_rows,
         t.aggregates: _aggregate_rows,
+        t.alerts: _alert_rows(alerts),
     }
 
 
@@ -233,6 +254,7 @@ def erase_statements(database: str, customers: list[str]) -> list[str]:
         f"DELETE FROM {db}.identity_refusals WHERE hasAny(customers, [{ids}])",
         f"DELETE FROM {db}.customer_merges WHERE survivor IN ({ids}) OR absorbed IN ({ids})",
         f"DELETE FROM {db}.customer_360 WHERE customer_id IN ({ids})",
+        f"DELETE FROM {db}.alerts WHERE customer_id IN ({ids})",
         f"DELETE FROM {db}.identity_map WHERE customer_id IN ({ids})",
     ]
 
