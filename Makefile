@@ -46,6 +46,7 @@ run: install ## start Kafka + embedded ClickHouse, run worker and generator, pri
 	@LOCALKAFKA_RUN_DIR=$(abspath $(RUN_DIR))/kafka \
 	  CLICKHOUSE_CHDB_PATH=$${CLICKHOUSE_CHDB_PATH:-$(abspath $(RUN_DIR))/chdb} \
 	  DATA_DIR=$(abspath $(RUN_DIR))/faust WEB_PORT=$${WEB_PORT:-0} \
+	  AGGREGATE_LATENESS_SECONDS=$${AGGREGATE_LATENESS_SECONDS:-10800} \
 	  $(WITH_KAFKA) $(VENV)/bin/touchpoints demo --customers $(CUSTOMERS) $(if $(RATE),--rate $(RATE))
 
 .PHONY: test

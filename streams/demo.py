@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import click
 
@@ -20,6 +22,90 @@ def _table(title: str, rows: list[tuple[str, int]]) -> None:
     width = max((len(name) for name, _ in rows), default=10)
     for name, count in rows:
         click.echo(f"  {name:<{width}}  {count:>10,}")
+
+
+async def _settle(pipeline: Any, db: str, *, quiet_polls: int = 3, timeout: float = 60.0) -> None:
+    """Wait until identity and aggregates stop changing (merges ripple through a few hops)."""
+    sql = (
+        f"SELECT (SELECT count() FROM {db}.identity_map), (SELECT count() FROM {db}.cx_partials),"
+        f" (SELECT count() FROM {db}.customer_merges), (SELECT count() FROM {db}.alerts)"
+    )
+    last: Any = None
+    same = 0
+    deadline = time.monotonic() + timeout
+    while same < quiet_polls and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = await query(pipeline, sql)
+        same = same + 1 if now == last else 0
+        last = now
+
+
+async def _report(pipeline: Any, db: str) -> dict[str, Any]:
+    async def q(sql: str) -> list[tuple[Any, ...]]:
+        return await query(pipeline, sql)
+
+    report: dict[str, Any] = {
+        "channels": [
+            (str(c), int(n))
+            for c, n in await q(
+                f"SELECT channel, count() FROM {db}.touchpoints_v GROUP BY channel ORDER BY 2 DESC"
+            )
+        ],
+        "reasons": [
+            (str(r), int(n))
+            for r, n in await q(
+                f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason "
+                "ORDER BY 2 DESC, 1"
+            )
+        ],
+        "identity": (
+            await q(
+                f"SELECT count(), uniqExact(customer_id), "
+                f"(SELECT count() FROM {db}.customer_merges FINAL) FROM {db}.identity_map_v"
+            )
+        )[0],
+        "refusals": await q(
+            f"SELECT reason, count() FROM {db}.identity_refusals FINAL "
+            "GROUP BY reason ORDER BY 2 DESC"
+        ),
+        "alerts": [
+            (str(r), int(n))
+            for r, n in await q(
+                f"SELECT rule, count() FROM {db}.alerts_v GROUP BY rule ORDER BY 2 DESC, 1"
+            )
+        ],
+        "alert_examples": await q(
+            f"SELECT rule, any(summary) FROM {db}.alerts_v GROUP BY rule ORDER BY rule LIMIT 5"
+        ),
+        "dashboard": await q(
+            f"SELECT minute, channel, sum(events), sum(orders), "
+            f"toString(sumMap(revenue)), "
+            f"if(sum(csat_responses) = 0, nan, sum(csat_sum) / sum(csat_responses)), "
+            f"sum(contacts), sum(repeat_contacts) FROM {db}.cx_minute "
+            f"WHERE minute >= (SELECT max(minute) FROM {db}.cx_minute) - INTERVAL 2 MINUTE "
+            f"GROUP BY minute, channel ORDER BY minute, channel"
+        ),
+        "distinct": (
+            await q(
+                f"SELECT count(), uniqExact(identity_key), countIf(payload_type = 'commerce'), "
+                f"round(sumIf(amount, event_type = 'payment' AND payment_status = 'approved'), 2)"
+                f" FROM {db}.touchpoints_v"
+            )
+        )[0],
+        "timeline": None,
+    }
+    best = await q(
+        f"SELECT customer_id FROM {db}.customer_touchpoints_v GROUP BY customer_id "
+        f"HAVING uniqExact(channel) >= 3 ORDER BY uniqExact(channel) DESC, count() DESC LIMIT 1"
+    )
+    if best:
+        customer = best[0][0]
+        rows = await q(
+            f"SELECT occurred_at, channel, event_type, identity_key FROM "
+            f"{db}.customer_touchpoints_v WHERE customer_id = '{customer}' ORDER BY occurred_at"
+        )
+        report["timeline"] = (customer, rows)
+    return report
 
 
 async def run_demo(
@@ -53,20 +139,8 @@ async def run_demo(
         )
         landed = await wait_for(pipeline, total_sql, expected, timeout=timeout)
         elapsed = time.monotonic() - t0
-        channels = await query(
-            pipeline,
-            f"SELECT channel, count() FROM {db}.touchpoints_v GROUP BY channel ORDER BY 2 DESC",
-        )
-        reasons = await query(
-            pipeline,
-            f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason ORDER BY 2 DESC",
-        )
-        distinct = await query(
-            pipeline,
-            f"SELECT count(), uniqExact(identity_key), countIf(payload_type = 'commerce'), "
-            f"round(sumIf(amount, event_type = 'payment' AND payment_status = 'approved'), 2) "
-            f"FROM {db}.touchpoints_v",
-        )
+        await _settle(pipeline, db)
+        report = await _report(pipeline, db)
 
     click.echo()
     click.secho(
@@ -74,12 +148,45 @@ async def run_demo(
         f"(+{len(bad)} deliberately bad messages), produced in {produced_s:.1f}s",
         bold=True,
     )
-    _table("Ingested into ClickHouse, by channel:", [(str(c), int(n)) for c, n in channels])
-    _table("Dead-lettered, by reason:", [(str(r), int(n)) for r, n in reasons])
-    rows, keys, commerce, revenue = distinct[0]
+    _table("Ingested into ClickHouse, by channel:", report["channels"])
+    _table("Dead-lettered, by reason:", report["reasons"])
+    ids, people, merges = report["identity"]
+    refusals = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in report["refusals"]) or "none"
+    click.secho(
+        f"Identity: {len(pairs):,} events -> {people:,} customers ({ids:,} identifiers); "
+        f"{merges:,} merges; refused: {refusals}",
+        bold=True,
+    )
+    if report["timeline"]:
+        customer, rows = report["timeline"]
+        channels = sorted({r[1] for r in rows})
+        click.secho(
+            f"Timeline of customer {customer} ({len(rows)} touchpoints, {len(channels)} "
+            f"channels: {', '.join(channels)}):",
+            bold=True,
+        )
+        for occurred, channel, event_type, key in rows[:25]:
+            click.echo(f"  {occurred:%H:%M:%S}  {channel:<15} {event_type:<18} via {key}")
+        if len(rows) > 25:
+            click.echo(f"  ... {len(rows) - 25} more")
+    _table("Alerts, by rule:", report["alerts"])
+    for rule, summary in report["alert_examples"]:
+        click.echo(f"  [{rule}] {summary}")
+    click.secho("Last minutes by channel (cx_minute):", bold=True)
     click.echo(
-        f"ClickHouse {db}.touchpoints_v: {rows:,} events, {keys:,} distinct identity keys, "
-        f"{commerce:,} commerce events, approved payments {revenue:,}"
+        f"  {'minute':<6} {'channel':<15} {'events':>7} {'orders':>6} {'csat':>5} "
+        f"{'contacts':>8} {'repeat':>6}  revenue (approved, per currency)"
+    )
+    for minute, channel, events, orders, revenue, csat, contacts, repeat in report["dashboard"]:
+        csat_s = f"{csat:.1f}" if csat == csat else "-"  # NaN when nobody answered
+        click.echo(
+            f"  {minute:%H:%M}  {channel:<15} {events:>7,} {orders:>6,} {csat_s:>5} "
+            f"{contacts:>8,} {repeat:>6,}  {revenue}"
+        )
+    rows_, keys, commerce, revenue = report["distinct"]
+    click.echo(
+        f"ClickHouse {db}.touchpoints_v: {rows_:,} events, {commerce:,} commerce events, "
+        f"approved payments {revenue:,}"
     )
     ok = landed >= expected
     rate_s = expected / elapsed if elapsed else 0.0
