@@ -12,6 +12,7 @@ Agents are thin batch loops; the logic lives in pure steps (``streams.ingest``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -41,6 +42,7 @@ from streams.detect import Detector, Profile, Rules
 from streams.dlq import RawMessage
 from streams.envelope import group_by_partition, pack, partition_for, unpack
 from streams.identity import (
+    Erased,
     IdentityNode,
     IdentityRules,
     Merge,
@@ -55,6 +57,7 @@ from streams.identity import (
 )
 from streams.ingest import IngestPolicy, IngestStage, from_json
 from streams.kafka import consumer_security
+from streams.operator import find_customer, identifier_key, timeline
 from streams.settings import Settings
 from streams.sink import SinkService
 from streams.state import TableShard
@@ -121,6 +124,7 @@ class Pipeline:
             WebhookDispatcher(subscribers, self._webhook_dead_letter) if subscribers else None
         )
         self._customer_lock = asyncio.Lock()
+        self._query_client: ClickHouse | None = None
         # One thread owns every ClickHouse call (the embedded engine is not for sharing).
         self.clickhouse_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self.ready = False
@@ -192,6 +196,8 @@ class Pipeline:
         app.page("/healthz")(cast(Any, self._healthz))
         app.page("/readyz")(cast(Any, self._readyz))
         app.page("/metrics")(cast(Any, self._metrics))
+        app.page("/customers/{customer_id}/timeline")(cast(Any, self._timeline))
+        app.page("/timeline")(cast(Any, self._timeline_by_identifier))
 
     def _bytes_topic(self, *names: str) -> Any:
         return self.app.topic(
@@ -291,8 +297,10 @@ class Pipeline:
                 for p, items in group_by_partition(out_ops, n).items()
             ]
             pending += await self._send_identity_outputs(outputs)
-            pending.extend(shard.flush())
+            # Ops and outputs delivered BEFORE the state that assumes them: a crash in
+            # between replays the batch (idempotent) instead of stranding a locked customer.
             await asyncio.gather(*pending)
+            await asyncio.gather(*shard.flush())
             metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _send_identity_outputs(self, outputs: list[Any]) -> list[Any]:
@@ -312,6 +320,9 @@ class Pipeline:
                 continue
             changes.append((out.id, output_to_json(out)))
             metrics.IDENTITY_OUTPUTS.labels(type(out).__name__.lower()).inc()
+            if isinstance(out, Erased):  # the customer stage forgets them too
+                for customer in {out.customer, *out.customers}:
+                    resolved.append((customer, {"t": "x", "c": customer}))
             if isinstance(out, Merge):
                 notice = merge_item(out.survivor, out.absorbed, out.ts)
                 resolved.append((out.absorbed, notice))
@@ -477,6 +488,50 @@ class Pipeline:
             status=200 if ok else 503,
         )
 
+    async def _clickhouse_call(self, fn: Callable[[ClickHouse], Any]) -> Any:
+        """Run ``fn`` with a ClickHouse client: this process's sink client (the embedded
+        engine lives here) or, with a ClickHouse server, a client of our own."""
+        loop = asyncio.get_running_loop()
+        sink = self.sink.sink if self.sink is not None else None
+        if sink is not None:
+            client = sink.client
+        elif self.settings.clickhouse_url:
+            if self._query_client is None:
+                self._query_client = await loop.run_in_executor(
+                    self.clickhouse_executor, connect, self.settings
+                )
+            client = self._query_client
+        else:
+            return None
+        return await loop.run_in_executor(self.clickhouse_executor, fn, client)
+
+    async def _timeline(self, request: Any, customer_id: str) -> aioweb.Response:
+        db = self.settings.clickhouse_database
+        rows = await self._clickhouse_call(lambda c: timeline(c, db, customer_id))
+        if rows is None:
+            return _no_clickhouse()
+        return aioweb.json_response(
+            {"customer_id": customer_id, "touchpoints": rows}, dumps=_json_dumps
+        )
+
+    async def _timeline_by_identifier(self, request: Any) -> aioweb.Response:
+        """``GET /timeline?email=...`` (or phone, device_id, customer_id, login_id, ...)."""
+        db = self.settings.clickhouse_database
+        if self.sink is None and not self.settings.clickhouse_url:
+            return _no_clickhouse()
+        given = list(request.query.items())
+        if len(given) != 1:
+            return aioweb.json_response({"error": "give one identifier, e.g. ?email="}, status=400)
+        kind, value = given[0]
+        try:
+            key = identifier_key(kind, value)
+        except ValueError as exc:
+            return aioweb.json_response({"error": str(exc)}, status=400)
+        customer = await self._clickhouse_call(lambda c: find_customer(c, db, key))
+        if customer is None:
+            return aioweb.json_response({"error": f"no customer has {key}"}, status=404)
+        return await self._timeline(request, customer)
+
     async def _metrics(self, request: Any) -> aioweb.Response:
         return aioweb.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -486,7 +541,12 @@ def create_app(settings: Settings) -> faust.App:
 
 
 class _IdentityView:
-    """The identity node's ``StateView`` over the identity table, for one batch."""
+    """The identity node's ``StateView`` over the identity table, for one batch.
+
+    Keys are stored hashed (BLAKE2b of ``kind:value``): the table and its changelog hold
+    no identifier in clear, so an erased identifier's tombstone holds no personal data.
+    The partition still follows the clear key (the op's routing key).
+    """
 
     def __init__(self, shard: TableShard, partitions: int, partition: int) -> None:
         self.shard = shard
@@ -494,14 +554,18 @@ class _IdentityView:
         self.partition = partition
 
     def get(self, key: str) -> Any:
-        saved = self.shard.get(key)
+        saved = self.shard.get(_hashed(key))
         return None if saved is None else state_from_json(saved)
 
     def put(self, key: str, value: Any) -> None:
         partition = partition_for(key, self.partitions)
         if partition != self.partition:  # handlers write only their op's routing key
-            raise RuntimeError(f"identity state {key!r} belongs to partition {partition}")
-        self.shard.put(partition, key, state_to_json(value))
+            raise RuntimeError(f"identity state for a key of partition {partition}")
+        self.shard.put(partition, _hashed(key), state_to_json(value))
+
+
+def _hashed(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 class _DispatcherService(Service):
@@ -516,3 +580,14 @@ class _DispatcherService(Service):
 
     async def on_stop(self) -> None:
         await self.dispatcher.stop(drain_timeout_s=5.0)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _no_clickhouse() -> aioweb.Response:
+    return aioweb.json_response(
+        {"error": "ClickHouse is embedded in another process here; ask the sink's worker"},
+        status=503,
+    )

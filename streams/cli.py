@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -113,6 +114,117 @@ def dlq_replay(reason: tuple[str, ...], dry_run: bool) -> None:
     )
     verb = "would replay" if dry_run else "replayed"
     click.echo(f"{verb} {sent} dead letters ({skipped} skipped by reason filter)")
+
+
+def _identifier_options(fun: Any) -> Any:
+    for kind in ("loyalty-id", "social-handle", "device-id", "login-id", "phone", "email"):
+        fun = click.option(f"--{kind}", help=f"Look up by {kind.replace('-', ' ')}.")(fun)
+    fun = click.option("--anonymous-id", help="Look up by cookie / anonymous id.")(fun)
+    return click.option("--customer", help="Customer id (c...).")(fun)
+
+
+def _identifier_from(options: dict[str, Any]) -> str | None:
+    from streams.operator import identifier_key
+
+    for name, value in options.items():
+        if value and name != "customer":
+            return identifier_key(name, value)
+    return None
+
+
+@main.command()
+@_identifier_options
+@click.option("--limit", default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def timeline(limit: int, as_json: bool, **options: Any) -> None:
+    """Print a customer's cross-channel timeline (by customer id or any identifier).
+
+    Reads ClickHouse: a server (CLICKHOUSE_URL) or the embedded database when no worker
+    holds it (the worker serves the same at GET /customers/{id}/timeline).
+    """
+    import orjson
+
+    from streams.clickhouse import connect
+    from streams.operator import find_customer
+    from streams.operator import timeline as read_timeline
+
+    settings = _settings()
+    client = connect(settings)
+    customer = options.get("customer")
+    identifier = _identifier_from(options)
+    if not customer and identifier:
+        customer = find_customer(client, settings.clickhouse_database, identifier)
+        if customer is None:
+            raise click.ClickException(f"no customer has {identifier}")
+    if not customer:
+        raise click.UsageError("give --customer or one identifier option")
+    rows = read_timeline(client, settings.clickhouse_database, customer, limit)
+    if as_json:
+        for row in rows:
+            click.echo(orjson.dumps(row).decode())
+        return
+    channels = sorted({r["channel"] for r in rows})
+    click.secho(f"customer {customer}: {len(rows)} touchpoints, {', '.join(channels)}", bold=True)
+    for r in rows:
+        extra = f" {r['amount']:.2f} {r['currency']}" if r["amount"] is not None else ""
+        click.echo(
+            f"{r['occurred_at'][:19]}  {r['channel']:<15} {r['event_type']:<18}"
+            f" via {r['identity_key']}{extra}"
+        )
+
+
+@main.command()
+@_identifier_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def erase(yes: bool, **options: Any) -> None:
+    """Erase a customer (GDPR): identity graph, state, ClickHouse rows.
+
+    Identifiers of an erased customer are tombstoned: later events carrying them do not
+    bring the old data back.
+    """
+    from streams.operator import erase_op, request
+
+    customer = options.get("customer")
+    identifier = _identifier_from(options)
+    if not customer and not identifier:
+        raise click.UsageError("give --customer or one identifier option")
+    target = customer or identifier
+    if not yes:
+        click.confirm(f"Erase everything of {target}?", abort=True)
+    request_id = asyncio.run(request(_settings(), erase_op(customer, identifier)))
+    click.echo(f"erasure requested for {target} (request {request_id})")
+
+
+@main.command()
+@click.argument("identifier")
+@click.option("--quarantine", is_flag=True, help="Also stop it linking (shared device, kiosk).")
+def split(identifier: str, quarantine: bool) -> None:
+    """Move IDENTIFIER (kind:value) off its customer onto a new one (undo a wrong merge)."""
+    from streams.operator import identifier_key, request, split_op
+
+    kind, _, value = identifier.partition(":")
+    key = identifier_key(kind, value)
+    request_id = asyncio.run(request(_settings(), split_op(key, quarantine)))
+    click.echo(f"split requested for {key} (request {request_id})")
+
+
+@main.group()
+def alerts() -> None:
+    """Alerts: follow them as they are raised."""
+
+
+@alerts.command("tail")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert kept.")
+@click.option("--rule", multiple=True, help="Only these rules (repeatable).")
+@click.option("--min-severity", default="info", show_default=True)
+def alerts_tail(from_beginning: bool, rule: tuple[str, ...], min_severity: str) -> None:
+    """Print alerts as they arrive on the alerts topic (Ctrl-C to stop)."""
+    from streams.alerts_tail import tail
+
+    try:
+        asyncio.run(tail(_settings(), from_beginning, set(rule), min_severity, click.echo))
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

@@ -6,7 +6,8 @@ Consumes the items of ``touchpoints.resolved`` (partitioned by customer id):
   customer (``anchor``: the identifier it was routed by, the ``identity_key`` in ClickHouse);
 * ``{"t": "m", "s": survivor, "a": absorbed, "at": ms}`` — a merge notice;
 * ``{"t": "h", ...}`` — a hand-over of aggregate memory to the survivor's partition;
-* ``{"t": "p", "s": survivor, "p": profile}`` — an absorbed customer's behaviour profile.
+* ``{"t": "p", "s": survivor, "p": profile}`` — an absorbed customer's behaviour profile;
+* ``{"t": "x", "c": customer_id}`` — the customer was erased: forget everything of it.
 
 and runs the pure steps on them: rolling aggregates (``streams.aggregates``), the
 customer 360, and the detectors (``streams.detect``) over each customer's profile.
@@ -236,6 +237,13 @@ class CustomerStage:
                             out.handovers.append((survivor, {"t": "h", **handover}))
                 elif kind == "h":
                     state.accept_handover(item, position)
+                elif kind == "x":  # erased: forget the customer's profile, memory and 360
+                    gone = item["c"]
+                    profiles[gone] = None
+                    book.touched.pop(gone, None)
+                    state.memory.pop(gone, None)
+                    for key in (f"prof|{gone}", f"360|{gone}", f"mem|{partition}|{gone}"):
+                        out.state_puts.append((partition, key, None))
                 elif kind == "p":  # an absorbed customer's profile joins the survivor's
                     survivor_id = item["s"]
                     profiles[survivor_id] = merge_profiles(
