@@ -40,7 +40,7 @@ from streams.customer_stage import (
 )
 from streams.detect import Detector, Profile, Rules
 from streams.dlq import RawMessage
-from streams.envelope import group_by_partition, pack, partition_for, unpack
+from streams.envelope import group_by_partition, pack_chunks, partition_for, unpack
 from streams.identity import (
     Erased,
     IdentityNode,
@@ -125,6 +125,7 @@ class Pipeline:
         )
         self._customer_lock = asyncio.Lock()
         self._query_client: ClickHouse | None = None
+        self.failing: set[str] = set()
         # One thread owns every ClickHouse call (the embedded engine is not for sharing).
         self.clickhouse_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self.ready = False
@@ -208,100 +209,105 @@ class Pipeline:
 
     async def _ingest_agent(self, stream: Any) -> None:
         settings = self.settings
-        producer = self.app.producer
-        valid_topic, dlq_topic = settings.topics.valid, settings.topics.dead_letter
-        async for events in stream.take_events(
+        async for events in stream.noack_take(
             settings.ingest_batch_size, within=settings.ingest_batch_seconds
         ):
-            started = time.perf_counter()
-            if self.first_batch_at is None:
-                self.first_batch_at = started
-            messages = [
-                RawMessage(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
-                )
-                for e in events
-            ]
-            for partition in {m.partition for m in messages}:
-                if not self.stage.has_partition(partition):
-                    self.stage.restore(partition, self._dedupe_entries(partition))
-            now_ms = int(time.time() * 1000)
-            result = self.stage.process(messages, now_ms)
-            pending = []
-            # Valid records travel in envelopes, one per destination partition (by anchor).
-            grouped = group_by_partition(
-                ((out.anchor, {"a": out.anchor, "r": out.record}) for out in result.valid),
-                settings.topic_partitions,
+            await self._guarded("ingest", self._ingest_batch, events, stream)
+
+    async def _ingest_batch(self, events: list[Any]) -> None:
+        settings = self.settings
+        producer = self.app.producer
+        valid_topic, dlq_topic = settings.topics.valid, settings.topics.dead_letter
+        started = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = started
+        messages = [
+            RawMessage(
+                e.message.topic,
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.message.value,
+                int(e.message.timestamp * 1000) if e.message.timestamp else None,
             )
-            for partition, records in grouped.items():
-                pending.append(
-                    await producer.send(valid_topic, None, pack(records), partition, None, None)
-                )
-            for out in result.valid:
-                metrics.VALID_EVENTS.labels(out.record["channel"]).inc()
-            for dead in result.dead:
-                pending.append(
-                    await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
-                )
-                metrics.DEAD_LETTERS.labels(dead.reason).inc()
-            shard = TableShard(self.dedupe_table)
-            for partition, key, value in result.state_puts:
-                shard.put(partition, key, value)
-            for partition, key in result.state_deletes:
-                shard.delete(partition, key)
-            pending.extend(shard.flush())
-            # Delivered before the batch is acked: offsets never run ahead of the output.
-            await asyncio.gather(*pending)
-            metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
-            self._export_lag("ingest", messages)
-            metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+            for e in events
+        ]
+        for partition in {m.partition for m in messages}:
+            if not self.stage.has_partition(partition):
+                self.stage.restore(partition, self._dedupe_entries(partition))
+        now_ms = int(time.time() * 1000)
+        result = self.stage.process(messages, now_ms)
+        pending = []
+        # Valid records travel in envelopes, one per destination partition (by anchor).
+        grouped = group_by_partition(
+            ((out.anchor, {"a": out.anchor, "r": out.record}) for out in result.valid),
+            settings.topic_partitions,
+        )
+        for partition, records in grouped.items():
+            pending.extend(await self._send_envelopes(valid_topic, partition, records))
+        for out in result.valid:
+            metrics.VALID_EVENTS.labels(out.record["channel"]).inc()
+        for dead in result.dead:
+            pending.append(
+                await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
+            )
+            metrics.DEAD_LETTERS.labels(dead.reason).inc()
+        shard = TableShard(self.dedupe_table)
+        for partition, key, value in result.state_puts:
+            shard.put(partition, key, value)
+        for partition, key in result.state_deletes:
+            shard.delete(partition, key)
+        pending.extend(shard.flush())
+        # Delivered before the batch is acked: offsets never run ahead of the output.
+        await asyncio.gather(*pending)
+        metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
+        self._export_lag("ingest", messages)
+        metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _identity_agent(self, stream: Any) -> None:
+        settings = self.settings
+        async for events in stream.noack_take(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            await self._guarded("identity", self._identity_batch, events, stream)
+
+    async def _identity_batch(self, events: list[Any]) -> None:
         """LINK ops from ingest + protocol ops from itself -> state, new ops, outputs."""
         settings, t = self.settings, self.settings.topics
         n = settings.topic_partitions
-        async for events in stream.take_events(
-            settings.ingest_batch_size, within=settings.ingest_batch_seconds
-        ):
-            started = time.perf_counter()
-            now_ms = int(time.time() * 1000)
-            by_partition: dict[int, list[Any]] = defaultdict(list)
-            refusals: list[Refusal] = []
-            for e in events:
-                msg = e.message
-                ops = by_partition[msg.partition]
-                if msg.topic == t.valid:
-                    for item in unpack(msg.value):  # {"a": anchor, "r": record}
-                        link, refused = ops_for_event(
-                            from_json(item["r"]), self.identity_rules, carry_event=False
-                        )
-                        ops.extend(replace(op, event=item) for op in link)
-                        refusals.extend(refused)
-                else:
-                    ops.extend(op_from_json(item) for item in unpack(msg.value))
-            shard = TableShard(self.identity_table)
-            out_ops: list[tuple[str, Any]] = []
-            outputs: list[Any] = list(refusals)
-            for partition, ops in by_partition.items():
-                view = _IdentityView(shard, n, partition)
-                fx = self.identity.handle_batch(ops, view, now_ms)
-                out_ops.extend((op.routing_key, op_to_json(op)) for op in fx.ops)
-                outputs.extend(fx.outputs)
-            pending = [
-                await self._send_envelope(t.identity_ops, p, items)
-                for p, items in group_by_partition(out_ops, n).items()
-            ]
-            pending += await self._send_identity_outputs(outputs)
-            # Ops and outputs delivered BEFORE the state that assumes them: a crash in
-            # between replays the batch (idempotent) instead of stranding a locked customer.
-            await asyncio.gather(*pending)
-            await asyncio.gather(*shard.flush())
-            metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        by_partition: dict[int, list[Any]] = defaultdict(list)
+        refusals: list[Refusal] = []
+        for e in events:
+            msg = e.message
+            ops = by_partition[msg.partition]
+            if msg.topic == t.valid:
+                for item in unpack(msg.value):  # {"a": anchor, "r": record}
+                    link, refused = ops_for_event(
+                        from_json(item["r"]), self.identity_rules, carry_event=False
+                    )
+                    ops.extend(replace(op, event=item) for op in link)
+                    refusals.extend(refused)
+            else:
+                ops.extend(op_from_json(item) for item in unpack(msg.value))
+        shard = TableShard(self.identity_table)
+        out_ops: list[tuple[str, Any]] = []
+        outputs: list[Any] = list(refusals)
+        for partition, ops in by_partition.items():
+            view = _IdentityView(shard, n, partition)
+            fx = self.identity.handle_batch(ops, view, now_ms)
+            out_ops.extend((op.routing_key, op_to_json(op)) for op in fx.ops)
+            outputs.extend(fx.outputs)
+        pending = []
+        for p, items in group_by_partition(out_ops, n).items():
+            pending.extend(await self._send_envelopes(t.identity_ops, p, items))
+        pending += await self._send_identity_outputs(outputs)
+        # Ops and outputs delivered BEFORE the state that assumes them: a crash in
+        # between replays the batch (idempotent) instead of stranding a locked customer.
+        await asyncio.gather(*pending)
+        await asyncio.gather(*shard.flush())
+        metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _send_identity_outputs(self, outputs: list[Any]) -> list[Any]:
         t, n = self.settings.topics, self.settings.topic_partitions
@@ -352,41 +358,45 @@ class Pipeline:
                         )
                     )
         for p, items in group_by_partition(resolved, n).items():
-            pending.append(await self._send_envelope(t.resolved, p, items))
+            pending.extend(await self._send_envelopes(t.resolved, p, items))
         for p, items in group_by_partition(changes, n).items():
-            pending.append(await self._send_envelope(t.identity_changes, p, items))
+            pending.extend(await self._send_envelopes(t.identity_changes, p, items))
         return pending
 
     async def _customer_agent(self, stream: Any) -> None:
-        """Resolved events and merge notices -> rolling aggregates and the customer 360."""
         settings = self.settings
-        stage = self.customer_stage
-        data = self.customer_table.data
-        async for events in stream.take_events(
+        async for events in stream.noack_take(
             settings.ingest_batch_size, within=settings.ingest_batch_seconds
         ):
-            now_ms = int(time.time() * 1000)
-            items: dict[int, list[tuple[int, Any]]] = defaultdict(list)
-            for e in events:
-                msg = e.message
-                entries = items[msg.partition]
-                base = msg.offset * POSITION_SCALE
-                entries.extend(
-                    (base + i, item)
-                    for i, item in enumerate(unpack(msg.value))
-                    if item["t"] != "e" or item["c"]
-                )
-            for partition in items:
-                if not stage.has_partition(partition):
-                    stage.restore(partition, data)
-            async with self._customer_lock:
-                out = stage.process(items, data, now_ms)
-                await self._emit_customer_outputs(out)
+            await self._guarded("customers", self._customer_batch, events, stream)
+
+    async def _customer_batch(self, events: list[Any]) -> None:
+        """Resolved events and merge notices -> rolling aggregates and the customer 360."""
+        stage = self.customer_stage
+        data = self.customer_table.data
+        now_ms = int(time.time() * 1000)
+        items: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+        for e in events:
+            msg = e.message
+            entries = items[msg.partition]
+            base = msg.offset * POSITION_SCALE
+            entries.extend(
+                (base + i, item)
+                for i, item in enumerate(unpack(msg.value))
+                if item["t"] != "e" or item["c"]
+            )
+        for partition in items:
+            if not stage.has_partition(partition):
+                stage.restore(partition, data)
+        async with self._customer_lock:
+            out = stage.process(items, data, now_ms)
+            await self._emit_customer_outputs(out)
 
     async def _emit_customer_outputs(self, out: Any) -> None:
         """Alerts first (delivered), then rows and state: a crash in between replays the
         batch and re-raises the same alert ids rather than losing an alert to a cooldown."""
         settings, t = self.settings, self.settings.topics
+        metrics.CUSTOMER_EVENTS.inc(out.events)
         if out.alerts:
             producer = self.app.producer
             sent = []
@@ -407,13 +417,12 @@ class Pipeline:
             else:
                 shard.put(partition, key, value)
         n = settings.topic_partitions
-        pending = [
-            await self._send_envelope(t.resolved, p, handovers)
-            for p, handovers in group_by_partition(out.handovers, n).items()
-        ]
+        pending = []
+        for p, handovers in group_by_partition(out.handovers, n).items():
+            pending.extend(await self._send_envelopes(t.resolved, p, handovers))
         rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
         if rows:
-            pending.append(await self._send_envelope(t.aggregates, 0, rows))
+            pending.extend(await self._send_envelopes(t.aggregates, 0, rows))
         pending.extend(shard.flush())
         await asyncio.gather(*pending)
 
@@ -445,8 +454,42 @@ class Pipeline:
         )
         metrics.WEBHOOK_DELIVERIES.labels("dead").inc()
 
-    async def _send_envelope(self, topic: str, partition: int, items: list[Any]) -> Any:
-        return await self.app.producer.send(topic, None, pack(items), partition, None, None)
+    async def _guarded(
+        self, stage: str, process: Callable[[list[Any]], Any], events: list[Any], stream: Any
+    ) -> None:
+        """Process a batch until it succeeds; only then ack it (so offsets can commit).
+
+        A failure (ClickHouse-independent: Kafka errors, a bug) is retried with back-off;
+        the stage's in-memory state is dropped so the retry starts from the table state.
+        The partition stalls rather than losing or skipping the batch; ``/readyz`` says so.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await process(events)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s batch failed; retrying in %.1fs", stage, delay)
+                metrics.STAGE_FAILURES.labels(stage).inc()
+                self.failing.add(stage)
+                for partition in {e.message.partition for e in events}:
+                    self.stage.forget(partition)
+                    self.customer_stage.forget(partition)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.failing.discard(stage)
+        for event in events:
+            await stream.ack(event)
+
+    async def _send_envelopes(self, topic: str, partition: int, items: list[Any]) -> list[Any]:
+        """Send ``items`` to one partition as envelopes under the size limit."""
+        producer = self.app.producer
+        return [
+            await producer.send(topic, None, chunk, partition, None, None)
+            for chunk in pack_chunks(items)
+        ]
 
     def _export_lag(self, stage: str, messages: list[RawMessage]) -> None:
         last: dict[tuple[str, int], int] = {}
@@ -482,9 +525,14 @@ class Pipeline:
 
     async def _readyz(self, request: Any) -> aioweb.Response:
         sink_ok = self.sink is None or self.sink.healthy
-        ok = self.ready and sink_ok
+        ok = self.ready and sink_ok and not self.failing
         return aioweb.json_response(
-            {"ready": ok, "assigned": self.ready, "sink_healthy": sink_ok},
+            {
+                "ready": ok,
+                "assigned": self.ready,
+                "sink_healthy": sink_ok,
+                "failing_stages": sorted(self.failing),
+            },
             status=200 if ok else 503,
         )
 

@@ -1,27 +1,44 @@
-"""``make bench``: throughput of the pipeline against a ceiling measured in the same run.
+"""``make bench``: each stage's throughput against a ceiling measured in the same run.
 
-Ingest stage: N Avro touchpoints are produced to a fresh raw topic, then
+One process, one worker, a real broker, the embedded ClickHouse:
 
-* ceiling: a plain aiokafka consumer + fastavro decode loop over the same topic;
-* pipeline: the Faust worker (decode, validate, normalise, dedupe, produce valid
-  topic) and the ClickHouse sink, until every row is in ClickHouse.
+1. N generated touchpoints are produced to a fresh raw topic.
+2. Ceilings, on the same data: a plain aiokafka consumer + fastavro decode loop (ingest);
+   the pure identity step over the normalised records (identity); the pure aggregates
+   step (aggregates); the pure detectors (alerts). No Kafka bookkeeping, no state I/O.
+3. The pipeline (all agents + sink) consumes the backlog; a stage's rate is N divided by
+   the time from the first ingest batch until that stage has processed all N.
+4. Alert latency: a steady stream of fresh events at ``--latency-rate`` events/s; each
+   alert's latency is its arrival on the alerts topic minus the produce time of the
+   newest event that triggered it.
 
-Prints ``BENCH <stage> events_per_s=... ceiling_events_per_s=... ratio=... peak_rss_mb=...``.
+Prints one line per stage: ``BENCH <stage> events_per_s=... ceiling_events_per_s=...
+ratio=... peak_rss_mb=...`` (+ ``clickhouse_rows_per_s`` for aggregates), and
+``BENCH alert_latency p50_ms=... p99_ms=... at_events_per_s=...``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import statistics
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams import metrics
+from streams.aggregates import AggregatorState
+from streams.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.detect import Detector, Profile
 from streams.generator import encode_events, generate, produce
+from streams.identity import IdentityNode, IdentityRules, JsonState, ops_for_event
+from streams.ingest import Accepted, IngestPolicy, ingest_message
 from streams.kafka import consumer_security
+from streams.model import TouchpointRecord
 from streams.runner import prepare, query, running
 from streams.settings import Settings
 
@@ -32,7 +49,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _ceiling(settings: Settings, codec: AvroCodec, expected: int) -> float:
+def _counter(counter: Any, **labels: str) -> float:
+    metric = counter.labels(**labels) if labels else counter
+    return float(metric._value.get())
+
+
+async def _decode_ceiling(settings: Settings, codec: AvroCodec, expected: int) -> float:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
@@ -45,11 +67,10 @@ async def _ceiling(settings: Settings, codec: AvroCodec, expected: int) -> float
     )
     await consumer.start()
     try:
-        parts = range(settings.topic_partitions)  # created by prepare() with this count
-        consumer.assign([TopicPartition(settings.topics.raw, p) for p in parts])
+        parts = [TopicPartition(settings.topics.raw, p) for p in range(settings.topic_partitions)]
+        consumer.assign(parts)
         await consumer.seek_to_beginning()
-        seen = 0
-        started = 0.0
+        seen, started = 0, 0.0
         decode = codec.decode
         while seen < expected:
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
@@ -64,54 +85,181 @@ async def _ceiling(settings: Settings, codec: AvroCodec, expected: int) -> float
         await consumer.stop()
 
 
-async def _pipeline(settings: Settings, expected: int) -> float:
+def _pure_ceilings(records: list[TouchpointRecord]) -> dict[str, float]:
+    """events/s of each pure step alone, on the same normalised records, one core."""
+    out: dict[str, float] = {}
+    rules = IdentityRules()
+    node, state = IdentityNode(rules), JsonState()
+    started = time.perf_counter()
+    for i in range(0, len(records), 2000):
+        ops = [op for r in records[i : i + 2000] for op in ops_for_event(r, rules)[0]]
+        node.handle_batch(ops, state)
+    out["identity"] = len(records) / (time.perf_counter() - started)
+
+    agg = AggregatorState(0, lateness_ms=3 * 3600 * 1000)
+    started = time.perf_counter()
+    for i, r in enumerate(records):
+        agg.add({"customer_id": r["identifiers"]["email"] or r["event_id"], "record": r}, 0, i)
+        if i % 2000 == 1999:
+            agg.flush(0)
+    agg.flush(0)
+    out["aggregates"] = len(records) / (time.perf_counter() - started)
+
+    detector = Detector()
+    profiles: dict[str, Profile] = {}
+    started = time.perf_counter()
+    for r in records:
+        key = r["identifiers"]["email"] or r["identifiers"]["anonymous_id"] or r["event_id"]
+        profile = profiles.get(key) or Profile(key)
+        profiles[key], _ = detector.process(profile, r, r["occurred_at"])
+    out["alerts"] = len(records) / (time.perf_counter() - started)
+    return out
+
+
+async def _pipeline_rates(settings: Settings, expected: int) -> dict[str, float]:
+    """Run the pipeline over the backlog; seconds from the first batch to each stage's end."""
     db = settings.clickhouse_database
+    raw = settings.topics.raw
+    stages: dict[str, Callable[[], float]] = {
+        "ingest": lambda: _counter(metrics.EVENTS_CONSUMED, topic=raw),
+        "identity": lambda: _counter(metrics.IDENTITY_OUTPUTS, kind="resolved"),
+        "customers": lambda: _counter(metrics.CUSTOMER_EVENTS),
+    }
+    base = {name: read() for name, read in stages.items()}
+    rows_base = _counter(metrics.CLICKHOUSE_ROWS, table="touchpoints")
+    done: dict[str, float] = {}
     async with running(settings) as pipeline:
-        started = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if started is None and pipeline.first_batch_at is not None:
-                started = pipeline.first_batch_at
-            rows = (await query(pipeline, f"SELECT count() FROM {db}.touchpoints"))[0][0]
-            if rows >= expected:
-                break
-            await asyncio.sleep(0.1)
-        finished = time.perf_counter()
-        if started is None:
-            raise RuntimeError("the pipeline processed nothing")
-        return int(rows) / (finished - started)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and len(done) < len(stages) + 1:
+            now = time.perf_counter()
+            for name, read in stages.items():
+                if name not in done and read() - base[name] >= expected:
+                    done[name] = now
+            if "clickhouse" not in done:
+                rows = (await query(pipeline, f"SELECT count() FROM {db}.touchpoints"))[0][0]
+                if rows >= expected:
+                    done["clickhouse"] = time.perf_counter()
+            await asyncio.sleep(0.05)
+        started = pipeline.first_batch_at
+        if started is None or len(done) < len(stages) + 1:
+            raise RuntimeError(f"the pipeline did not finish: {sorted(done)}")
+        rows_written = _counter(metrics.CLICKHOUSE_ROWS, table="touchpoints") - rows_base
+    rates = {name: expected / (t - started) for name, t in done.items()}
+    rates["clickhouse_rows_per_s"] = rows_written / (done["clickhouse"] - started)
+    return rates
 
 
-async def run_bench(settings: Settings, *, events: int) -> None:
+async def _alert_latency(
+    settings: Settings, codec: AvroCodec, rate: float, seconds: float
+) -> tuple[float, float, int]:
+    """p50/p99 ms from producing the newest triggering event to the alert on the topic."""
+    alert_codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
+    count = int(rate * seconds)
+    now = int(time.time() * 1000)
+    events = generate(max(1, count // 12), seed=5, now_ms=now, span_ms=int(seconds * 1000))
+    events = events[:count]
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    consumer = AIOKafkaConsumer(
+        settings.topics.alerts,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="latest",
+        **consumer_security(settings),
+    )
+    await consumer.start()
+
+    async def collect() -> None:
+        async for message in consumer:
+            arrived = time.time()
+            alert = alert_codec.decode(message.value or b"")
+            known = [sent_at[e] for e in alert["event_ids"] if e in sent_at]
+            if known:
+                latencies.append((arrived - max(known)) * 1000)
+
+    async with running(settings):
+        collector = asyncio.create_task(collect())
+        await asyncio.sleep(2.0)  # let the worker join its partitions
+        started = time.time()
+        step = 1.0 / rate
+        chunk = max(1, int(rate / 20))
+        for i in range(0, len(events), chunk):
+            target = started + i * step
+            await asyncio.sleep(max(0.0, target - time.time()))
+            batch = events[i : i + chunk]
+            pairs = []
+            for e in batch:
+                record: dict[str, Any] = dict(e.record)
+                record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
+                pairs.append((e.key, codec.encode(record)))
+                sent_at[str(record["event_id"])] = time.time()
+            await produce(settings, pairs)
+        await asyncio.sleep(5.0)
+        collector.cancel()
+    await consumer.stop()
+    if not latencies:
+        return float("nan"), float("nan"), 0
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return statistics.median(latencies), p99, len(latencies)
+
+
+def _fresh(settings: Settings, tag: str) -> Settings:
     run = uuid.uuid4().hex[:8]
-    settings = settings.model_copy(
+    return settings.model_copy(
         update={
-            "topic_prefix": f"bench{run}.",
-            "app_id": f"bench-{run}",
-            "clickhouse_database": f"bench_{run}",
+            "topic_prefix": f"{tag}{run}.",
+            "app_id": f"{tag}-{run}",
+            "clickhouse_database": f"{tag}_{run}",
+            "aggregate_lateness_seconds": 3 * 3600,
         }
     )
+
+
+async def run_bench(
+    settings: Settings, *, events: int, latency_rate: float = 5000.0, latency_seconds: float = 10.0
+) -> None:
     codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
     now_ms = int(time.time() * 1000)
-    customers = max(1, events // 12)
-    t0 = time.perf_counter()
-    generated = generate(customers, seed=1, now_ms=now_ms)
+    generated = generate(max(1, events // 12), seed=1, now_ms=now_ms)
     pairs = encode_events(generated, codec, seed=1)
-    click.echo(
-        f"generated {len(pairs):,} events for {customers:,} customers "
-        f"in {time.perf_counter() - t0:.1f}s"
-    )
-    prepare(settings)
-    t0 = time.perf_counter()
-    await produce(settings, pairs)
-    click.echo(f"produced in {time.perf_counter() - t0:.1f}s")
     n = len(pairs)
+    click.echo(f"{n:,} events for {events // 12:,} customers")
 
-    ceiling = await _ceiling(settings, codec, n)
-    click.echo(f"ceiling (aiokafka consumer + fastavro decode): {ceiling:,.0f} events/s")
-    rate = await _pipeline(settings, n)
-    click.echo(f"pipeline (Faust ingest -> valid topic -> ClickHouse sink): {rate:,.0f} events/s")
+    bench = _fresh(settings, "bench")
+    prepare(bench)
+    await produce(bench, pairs)
+    decode_ceiling = await _decode_ceiling(bench, codec, n)
+    normalised = [
+        o.record
+        for _, v in pairs
+        if isinstance(o := ingest_message(v, codec, IngestPolicy(), now_ms), Accepted)
+    ]
+    pure = _pure_ceilings(normalised)
+    rates = await _pipeline_rates(bench, n)
+    rss = _peak_rss_mb()
+
+    def line(stage: str, rate: float, ceiling: float, extra: str = "") -> None:
+        click.echo(
+            f"BENCH {stage} events_per_s={rate:.0f} ceiling_events_per_s={ceiling:.0f} "
+            f"ratio={rate / ceiling:.3f} peak_rss_mb={rss:.0f}{extra}"
+        )
+
+    click.echo(f"pipeline: every touchpoint in ClickHouse at {rates['clickhouse']:,.0f} events/s")
+    line("ingest", rates["ingest"], decode_ceiling)
+    line("identity", rates["identity"], pure["identity"])
+    line(
+        "aggregates",
+        rates["customers"],
+        pure["aggregates"],
+        f" clickhouse_rows_per_s={rates['clickhouse_rows_per_s']:.0f}",
+    )
+    line("alerts", rates["customers"], pure["alerts"])
+
+    latency = _fresh(settings, "lat")
+    prepare(latency)
+    p50, p99, alerts = await _alert_latency(latency, codec, latency_rate, latency_seconds)
+    click.echo(f"alert latency over {alerts} alerts")
     click.echo(
-        f"BENCH ingest events_per_s={rate:.0f} ceiling_events_per_s={ceiling:.0f} "
-        f"ratio={rate / ceiling:.3f} peak_rss_mb={_peak_rss_mb():.0f}"
+        f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f} at_events_per_s={latency_rate:.0f}"
     )

@@ -293,13 +293,19 @@ def demo(customers: int, rate: float | None, timeout: float) -> None:
 
 @main.command()
 @click.option("--events", default=200_000, show_default=True)
-def bench(events: int) -> None:
-    """Measure ingest throughput against a plain consumer+decode ceiling (make bench)."""
+@click.option("--latency-rate", default=5000.0, show_default=True, help="events/s, steady")
+@click.option("--latency-seconds", default=10.0, show_default=True)
+def bench(events: int, latency_rate: float, latency_seconds: float) -> None:
+    """Each stage's events/s against a ceiling measured in the same run (make bench)."""
     from streams.bench import run_bench
 
     settings = _settings()
     _logging(settings, "WARNING")
-    asyncio.run(run_bench(settings, events=events))
+    asyncio.run(
+        run_bench(
+            settings, events=events, latency_rate=latency_rate, latency_seconds=latency_seconds
+        )
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

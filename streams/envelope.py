@@ -19,15 +19,35 @@ from typing import Any
 
 import orjson
 
-__all__ = ["group_by_partition", "pack", "partition_for", "unpack"]
+__all__ = [
+    "MAX_ENVELOPE_BYTES",
+    "group_by_partition",
+    "pack",
+    "pack_chunks",
+    "partition_for",
+    "unpack",
+]
 
 
 def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
+MAX_ENVELOPE_BYTES = 512 * 1024
+"""Well under Kafka's default ``message.max.bytes`` (1 MiB) with headroom for batches."""
+
+
 def pack(records: list[Any]) -> bytes:
     return orjson.dumps(records)
+
+
+def pack_chunks(records: list[Any], max_bytes: int = MAX_ENVELOPE_BYTES) -> list[bytes]:
+    """One or more envelopes, each at most ``max_bytes`` (a lone oversize record excepted)."""
+    data = orjson.dumps(records)
+    if len(data) <= max_bytes or len(records) <= 1:
+        return [data]
+    half = len(records) // 2
+    return pack_chunks(records[:half], max_bytes) + pack_chunks(records[half:], max_bytes)
 
 
 def unpack(data: bytes) -> list[Any]:

@@ -14,6 +14,7 @@ __all__ = [
     "CLICKHOUSE_ROWS",
     "ALERTS",
     "CONSUMER_LAG",
+    "CUSTOMER_EVENTS",
     "WEBHOOK_DELIVERIES",
     "IDENTITY_BATCH_SECONDS",
     "IDENTITY_OUTPUTS",
@@ -25,6 +26,7 @@ __all__ = [
     "INGEST_BATCH_SECONDS",
     "REGISTRY",
     "SINK_COMMITTED_OFFSET",
+    "STAGE_FAILURES",
     "VALID_EVENTS",
     "render",
 ]
@@ -130,6 +132,21 @@ WEBHOOK_DELIVERIES = Counter(
     "touchpoints_webhook_deliveries_total",
     "Webhook deliveries by outcome (ok, retry, dead).",
     ["outcome"],
+    registry=REGISTRY,
+)
+
+
+CUSTOMER_EVENTS = Counter(
+    "touchpoints_customer_stage_events_total",
+    "Resolved events processed by the customer stage (aggregates, 360, detectors).",
+    registry=REGISTRY,
+)
+
+
+STAGE_FAILURES = Counter(
+    "touchpoints_stage_failures_total",
+    "Batches that failed and are being retried (the partition waits), by stage.",
+    ["stage"],
     registry=REGISTRY,
 )
 
