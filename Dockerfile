@@ -35,6 +35,7 @@ RUN groupadd --system --gid 10001 touchpoints \
  && chown 10001:10001 /var/lib/touchpoints
 COPY --from=build /opt/venv /opt/venv
 COPY schemas/ /app/schemas/
+COPY deploy/rules.yaml /app/rules.yaml
 # Settings (streams/settings.py) read from the environment; these are the image's defaults.
 # DATA_DIR sits on the volume Kubernetes mounts at /var/lib/touchpoints; /tmp is an emptyDir
 # there (the root filesystem is read-only).
@@ -43,6 +44,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/var/lib/touchpoints \
     SCHEMAS_DIR=/app/schemas \
+    RULES_FILE=/app/rules.yaml \
     DATA_DIR=/var/lib/touchpoints/faust \
     CLICKHOUSE_CHDB_PATH=/var/lib/touchpoints/chdb \
     WEB_PORT=6066

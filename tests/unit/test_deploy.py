@@ -512,7 +512,7 @@ def test_autoscaling_follows_the_partitions_and_the_consumer_groups(
             assert {"username", "password"} <= params
     assert groups == {
         settings.app_id: settings.topics.raw,
-        settings.sink_group_id: settings.topics.valid,
+        settings.sink_group_id: settings.topics.resolved,
     }
 
 
