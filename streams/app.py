@@ -60,7 +60,7 @@ from streams.kafka import consumer_security
 from streams.operator import find_customer, identifier_key, timeline
 from streams.settings import Settings
 from streams.sink import SinkService
-from streams.state import TableShard
+from streams.state import StoredView, TableShard
 from streams.webhooks import WebhookDispatcher, load_subscribers
 
 __all__ = ["Pipeline", "create_app"]
@@ -168,16 +168,22 @@ class Pipeline:
         self.dedupe_table = app.Table(
             "ingest-dedupe",
             partitions=settings.topic_partitions,
+            key_type=bytes,
+            value_type=bytes,
             help="Event ids seen per raw partition, one entry per ingest batch.",
         )
         self.identity_table = app.Table(
             "identity",
             partitions=settings.topic_partitions,
+            key_type=bytes,
+            value_type=bytes,
             help="Identity graph: identifier -> customer label; customer -> members.",
         )
         self.customer_table = app.Table(
             "customers",
             partitions=settings.topic_partitions,
+            key_type=bytes,
+            value_type=bytes,
             help="Per customer partition: aggregate partials, customer memory, customer 360.",
         )
         app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
@@ -428,12 +434,12 @@ class Pipeline:
 
     async def _tick_customers(self) -> None:
         """Deadline rules (an unresolved complaint) fire even when a customer goes quiet."""
-        data = self.customer_table.data
+        data = StoredView(self.customer_table)
         now_ms = int(time.time() * 1000)
         due = [
             k[len("prof|") :]
-            for k, v in list(data.items())
-            if isinstance(k, str) and k.startswith("prof|") and v and self._tick_due(v, now_ms)
+            for k, v in data.items_with_prefix("prof|")
+            if v and self._tick_due(v, now_ms)
         ]
         if due:
             async with self._customer_lock:
@@ -505,7 +511,7 @@ class Pipeline:
 
     def _dedupe_entries(self, partition: int) -> list[tuple[str, dict[str, Any]]]:
         prefix = f"{partition}:"
-        return [(k, v) for k, v in self.dedupe_table.data.items() if k.startswith(prefix)]
+        return list(StoredView(self.dedupe_table).items_with_prefix(prefix))
 
     # --- lifecycle and HTTP ------------------------------------------------------------
 

@@ -23,6 +23,9 @@ from decimal import Decimal
 from typing import Any
 
 from streams.aggregates import (
+    AGGREGATE_COLUMNS,
+    ALERT_COLUMNS,
+    CUSTOMER_360_COLUMNS,
     AggregateRow,
     AggregatorState,
     AlertRow,
@@ -55,33 +58,32 @@ def merge_item(survivor: str, absorbed: str, at_ms: int) -> dict[str, Any]:
     return {"t": "m", "s": survivor, "a": absorbed, "at": at_ms}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return {"$d": str(value)}
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _restore(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and "$d" in value:
-            return Decimal(value["$d"])
-        return {k: _restore(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_restore(v) for v in value]
-    return value
+_MONEY_COLUMNS: dict[str, tuple[int, ...]] = {
+    table: tuple(i for i, c in enumerate(cols) if c in ("revenue", "lifetime_value"))
+    for table, cols in (
+        ("cx_partials", AGGREGATE_COLUMNS),
+        ("customer_360", CUSTOMER_360_COLUMNS),
+        ("alert_partials", ALERT_COLUMNS),
+    )
+}
 
 
 def encode_rows(rows: Sequence[Row]) -> list[list[Any]]:
-    """Rows for the aggregates topic: ``[table, values]`` with decimals kept exact."""
-    return [[r.TABLE, _jsonable(r.values())] for r in rows]
+    """Rows for the aggregates topic: ``[table, values]``. Money maps go as exact strings."""
+    out = []
+    for r in rows:
+        values = r.values()
+        for i in _MONEY_COLUMNS[r.TABLE]:
+            values[i] = {k: str(v) for k, v in values[i].items()}
+        out.append([r.TABLE, values])
+    return out
 
 
 def decode_row(item: Sequence[Any]) -> tuple[str, list[Any]]:
-    return str(item[0]), _restore(item[1])
+    table, values = str(item[0]), list(item[1])
+    for i in _MONEY_COLUMNS.get(table, ()):
+        values[i] = {k: Decimal(v) for k, v in values[i].items()}
+    return table, values
 
 
 @dataclass
@@ -108,7 +110,10 @@ class _StoreView(MutableMapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         if key in self.written:
             return self.written[key]
-        return self.data[f"360|{key}"]
+        value = self.data.get(f"360|{key}")
+        if value is None:
+            raise KeyError(key)
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -141,8 +146,11 @@ class CustomerStage:
         lateness_ms: int,
         pane_events: int,
         detector: Detector | None = None,
+        rolling_ms: int = 5_000,
     ) -> None:
         self.detector = detector or Detector()
+        self.rolling_ms = rolling_ms
+        self._last_rolling: dict[int, int] = {}
         self.partitions = partitions
         self.lateness_ms = lateness_ms
         self.pane_events = pane_events
@@ -163,11 +171,7 @@ class CustomerStage:
             )
         else:
             prefix = f"mem|{partition}|"
-            memory = {
-                k[len(prefix) :]: v
-                for k, v in data.items()
-                if isinstance(k, str) and k.startswith(prefix) and v is not None
-            }
+            memory = {k[len(prefix) :]: v for k, v in data.items_with_prefix(prefix)}
             state = AggregatorState.from_dict(saved, customers=memory)
         self._states[partition] = state
 
@@ -250,8 +254,11 @@ class CustomerStage:
                         profile(survivor_id), Profile.from_dict(item["p"])
                     )
             out.late_events += state.late_events - late_before
-            out.aggregate_rows.extend(state.flush(now_ms))
-            out.alert_rows.extend(state.flush_alerts(now_ms))
+            rolling = now_ms - self._last_rolling.get(partition, 0) >= self.rolling_ms
+            if rolling:
+                self._last_rolling[partition] = now_ms
+            out.aggregate_rows.extend(state.flush(now_ms, final_only=not rolling))
+            out.alert_rows.extend(state.flush_alerts(now_ms, final_only=not rolling))
             for customer_id, memory in state.take_customer_changes().items():
                 out.state_puts.append((partition, f"mem|{partition}|{customer_id}", memory))
             out.state_puts.append((partition, f"agg|{partition}", state.to_dict(customers=False)))

@@ -10,9 +10,12 @@ batch is flushed — before the batch's offsets can be committed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["FaustTableLike", "TableShard"]
+import orjson
+
+__all__ = ["FaustTableLike", "StoredView", "TableShard"]
 
 _DELETED = object()
 
@@ -26,9 +29,34 @@ class FaustTableLike(Protocol):
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
+class StoredView:
+    """Read access to a raw table: keys are UTF-8 bytes, values orjson bytes.
+
+    Our tables use the ``raw`` serializer and orjson ourselves: Faust's JSON codec costs
+    tens of microseconds per record; orjson a fraction of that.
+    """
+
+    def __init__(self, table: FaustTableLike) -> None:
+        self.table = table
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self.table.data.get(key.encode())
+        return default if raw is None else orjson.loads(raw)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.encode() in self.table.data
+
+    def items_with_prefix(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        start = prefix.encode()
+        for key, raw in list(self.table.data.items()):
+            if key.startswith(start) and raw is not None:
+                yield key.decode(), orjson.loads(raw)
+
+
 class TableShard:
     def __init__(self, table: FaustTableLike) -> None:
         self.table = table
+        self.view = StoredView(table)
         self._dirty: dict[str, tuple[int, Any]] = {}
 
     def get(self, key: str) -> Any | None:
@@ -36,7 +64,7 @@ class TableShard:
         if pending is not None:
             value = pending[1]
             return None if value is _DELETED else value
-        return self.table.data.get(key)
+        return self.view.get(key)
 
     def put(self, partition: int, key: str, value: Any) -> None:
         self._dirty[key] = (partition, value)
@@ -57,13 +85,15 @@ class TableShard:
         data = self.table.data
         futures = []
         for key, (partition, value) in self._dirty.items():
+            raw_key = key.encode()
             if value is _DELETED:
-                data.pop(key, None)
+                data.pop(raw_key, None)
                 # a real tombstone (null value), so compaction and recovery delete the key
-                fut = self.table.send_changelog(partition, key, None, value_serializer="raw")
+                fut = self.table.send_changelog(partition, raw_key, None)
             else:
-                data[key] = value
-                fut = self.table.send_changelog(partition, key, value)
+                raw = orjson.dumps(value)
+                data[raw_key] = raw
+                fut = self.table.send_changelog(partition, raw_key, raw)
             futures.append(fut)
         self._dirty.clear()
         return futures
