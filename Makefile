@@ -12,7 +12,8 @@ RUN_DIR    := .local/run
 
 CUSTOMERS ?= 500
 RATE      ?=
-EVENTS    ?= 200000
+EVENTS    ?= 60000
+LATENCY_RATE ?= 1000
 
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -71,7 +72,7 @@ bench: install ## ingest throughput vs a plain aiokafka+fastavro ceiling, on a r
 	@rm -rf .local/bench && mkdir -p .local/bench
 	@LOCALKAFKA_RUN_DIR=$(abspath .local/bench)/kafka CLICKHOUSE_CHDB_PATH=$(abspath .local/bench)/chdb \
 	  DATA_DIR=$(abspath .local/bench)/faust WEB_PORT=0 \
-	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS)
+	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS) --latency-rate $(LATENCY_RATE)
 
 .PHONY: deploy-check
 deploy-check: $(STAMP) ## render every kustomize overlay, check and unit-test the Prometheus rules

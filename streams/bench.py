@@ -177,9 +177,10 @@ async def _alert_latency(
             if known:
                 latencies.append((arrived - max(known)) * 1000)
 
+    processed_before = _counter(metrics.CUSTOMER_EVENTS)
     async with running(settings):
         collector = asyncio.create_task(collect())
-        await asyncio.sleep(2.0)  # let the worker join its partitions
+        await asyncio.sleep(3.0)  # let the worker join its partitions
         started = time.time()
         step = 1.0 / rate
         chunk = max(1, int(rate / 20))
@@ -194,7 +195,12 @@ async def _alert_latency(
                 pairs.append((e.key, codec.encode(record)))
                 sent_at[str(record["event_id"])] = time.time()
             await produce(settings, pairs)
-        await asyncio.sleep(5.0)
+        deadline = time.monotonic() + 180
+        while _counter(metrics.CUSTOMER_EVENTS) - processed_before < len(events):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
         collector.cancel()
     await consumer.stop()
     if not latencies:

@@ -293,7 +293,7 @@ def demo(customers: int, rate: float | None, timeout: float) -> None:
 
 @main.command()
 @click.option("--events", default=200_000, show_default=True)
-@click.option("--latency-rate", default=5000.0, show_default=True, help="events/s, steady")
+@click.option("--latency-rate", default=1000.0, show_default=True, help="events/s, steady")
 @click.option("--latency-seconds", default=10.0, show_default=True)
 def bench(events: int, latency_rate: float, latency_seconds: float) -> None:
     """Each stage's events/s against a ceiling measured in the same run (make bench)."""
