@@ -258,12 +258,12 @@ class Pipeline:
                 await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
             )
             metrics.DEAD_LETTERS.labels(dead.reason).inc()
-        shard = TableShard(self.dedupe_table)
+        shard = TableShard(self.dedupe_table, self.app.producer)
         for partition, key, value in result.state_puts:
             shard.put(partition, key, value)
         for partition, key in result.state_deletes:
             shard.delete(partition, key)
-        pending.extend(shard.flush())
+        pending.extend(await shard.flush_async())
         # Delivered before the batch is acked: offsets never run ahead of the output.
         await asyncio.gather(*pending)
         metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
@@ -297,7 +297,7 @@ class Pipeline:
                     refusals.extend(refused)
             else:
                 ops.extend(op_from_json(item) for item in unpack(msg.value))
-        shard = TableShard(self.identity_table)
+        shard = TableShard(self.identity_table, self.app.producer)
         out_ops: list[tuple[str, Any]] = []
         outputs: list[Any] = list(refusals)
         for partition, ops in by_partition.items():
@@ -312,7 +312,7 @@ class Pipeline:
         # Ops and outputs delivered BEFORE the state that assumes them: a crash in
         # between replays the batch (idempotent) instead of stranding a locked customer.
         await asyncio.gather(*pending)
-        await asyncio.gather(*shard.flush())
+        await asyncio.gather(*(await shard.flush_async()))
         metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _send_identity_outputs(self, outputs: list[Any]) -> list[Any]:
@@ -416,7 +416,7 @@ class Pipeline:
                 for alert in out.alerts:
                     self.webhooks.enqueue(alert)
         metrics.LATE_EVENTS.inc(out.late_events)
-        shard = TableShard(self.customer_table)
+        shard = TableShard(self.customer_table, self.app.producer)
         for partition, key, value in out.state_puts:
             if value is None:
                 shard.delete(partition, key)
@@ -429,7 +429,7 @@ class Pipeline:
         rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
         if rows:
             pending.extend(await self._send_envelopes(t.aggregates, 0, rows))
-        pending.extend(shard.flush())
+        pending.extend(await shard.flush_async())
         await asyncio.gather(*pending)
 
     async def _tick_customers(self) -> None:
