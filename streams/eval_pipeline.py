@@ -1,29 +1,40 @@
 """``make eval``: the labelled streams through the real pipeline, scored like the offline run.
 
-:func:`run_eval` builds one labelled stream (:mod:`streams.eval_data`), produces it to
-the raw topic of a fresh deployment (its own topic prefix, app id / consumer groups,
-ClickHouse database and data dir), runs the whole pipeline in this process
-(:func:`streams.runner.running`: ingest -> identity -> customers agent with the
-detectors -> alerts topic -> ClickHouse), waits until every consumer group has caught up
-with every topic, reads the alerts back from ClickHouse (``alerts_v``) and scores them
-with :func:`streams.eval_data.evaluate`. The same stream also goes through the pure
-detector per *true* customer (the offline number), so the two can be read side by side:
-the pipeline runs the detectors per *resolved* customer, after identity stitching and
-after the events crossed partitions, so any gap between the two is the pipeline's.
+:func:`run_eval` builds one labelled stream (:mod:`streams.eval_data`), starts a fresh
+deployment of the whole pipeline in this process (its own topic prefix, app id and
+consumer groups, ClickHouse database and data dir; :func:`streams.runner.running`:
+ingest -> identity -> customers agent with the detectors -> alerts topic -> ClickHouse),
+produces the stream to its raw topic, waits until every event is in ``touchpoints`` and
+every consumer group has caught up with every topic it reads, reads the alerts back
+from ClickHouse (``alerts_v``) and scores them with :func:`streams.eval_data.evaluate`.
 
-Time. The stream is built to end at ``now_ms`` (default: the wall clock), so its ~45
-days of history are inside ``MAX_EVENT_AGE_SECONDS`` (90 days) and the worker's
-deadline tick (wall clock) agrees with the offline run's final tick (at ``now_ms``).
-An older ``now_ms`` makes the stream reproducible across days; the age limit of the
-eval deployment is then widened to admit it (reported as ``max_event_age_seconds``),
-and complaints left open at the end of the stream become overdue at the wall clock
-(offline they are not yet) — expect a few extra ``complaint_unresolved`` alerts.
+The same stream also goes through the pure detector per *true* customer in event-time
+order (``eval_data.run_detector``: the offline number), so the two read side by side.
+The pipeline runs the detectors per *resolved* customer, after identity stitching, in
+the order the events reach the customer stage; the gap between the two numbers is the
+pipeline's. ``metrics["missed"]`` / ``metrics["false_alerts"]`` say, per label the
+pipeline missed and per false alert, what identity resolution did to that customer.
 
-The worker's tick timer runs every 60 s; once everything is processed the eval runs
-that tick once itself (what the timer would do at its next minute) instead of waiting
-for it.
+Time. The stream is built to end at ``now_ms`` (default: the wall clock, to the minute),
+so its ~45 days of history are inside ``MAX_EVENT_AGE_SECONDS`` (90 days) and the
+worker's deadline tick (wall clock) agrees with the offline run's last tick (at
+``now_ms``). An older ``now_ms`` (reproducible streams across days) widens the age limit
+of the eval deployment to admit the stream (``run.max_event_age_seconds``); complaints
+still open at the end of such a stream are overdue at the wall clock but not offline,
+so expect a few extra ``complaint_unresolved`` alerts then. Aggregate lateness does not
+touch the detectors.
 
-Rules come from ``RULES_FILE`` (the deployment's), written to the eval's data dir
+The 45 days are replayed in seconds: the pipeline sees a catch-up backlog, not live
+traffic. Events of one person keyed differently by their producing systems sit on
+different raw partitions and reach the customer stage in batch order, not event-time
+order, and identity merges land after events that, in event time, came later. Live
+traffic reorders far less; the eval measures the harder case.
+
+The worker's deadline timer runs every 60 s; once everything is processed the eval
+runs that tick once itself (what the timer would do at its next minute) instead of
+waiting up to a minute for it.
+
+Rules come from ``RULES_FILE`` (the deployment's), copied into the eval's data dir
 without webhook subscribers: an eval never posts to a real webhook.
 """
 
@@ -39,7 +50,6 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 import yaml
@@ -60,41 +70,46 @@ from streams.eval_data import (
 )
 from streams.generator import produce
 from streams.kafka import consumer_security
-from streams.runner import prepare, query, running
+from streams.runner import query, running
 from streams.settings import Settings
 
 __all__ = ["DEFAULT_CUSTOMERS", "DEFAULT_SEED", "run_eval"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CUSTOMERS: Final = 500
+DEFAULT_CUSTOMERS: Final = 1000
+"""~38k events, ~90 s end to end on a 2-CPU machine (stream, worker start, processing)."""
 DEFAULT_SEED: Final = 7
 
 _MINUTE_MS: Final = 60_000
 _POLL_S: Final = 0.5
-_SHOWN: Final = 20  # examples of misses / false alerts kept in the metrics
+_STOP_TIMEOUT_S: Final = 60.0
+_SHOWN: Final = 25  # examples of misses / false alerts kept in the metrics
 
 
 # --------------------------------------------------------------------------- settings
+
+
+def _rules(settings: Settings) -> Rules:
+    return Rules.from_yaml(settings.rules_file) if settings.rules_file else Rules.default()
 
 
 def _eval_settings(
     settings: Settings, run: str, rules: Rules, oldest_ms: int, timeout: float
 ) -> tuple[Settings, int | None]:
     """A fresh deployment next to ``settings``: own topics, groups, database, data dir."""
-    data_dir = settings.data_dir / f"eval-{run}"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    rules_file = data_dir / "rules.yaml"
-    # The deployment's rules, no webhook subscribers.
+    home = settings.data_dir / f"eval-{run}"
+    home.mkdir(parents=True, exist_ok=True)
+    rules_file = home / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({**rules.to_mapping(), "subscribers": []}))
-    # Events must stay inside the ingest age limit until the run is over.
-    needed_s = int((time.time() * 1000 - oldest_ms) / 1000 + timeout + 3600)
+    # Every event must stay inside the ingest age limit until the run is over.
+    needed_s = int((time.time() * 1000 - oldest_ms) / 1000 + 2 * timeout + 3600)
     widened = needed_s if needed_s > settings.max_event_age_seconds else None
     changes: dict[str, Any] = {
         "app_id": f"{settings.app_id}-eval-{run}",
         "topic_prefix": f"{settings.topic_prefix}eval-{run}.",
         "clickhouse_database": f"{settings.clickhouse_database}_eval_{run}",
-        "data_dir": data_dir / "faust",
+        "data_dir": home / "faust",
         "rules_file": rules_file,
         "web_port": 0,
     }
@@ -103,23 +118,19 @@ def _eval_settings(
     return settings.model_copy(update=changes), widened
 
 
-def _rules(settings: Settings) -> Rules:
-    return Rules.from_yaml(settings.rules_file) if settings.rules_file else Rules.default()
-
-
-# --------------------------------------------------------------------------- Kafka progress
+# --------------------------------------------------------------------------- progress
 
 
 class _Lag:
-    """Consumer lag of the pipeline's groups over every topic they read."""
+    """Messages the pipeline's consumer groups have not committed, per group and topic."""
 
     def __init__(self, settings: Settings) -> None:
         t = settings.topics
         sec = consumer_security(settings)
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **sec)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, **sec
-        )
+        servers = settings.kafka_bootstrap_servers
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=servers, **sec)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, **sec)
+        self.partitions = settings.topic_partitions
         self.groups: dict[str, list[str]] = {
             settings.app_id: [t.raw, t.valid, t.identity_ops, t.resolved],
             settings.sink_group_id: [
@@ -130,7 +141,6 @@ class _Lag:
                 t.alerts,
             ],
         }
-        self.partitions = settings.topic_partitions
 
     async def start(self) -> None:
         await self.admin.start()
@@ -140,36 +150,41 @@ class _Lag:
         await self.consumer.stop()
         await self.admin.close()
 
-    async def total(self) -> int:
-        """Messages not yet committed by the group that reads them, summed."""
-        lag = 0
+    async def behind(self) -> dict[str, int]:
+        """``{"group/topic": messages not yet committed}``; empty when all caught up."""
+        out: dict[str, int] = {}
         for group, topics in self.groups.items():
             committed = await self.admin.list_consumer_group_offsets(group)
             tps = [TopicPartition(topic, p) for topic in topics for p in range(self.partitions)]
             for tp, end in (await self.consumer.end_offsets(tps)).items():
                 meta = committed.get(tp)
                 done = meta.offset if meta is not None and meta.offset >= 0 else 0
-                lag += max(0, int(end) - done)
-        return lag
+                if int(end) > done:
+                    key = f"{group}/{tp.topic}"
+                    out[key] = out.get(key, 0) + int(end) - done
+        return out
 
 
-async def _drained(
+async def _settled(
     pipeline: Any, lag: _Lag, count_sql: str, expected: int, deadline: float
-) -> tuple[int, bool]:
-    """Wait until ``count_sql`` reaches ``expected`` and no group lags, twice in a row."""
-    landed, quiet = -1, 0
+) -> tuple[int, dict[str, int], bool]:
+    """Until ``count_sql`` reaches ``expected`` and no group lags, twice in a row.
+
+    Returns the last count, what was still behind, and whether it settled in time.
+    """
+    landed, behind, quiet = -1, {"": -1}, 0
     while time.monotonic() < deadline:
         landed = int((await query(pipeline, count_sql))[0][0])
-        behind = await lag.total()
-        log.debug("eval: %d/%d landed, lag %d", landed, expected, behind)
-        if landed >= expected and behind == 0:
+        behind = await lag.behind()
+        log.debug("eval: %d/%d landed, behind %s", landed, expected, behind)
+        if landed >= expected and not behind:
             quiet += 1
             if quiet >= 2:
-                return landed, True
+                return landed, behind, True
         else:
             quiet = 0
         await asyncio.sleep(_POLL_S)
-    return landed, False
+    return landed, behind, False
 
 
 # --------------------------------------------------------------------------- reading back
@@ -182,7 +197,7 @@ def _ms(value: Any) -> int:
 
 
 def _alert(row: Sequence[Any]) -> Alert:
-    (alert_id, customer, rule, severity, score, summary, ids, evidence, occurred, detected) = row
+    alert_id, customer, rule, severity, score, summary, ids, evidence, occurred, detected = row
     return {
         "alert_id": str(alert_id),
         "customer_id": str(customer),
@@ -197,7 +212,17 @@ def _alert(row: Sequence[Any]) -> Alert:
     }
 
 
-async def _read_back(pipeline: Any, db: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Back:
+    alerts: list[Alert]
+    at_ingest: dict[str, str]  # event id -> customer the detectors judged it under
+    current: dict[str, str]  # event id -> customer after every merge
+    dead_letters: dict[str, int]
+    merges: int
+    refusals: dict[str, int]
+
+
+async def _read_back(pipeline: Any, db: str) -> _Back:
     async def q(sql: str) -> list[tuple[Any, ...]]:
         return await query(pipeline, sql)
 
@@ -208,101 +233,124 @@ async def _read_back(pipeline: Any, db: str) -> dict[str, Any]:
             f"evidence, occurred_at, detected_at FROM {db}.alerts_v"
         )
     ]
-    at_ingest = {
-        str(e): str(c)
-        for e, c in await q(
-            f"SELECT event_id, any(customer_id_at_ingest) FROM {db}.touchpoints GROUP BY event_id"
-        )
-    }
-    current = {
-        str(e): str(c)
-        for e, c in await q(
-            f"SELECT event_id, any(customer_id) FROM {db}.customer_touchpoints_v GROUP BY event_id"
-        )
-    }
-    dead = {
-        str(r): int(n)
-        for r, n in await q(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason")
-    }
-    merges = int((await q(f"SELECT count() FROM {db}.customer_merges FINAL"))[0][0])
-    refusals = {
-        str(r): int(n)
-        for r, n in await q(
-            f"SELECT reason, count() FROM {db}.identity_refusals FINAL GROUP BY reason"
-        )
-    }
-    return {
-        "alerts": alerts,
-        "at_ingest": at_ingest,
-        "current": current,
-        "dead_letters": dead,
-        "merges": merges,
-        "refusals": refusals,
-    }
+    at_ingest = await q(
+        f"SELECT event_id, any(customer_id_at_ingest) FROM {db}.touchpoints GROUP BY event_id"
+    )
+    current = await q(
+        f"SELECT event_id, any(customer_id) FROM {db}.customer_touchpoints_v GROUP BY event_id"
+    )
+    dead = await q(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason")
+    refusals = await q(f"SELECT reason, count() FROM {db}.identity_refusals FINAL GROUP BY reason")
+    merges = (await q(f"SELECT count() FROM {db}.customer_merges FINAL"))[0][0]
+    return _Back(
+        alerts=alerts,
+        at_ingest={str(e): str(c) for e, c in at_ingest},
+        current={str(e): str(c) for e, c in current},
+        dead_letters={str(r): int(n) for r, n in dead},
+        merges=int(merges),
+        refusals={str(r): int(n) for r, n in refusals},
+    )
 
 
 # --------------------------------------------------------------------------- diagnosis
 
 
-def _identity_summary(stream: LabelledStream, at_ingest: dict[str, str]) -> dict[str, Any]:
-    """How resolution grouped the true customers, as the detectors saw it (at ingest)."""
-    by_person: dict[str, Counter[str]] = defaultdict(Counter)
-    persons_of: dict[str, set[str]] = defaultdict(set)
-    unresolved = 0
-    for e in stream.events:
-        customer = at_ingest.get(e.record["event_id"])
-        if customer is None:
-            continue
-        if not customer:
-            unresolved += 1
-            continue
-        by_person[e.customer_id][customer] += 1
-        persons_of[customer].add(e.customer_id)
-    split = {p: c for p, c in by_person.items() if len(c) > 1}
+def _identity_summary(stream: LabelledStream, back: _Back) -> dict[str, Any]:
+    """How resolution grouped the true customers: as the detectors saw it, and finally."""
+
+    def grouping(resolved: dict[str, str]) -> dict[str, int]:
+        by_person: dict[str, Counter[str]] = defaultdict(Counter)
+        persons_of: dict[str, set[str]] = defaultdict(set)
+        for e in stream.events:
+            customer = resolved.get(e.record["event_id"])
+            if customer:
+                by_person[e.customer_id][customer] += 1
+                persons_of[customer].add(e.customer_id)
+        split = [c for c in by_person.values() if len(c) > 1]
+        return {
+            "resolved_customers": len(persons_of),
+            "true_customers_split": len(split),
+            "events_off_main_customer": sum(
+                sum(c.values()) - c.most_common(1)[0][1] for c in split
+            ),
+            "resolved_customers_mixing_people": sum(1 for p in persons_of.values() if len(p) > 1),
+        }
+
     return {
         "true_customers": len({e.customer_id for e in stream.events}),
-        "resolved_customers": len(persons_of),
-        "customers_split": len(split),
-        "events_off_main_customer": sum(
-            sum(c.values()) - c.most_common(1)[0][1] for c in split.values()
+        "events_without_customer": sum(
+            1 for e in stream.events if back.at_ingest.get(e.record["event_id"]) == ""
         ),
-        "resolved_mixing_customers": sum(1 for p in persons_of.values() if len(p) > 1),
-        "events_unresolved": unresolved,
+        "at_judgement": grouping(back.at_ingest),
+        "final": grouping(back.current),
     }
 
 
-def _misses(
-    stream: LabelledStream,
-    alerts: list[Alert],
-    offline: list[Alert],
-    at_ingest: dict[str, str],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Labels the pipeline missed and its false alerts, with what resolution did to them."""
-    ids_of = {a_id for a in alerts for a_id in a["event_ids"]}
-    person_of = {e.record["event_id"]: e.customer_id for e in stream.events}
-    main: dict[str, str] = {}
+def _main_customer(stream: LabelledStream, resolved: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """Per true customer: the resolved customer holding most of their events, and how many."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for e in stream.events:
-        customer = at_ingest.get(e.record["event_id"])
+        customer = resolved.get(e.record["event_id"])
         if customer:
             counts[e.customer_id][customer] += 1
-    for person, c in counts.items():
-        main[person] = c.most_common(1)[0][0]
+    return {person: c.most_common(1)[0] for person, c in counts.items()}
+
+
+def _misses(
+    stream: LabelledStream, alerts: list[Alert], offline: list[Alert], back: _Back
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Labels the pipeline missed and its false alerts, with what identity did to them.
+
+    A miss's ``cause``:
+
+    * ``never_linked``: even after every merge, the label's events belong to another
+      resolved customer than most of the person's events — nothing in the stream links
+      them (the offline run knows the true customer, the pipeline cannot);
+    * ``history_elsewhere``: when the detectors judged the label's event, some of the
+      person's earlier events (event time) sat on other resolved customers not yet
+      merged into this one (identity merges land after the event);
+    * ``same_customer``: the person's history was on the judging customer; the order
+      the events reached the customer stage (or lost state) made the difference.
+    """
+    by_id = {e.record["event_id"]: e for e in stream.events}
+    final_main = _main_customer(stream, back.current)
+    hits = {(a["rule"], e) for a in alerts for e in a["event_ids"]}
     offline_hits = {(a["rule"], e) for a in offline for e in a["event_ids"]}
-    pipeline_hits = {(a["rule"], e) for a in alerts for e in a["event_ids"]}
+    alerted_ids = {e for a in alerts for e in a["event_ids"]}
+    person_events: dict[str, list[str]] = defaultdict(list)
+    for e in stream.events:
+        person_events[e.customer_id].append(e.record["event_id"])
     missed = []
     for label in stream.labels:
-        if any((label.rule, e) in pipeline_hits for e in label.event_ids):
+        if any((label.rule, e) in hits for e in label.event_ids):
             continue
+        judged = back.at_ingest.get(label.event_ids[-1], "")
+        final = back.current.get(label.event_ids[-1], "")
+        first_ts = min(by_id[e].record["occurred_at"] for e in label.event_ids)
+        earlier = [
+            back.at_ingest.get(e, "")
+            for e in person_events[label.customer_id]
+            if by_id[e].record["occurred_at"] < first_ts
+        ]
+        elsewhere = sum(1 for c in earlier if c != judged)
+        main = final_main.get(label.customer_id, ("", 0))[0]
+        if final != main:
+            cause = "never_linked"
+        elif elsewhere:
+            cause = "history_elsewhere"
+        else:
+            cause = "same_customer"
         missed.append(
             {
                 "rule": label.rule,
-                "customer": label.customer_id,
+                "true_customer": label.customer_id,
+                "cause": cause,
                 "offline_detected": any((label.rule, e) in offline_hits for e in label.event_ids),
-                "main_customer": main.get(label.customer_id, ""),
-                "label_events_at": sorted({at_ingest.get(e, "<missing>") for e in label.event_ids}),
-                "resolved_customers_of_person": len(counts.get(label.customer_id, ())),
-                "alerted_other_rule": any(e in ids_of for e in label.event_ids),
+                "judged_under": judged,
+                "earlier_events": len(earlier),
+                "earlier_events_elsewhere": elsewhere,
+                "label_event_types": [by_id[e].record["event_type"] for e in label.event_ids],
+                "alerted_by_other_rule": any(e in alerted_ids for e in label.event_ids),
             }
         )
     label_keys = {(lab.rule, e) for lab in stream.labels for e in lab.event_ids}
@@ -310,7 +358,9 @@ def _misses(
         {
             "rule": a["rule"],
             "customer": a["customer_id"],
-            "true_customers": sorted({person_of.get(e, "?") for e in a["event_ids"]}),
+            "true_customers": sorted(
+                {by_id[e].customer_id if e in by_id else "?" for e in a["event_ids"]}
+            ),
             "summary": a["summary"],
         }
         for a in alerts
@@ -329,24 +379,18 @@ def _as_dict(report: EvalReport) -> dict[str, Any]:
 
 
 def _side_by_side(pipeline: EvalReport, offline: EvalReport) -> list[str]:
-    lines = [
-        f"{'detector':<34} {'labels':>6}  {'pipeline: alerts  P      R      f/10k':<38}"
-        f"| offline: alerts  P      R      f/10k"
-    ]
-    rows = [*RULE_NAMES, "overall"]
-    for rule in rows:
+    head = f"{'':<34} {'':>6}   {'pipeline':<30} | offline"
+    cols = f"{'alerts':>6} {'P':>6} {'R':>6} {'f/10k':>6}"
+    lines = [head, f"{'detector':<34} {'labels':>6}   {cols}    | {cols}"]
+    for rule in [*RULE_NAMES, "overall"]:
         p = pipeline.overall if rule == "overall" else pipeline.detectors[rule]
         o = offline.overall if rule == "overall" else offline.detectors[rule]
         lines.append(
-            f"{rule:<34} {p.labels:>6}  {'':<9} {p.alerts:>6} {p.precision:6.3f} "
-            f"{p.recall:6.3f} {p.false_per_10k:6.2f}   |          {o.alerts:>6} "
-            f"{o.precision:6.3f} {o.recall:6.3f} {o.false_per_10k:6.2f}"
+            f"{rule:<34} {p.labels:>6}   "
+            f"{p.alerts:>6} {p.precision:6.3f} {p.recall:6.3f} {p.false_per_10k:6.2f}    | "
+            f"{o.alerts:>6} {o.precision:6.3f} {o.recall:6.3f} {o.false_per_10k:6.2f}"
         )
     return lines
-
-
-def _offline_lines(offline: EvalReport) -> list[str]:
-    return ["OFFLINE" + line.removeprefix("EVAL") for line in format_report(offline)]
 
 
 # --------------------------------------------------------------------------- the run
@@ -364,30 +408,34 @@ async def run_eval(
 ) -> tuple[dict[str, Any], str]:
     """Score the detectors on a labelled stream through the real pipeline.
 
-    Returns ``(metrics, report)``: ``metrics`` is plain data (per-detector numbers for
-    ``pipeline`` and ``offline``, the run's counts and timings, identity effects, missed
-    labels and false alerts); ``report`` holds the ``EVAL <detector> precision=...
-    recall=... false_per_10k=...`` lines of the pipeline (then ``EVAL overall``),
-    ``OFFLINE ...`` lines in the same format, a side-by-side table and a ``RUN`` line.
+    Returns ``(metrics, report)``. ``metrics`` is plain data: ``pipeline`` and
+    ``offline`` (per detector and ``overall``: alerts, labels, true_alerts, detected,
+    false_alerts, precision, recall, false_per_10k), ``run`` (counts, timings, whether it
+    settled, the deployment's names), ``identity`` (how people were grouped), ``missed``
+    and ``false_alerts`` (with causes; first 25, totals in ``*_total``/``*_by_rule``).
+    ``report`` is text: the pipeline's ``EVAL <detector> precision=<p> recall=<r>
+    false_per_10k=<f>`` lines then ``EVAL overall ...`` (the format of
+    ``eval_data.format_report``), the same for the offline run as ``OFFLINE ...`` lines,
+    a side-by-side table and one ``RUN ...`` line.
 
-    ``timeout`` bounds the wait for the pipeline to process everything; ``keep`` keeps
-    the eval's topics, database and data dir (else they are removed).
+    ``timeout`` bounds the wait for the pipeline to process everything (if it does not
+    settle, the report says ``settled=no`` and scores what arrived). ``keep`` leaves the
+    eval's topics, database and data dir in place for inspection.
     """
     say = progress or (lambda _msg: None)
     started = time.monotonic()
     rules = _rules(settings)
     now = int(time.time() * 1000) if now_ms is None else now_ms
     now -= now % _MINUTE_MS
+    if now > time.time() * 1000 + settings.max_future_skew_seconds * 1000:
+        raise ValueError(f"now_ms={now} is ahead of the clock: ingest would refuse the stream")
     stream = labelled_stream(customers, seed=seed, now_ms=now, rules=rules)
     events = stream.events
-    if events[-1].record["occurred_at"] > time.time() * 1000 + settings.max_future_skew_seconds:
-        raise ValueError(f"now_ms={now} is ahead of the clock: ingest would refuse the stream")
-    built_s = time.monotonic() - started
-
     offline_alerts = run_detector(
         ((e.customer_id, e.record) for e in events), Detector(rules), stream.now_ms
     )
     offline = evaluate(offline_alerts, stream.labels, stream.normal_event_count)
+    built_s = time.monotonic() - started
 
     run = uuid.uuid4().hex[:8]
     eval_settings, widened = _eval_settings(
@@ -397,49 +445,56 @@ async def run_eval(
     codec = AvroCodec(SchemaRegistry.from_dir(eval_settings.schemas_dir), TOUCHPOINT_SUBJECT)
     pairs = encode_stream(stream, codec)
     say(
-        f"{customers} customers, seed {seed}: {len(pairs):,} events, {len(stream.labels)} "
-        f"labels (built in {built_s:.1f}s); deployment {eval_settings.topic_prefix}*"
+        f"{customers:,} customers, seed {seed}: {len(pairs):,} events, "
+        f"{len(stream.labels)} labels (stream and offline run in {built_s:.1f}s); "
+        f"deployment {eval_settings.topic_prefix}*"
     )
-    await asyncio.to_thread(prepare, eval_settings)
-    t0 = time.monotonic()
-    delivered = await produce(eval_settings, pairs)
-    produce_s = time.monotonic() - t0
-    if delivered != len(pairs):
-        raise RuntimeError(f"only {delivered} of {len(pairs)} events reached the raw topic")
-
     count_sql = (
         f"SELECT (SELECT uniqExact(event_id) FROM {db}.touchpoints)"
         f" + (SELECT count() FROM {db}.dead_letters)"
     )
-    lag = _Lag(eval_settings)
-    await lag.start()
+    lag: _Lag | None = None
+    stack = contextlib.AsyncExitStack()
     try:
-        t1 = time.monotonic()
-        async with running(eval_settings) as pipeline:
-            start_s = time.monotonic() - t1
-            say(f"produced in {produce_s:.1f}s; worker started in {start_s:.1f}s; processing")
-            t2 = time.monotonic()
-            deadline = t2 + timeout
-            landed, complete = await _drained(pipeline, lag, count_sql, len(pairs), deadline)
-            process_s = time.monotonic() - t2
-            # The deadline tick, as the worker's 60 s timer would run it next.
-            await pipeline._tick_customers()
-            _, ticked = await _drained(pipeline, lag, count_sql, len(pairs), deadline)
-            complete = complete and ticked
-            back = await _read_back(pipeline, db)
-        total_process_s = time.monotonic() - t2
+        t_start = time.monotonic()
+        pipeline = await stack.enter_async_context(running(eval_settings))
+        lag = _Lag(eval_settings)
+        await lag.start()
+        start_s = time.monotonic() - t_start
+        t_produce = time.monotonic()
+        delivered = await produce(eval_settings, pairs)
+        if delivered != len(pairs):
+            raise RuntimeError(f"only {delivered:,} of {len(pairs):,} events reached Kafka")
+        produce_s = time.monotonic() - t_produce
+        say(f"worker started in {start_s:.1f}s; produced in {produce_s:.1f}s; processing")
+        deadline = t_produce + timeout
+        landed, behind, settled = await _settled(pipeline, lag, count_sql, len(pairs), deadline)
+        process_s = time.monotonic() - t_produce
+        # The deadline tick, as the worker's 60 s timer would run it at its next minute.
+        await asyncio.wait_for(pipeline._tick_customers(), timeout=30.0)
+        if settled:
+            _, behind, settled = await _settled(
+                pipeline, lag, count_sql, len(pairs), time.monotonic() + 30.0
+            )
+        back = await _read_back(pipeline, db)
     finally:
-        await lag.stop()
+        try:
+            await asyncio.wait_for(stack.aclose(), timeout=_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("eval: the worker did not stop within %.0fs", _STOP_TIMEOUT_S)
+        if lag is not None:
+            await lag.stop()
         if not keep:
             await _remove(eval_settings)
-    if not complete:
-        log.warning("eval: the pipeline had not caught up after %.0fs", timeout)
+    if not settled:
+        log.warning("eval: the pipeline had not settled within %.0fs: %s", timeout, behind)
 
-    alerts: list[Alert] = back["alerts"]
+    alerts = back.alerts
     result = evaluate(alerts, stream.labels, stream.normal_event_count)
-    missed, false = _misses(stream, alerts, offline_alerts, back["at_ingest"])
-    identity = _identity_summary(stream, back["at_ingest"])
+    missed, false = _misses(stream, alerts, offline_alerts, back)
+    identity = _identity_summary(stream, back)
     total_s = time.monotonic() - started
+    dead = sum(back.dead_letters.values())
     metrics: dict[str, Any] = {
         "customers": customers,
         "seed": seed,
@@ -456,51 +511,51 @@ async def run_eval(
                 "clickhouse_database": db,
                 "kept": keep,
             },
-            "complete": complete,
+            "settled": settled,
+            "behind": behind,
             "landed": landed,
-            "dead_letters": back["dead_letters"],
-            "events_missing": len(pairs)
-            - len(back["at_ingest"])
-            - sum(back["dead_letters"].values()),
+            "dead_letters": back.dead_letters,
+            "events_missing": len(pairs) - len(back.at_ingest) - dead,
             "alerts": len(alerts),
             "alerts_offline": len(offline_alerts),
-            "merges": back["merges"],
-            "identity_refusals": back["refusals"],
+            "merges": back.merges,
+            "identity_refusals": back.refusals,
             "max_event_age_seconds": widened or settings.max_event_age_seconds,
             "seconds": {
-                "build": round(built_s, 2),
+                "stream_and_offline": round(built_s, 2),
+                "worker_start": round(start_s, 2),
                 "produce": round(produce_s, 2),
                 "process": round(process_s, 2),
-                "process_and_read": round(total_process_s, 2),
                 "total": round(total_s, 2),
             },
         },
         "identity": identity,
         "missed": missed[:_SHOWN],
         "missed_total": len(missed),
-        "missed_by_rule": dict(Counter(m["rule"] for m in missed)),
+        "missed_by_cause": dict(Counter(f"{m['rule']}:{m['cause']}" for m in missed)),
         "false_alerts": false[:_SHOWN],
         "false_alerts_total": len(false),
         "false_by_rule": dict(Counter(f["rule"] for f in false)),
     }
+    causes = " ".join(f"{k}={v}" for k, v in sorted(metrics["missed_by_cause"].items()))
     lines = [
         *format_report(result),
-        *_offline_lines(offline),
+        *("OFFLINE" + line.removeprefix("EVAL") for line in format_report(offline)),
         *_side_by_side(result, offline),
-        f"RUN customers={customers} seed={seed} events={len(pairs)} labels={len(stream.labels)} "
-        f"landed={landed} dead_letters={sum(back['dead_letters'].values())} "
-        f"alerts={len(alerts)} merges={back['merges']} "
-        f"resolved_customers={identity['resolved_customers']} "
+        f"MISSED {causes or 'none'}",
+        f"RUN customers={customers} seed={seed} now_ms={stream.now_ms} events={len(pairs)} "
+        f"labels={len(stream.labels)} landed={landed} dead_letters={dead} "
+        f"alerts={len(alerts)} merges={back.merges} "
+        f"resolved_customers={identity['final']['resolved_customers']} "
         f"true_customers={identity['true_customers']} "
-        f"complete={'yes' if complete else 'no'} seconds={total_s:.1f}",
+        f"settled={'yes' if settled else 'no'} seconds={total_s:.1f}",
     ]
     return metrics, "\n".join(lines)
 
 
 async def _remove(settings: Settings) -> None:
-    """Delete the eval deployment: its topics (and changelogs), database and data dir."""
-
-    async def topics() -> None:
+    """Delete the eval deployment: topics and changelogs, database, data dir."""
+    try:
         admin = AIOKafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap_servers, **consumer_security(settings)
         )
@@ -515,15 +570,13 @@ async def _remove(settings: Settings) -> None:
                 await admin.delete_topics(names)
         finally:
             await admin.close()
-
-    def database() -> None:
-        client = connect(settings)
-        client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
-
+    except Exception as exc:  # the numbers are in hand; say what is left behind
+        log.warning("eval: could not delete topics %s*: %s", settings.topic_prefix, exc)
     try:
-        await topics()
-        await asyncio.to_thread(database)
-    except Exception as exc:  # best effort: the numbers are already in hand
-        log.warning("eval clean-up failed: %s", exc)
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(Path(settings.data_dir).parent)
+        client = await asyncio.to_thread(connect, settings)
+        await asyncio.to_thread(
+            client.command, f"DROP DATABASE IF EXISTS {settings.clickhouse_database}"
+        )
+    except Exception as exc:
+        log.warning("eval: could not drop %s: %s", settings.clickhouse_database, exc)
+    shutil.rmtree(settings.data_dir.parent, ignore_errors=True)
