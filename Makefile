@@ -74,6 +74,13 @@ bench: install ## ingest throughput vs a plain aiokafka+fastavro ceiling, on a r
 	  DATA_DIR=$(abspath .local/bench)/faust WEB_PORT=0 \
 	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS) --latency-rate $(LATENCY_RATE)
 
+.PHONY: eval
+eval: install ## labelled anomalies through the real pipeline: EVAL precision/recall per detector
+	@rm -rf .local/eval && mkdir -p .local/eval
+	@LOCALKAFKA_RUN_DIR=$(abspath .local/eval)/kafka CLICKHOUSE_CHDB_PATH=$(abspath .local/eval)/chdb \
+	  DATA_DIR=$(abspath .local/eval)/faust WEB_PORT=0 \
+	  $(WITH_KAFKA) $(VENV)/bin/touchpoints eval
+
 .PHONY: deploy-check
 deploy-check: $(STAMP) ## render every kustomize overlay, check and unit-test the Prometheus rules
 	for o in deploy/k8s/overlays/*/; do kubectl kustomize $$o >/dev/null && echo "ok $$o"; done

@@ -227,6 +227,19 @@ def alerts_tail(from_beginning: bool, rule: tuple[str, ...], min_severity: str) 
         pass
 
 
+@main.command("eval")
+@click.option("--customers", default=400, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+def eval_(customers: int, seed: int) -> None:
+    """Labelled anomalies through the real pipeline: precision/recall per detector (make eval)."""
+    from streams.eval_pipeline import run_eval
+
+    settings = _settings()
+    _logging(settings, "WARNING")
+    _, report = asyncio.run(run_eval(settings, customers=customers, seed=seed))
+    click.echo(report)
+
+
 @main.command()
 def topics() -> None:
     """Create the pipeline's topics if missing (idempotent)."""
