@@ -146,7 +146,7 @@ class CustomerStage:
         lateness_ms: int,
         pane_events: int,
         detector: Detector | None = None,
-        rolling_ms: int = 5_000,
+        rolling_ms: int = 0,  # every batch: a quiet stream must not strand open partials
     ) -> None:
         self.detector = detector or Detector()
         self.rolling_ms = rolling_ms

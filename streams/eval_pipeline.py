@@ -70,15 +70,15 @@ from streams.eval_data import (
 )
 from streams.generator import produce
 from streams.kafka import consumer_security
-from streams.runner import query, running
+from streams.runner import prepare, query, running
 from streams.settings import Settings
 
 __all__ = ["DEFAULT_CUSTOMERS", "DEFAULT_SEED", "run_eval"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CUSTOMERS: Final = 1000
-"""~38k events, ~90 s end to end on a 2-CPU machine (stream, worker start, processing)."""
+DEFAULT_CUSTOMERS: Final = 2000
+"""~77k events, 360 labels (40 per rule); ~55 s end to end on 2 CPUs (eval_data's default)."""
 DEFAULT_SEED: Final = 7
 
 _MINUTE_MS: Final = 60_000
@@ -286,86 +286,102 @@ def _identity_summary(stream: LabelledStream, back: _Back) -> dict[str, Any]:
     }
 
 
-def _main_customer(stream: LabelledStream, resolved: dict[str, str]) -> dict[str, tuple[str, int]]:
-    """Per true customer: the resolved customer holding most of their events, and how many."""
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for e in stream.events:
-        customer = resolved.get(e.record["event_id"])
-        if customer:
-            counts[e.customer_id][customer] += 1
-    return {person: c.most_common(1)[0] for person, c in counts.items()}
+def _replay(stream: LabelledStream, resolved: dict[str, str], rules: Rules) -> list[Alert]:
+    """The pure detector in event-time order, per customer as ``resolved`` groups them.
+
+    Events that never reached ClickHouse are left out, as the pipeline left them out.
+    """
+    grouped = (
+        (resolved[e.record["event_id"]], e.record)
+        for e in stream.events
+        if resolved.get(e.record["event_id"])
+    )
+    return run_detector(grouped, Detector(rules), stream.now_ms)
+
+
+_CAUSES: Final = {
+    "final": "identity_cannot_link",
+    "judged": "merged_too_late",
+    "pipeline": "order_or_state",
+}
 
 
 def _misses(
-    stream: LabelledStream, alerts: list[Alert], offline: list[Alert], back: _Back
+    stream: LabelledStream,
+    alerts: list[Alert],
+    replays: dict[str, list[Alert]],
+    back: _Back,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Labels the pipeline missed and its false alerts, with what identity did to them.
+    """Labels the pipeline missed and its false alerts, each with a cause.
 
-    A miss's ``cause``:
+    ``replays`` are the pure detector in event-time order with the customers grouped
+    as the offline run (``offline``: the true customer), as identity finally grouped
+    them (``final``, after every merge) and as the detectors saw them (``judged``: the
+    customer at processing time, no merges). A label's cause is the first step of that
+    ladder that misses it:
 
-    * ``never_linked``: even after every merge, the label's events belong to another
-      resolved customer than most of the person's events — nothing in the stream links
-      them (the offline run knows the true customer, the pipeline cannot);
-    * ``history_elsewhere``: when the detectors judged the label's event, some of the
-      person's earlier events (event time) sat on other resolved customers not yet
-      merged into this one (identity merges land after the event);
-    * ``same_customer``: the person's history was on the judging customer; the order
-      the events reached the customer stage (or lost state) made the difference.
+    * ``identity_cannot_link``: missed even per final resolved customer — nothing in the
+      stream links the history to the customer of the label's events;
+    * ``merged_too_late``: found per final customer, missed per customer at processing
+      time — the history joined the customer by a merge after the event was judged;
+    * ``order_or_state``: found with the same grouping in event-time order, missed by the
+      pipeline — the order the events reached the customer stage, or lost state.
+
+    A false alert's cause is the first replay that raises it too (``offline``: the
+    detector's own false positive), else ``order_or_state``.
     """
     by_id = {e.record["event_id"]: e for e in stream.events}
-    final_main = _main_customer(stream, back.current)
-    hits = {(a["rule"], e) for a in alerts for e in a["event_ids"]}
-    offline_hits = {(a["rule"], e) for a in offline for e in a["event_ids"]}
-    alerted_ids = {e for a in alerts for e in a["event_ids"]}
-    person_events: dict[str, list[str]] = defaultdict(list)
-    for e in stream.events:
-        person_events[e.customer_id].append(e.record["event_id"])
+
+    def found(found_by: list[Alert]) -> set[tuple[str, str]]:
+        return {(a["rule"], e) for a in found_by for e in a["event_ids"]}
+
+    hits = found(alerts)
+    ladder = [(step, found(replays[step])) for step in ("offline", "final", "judged")]
     missed = []
     for label in stream.labels:
-        if any((label.rule, e) in hits for e in label.event_ids):
+        keys = [(label.rule, e) for e in label.event_ids]
+        if any(k in hits for k in keys):
             continue
-        judged = back.at_ingest.get(label.event_ids[-1], "")
-        final = back.current.get(label.event_ids[-1], "")
-        first_ts = min(by_id[e].record["occurred_at"] for e in label.event_ids)
-        earlier = [
-            back.at_ingest.get(e, "")
-            for e in person_events[label.customer_id]
-            if by_id[e].record["occurred_at"] < first_ts
-        ]
-        elsewhere = sum(1 for c in earlier if c != judged)
-        main = final_main.get(label.customer_id, ("", 0))[0]
-        if final != main:
-            cause = "never_linked"
-        elif elsewhere:
-            cause = "history_elsewhere"
-        else:
-            cause = "same_customer"
+        cause = next(
+            (_CAUSES[step] for step, got in ladder[1:] if not any(k in got for k in keys)),
+            _CAUSES["pipeline"],
+        )
+        if not any(k in ladder[0][1] for k in keys):
+            cause = "offline_misses_too"
         missed.append(
             {
                 "rule": label.rule,
                 "true_customer": label.customer_id,
                 "cause": cause,
-                "offline_detected": any((label.rule, e) in offline_hits for e in label.event_ids),
-                "judged_under": judged,
-                "earlier_events": len(earlier),
-                "earlier_events_elsewhere": elsewhere,
+                "judged_under": back.at_ingest.get(label.event_ids[-1], ""),
+                "customer_now": back.current.get(label.event_ids[-1], ""),
                 "label_event_types": [by_id[e].record["event_type"] for e in label.event_ids],
-                "alerted_by_other_rule": any(e in alerted_ids for e in label.event_ids),
             }
         )
     label_keys = {(lab.rule, e) for lab in stream.labels for e in lab.event_ids}
-    false = [
-        {
-            "rule": a["rule"],
-            "customer": a["customer_id"],
-            "true_customers": sorted(
-                {by_id[e].customer_id if e in by_id else "?" for e in a["event_ids"]}
-            ),
-            "summary": a["summary"],
-        }
-        for a in alerts
-        if not any((a["rule"], e) in label_keys for e in a["event_ids"])
-    ]
+    raised = {
+        step: {(a["rule"], tuple(sorted(a["event_ids"]))) for a in replays[step]}
+        for step in ("offline", "final", "judged")
+    }
+    false = []
+    for a in alerts:
+        if any((a["rule"], e) in label_keys for e in a["event_ids"]):
+            continue
+        key = (a["rule"], tuple(sorted(a["event_ids"])))
+        step = next((s for s in ("offline", "final", "judged") if key in raised[s]), None)
+        false.append(
+            {
+                "rule": a["rule"],
+                "customer": a["customer_id"],
+                "cause": {"offline": "detector", None: "order_or_state"}.get(
+                    step, _CAUSES.get(step or "", "")
+                ),
+                "true_customers": sorted(
+                    {by_id[e].customer_id if e in by_id else "?" for e in a["event_ids"]}
+                ),
+                "summary": a["summary"],
+            }
+        )
     return missed, false
 
 
@@ -378,17 +394,24 @@ def _as_dict(report: EvalReport) -> dict[str, Any]:
     return out
 
 
-def _side_by_side(pipeline: EvalReport, offline: EvalReport) -> list[str]:
-    head = f"{'':<34} {'':>6}   {'pipeline':<30} | offline"
+def _side_by_side(
+    pipeline: EvalReport, offline: EvalReport, final: EvalReport, judged: EvalReport
+) -> list[str]:
     cols = f"{'alerts':>6} {'P':>6} {'R':>6} {'f/10k':>6}"
-    lines = [head, f"{'detector':<34} {'labels':>6}   {cols}    | {cols}"]
+    lines = [
+        f"{'':<34} {'':>6}   {'pipeline':<27} | {'offline':<27} | recall by identity",
+        f"{'detector':<34} {'labels':>6}   {cols} | {cols} | {'final':>6} {'judged':>6}",
+    ]
     for rule in [*RULE_NAMES, "overall"]:
-        p = pipeline.overall if rule == "overall" else pipeline.detectors[rule]
-        o = offline.overall if rule == "overall" else offline.detectors[rule]
+        p, o, f, j = (
+            r.overall if rule == "overall" else r.detectors[rule]
+            for r in (pipeline, offline, final, judged)
+        )
         lines.append(
             f"{rule:<34} {p.labels:>6}   "
-            f"{p.alerts:>6} {p.precision:6.3f} {p.recall:6.3f} {p.false_per_10k:6.2f}    | "
-            f"{o.alerts:>6} {o.precision:6.3f} {o.recall:6.3f} {o.false_per_10k:6.2f}"
+            f"{p.alerts:>6} {p.precision:6.3f} {p.recall:6.3f} {p.false_per_10k:6.2f} | "
+            f"{o.alerts:>6} {o.precision:6.3f} {o.recall:6.3f} {o.false_per_10k:6.2f} | "
+            f"{f.recall:6.3f} {j.recall:6.3f}"
         )
     return lines
 
@@ -410,13 +433,17 @@ async def run_eval(
 
     Returns ``(metrics, report)``. ``metrics`` is plain data: ``pipeline`` and
     ``offline`` (per detector and ``overall``: alerts, labels, true_alerts, detected,
-    false_alerts, precision, recall, false_per_10k), ``run`` (counts, timings, whether it
-    settled, the deployment's names), ``identity`` (how people were grouped), ``missed``
-    and ``false_alerts`` (with causes; first 25, totals in ``*_total``/``*_by_rule``).
+    false_alerts, precision, recall, false_per_10k), ``by_identity`` (the same for the
+    pure detector in event-time order per customer as identity grouped them in the end,
+    ``final``, and when the detectors ran, ``judged``; see :func:`_misses`), ``run``
+    (counts, timings, whether it settled, the deployment's names), ``identity`` (how
+    people were grouped), ``missed`` and ``false_alerts`` (first 25, each with a cause;
+    totals in ``*_total`` and ``*_by_cause``).
     ``report`` is text: the pipeline's ``EVAL <detector> precision=<p> recall=<r>
     false_per_10k=<f>`` lines then ``EVAL overall ...`` (the format of
     ``eval_data.format_report``), the same for the offline run as ``OFFLINE ...`` lines,
-    a side-by-side table and one ``RUN ...`` line.
+    a side-by-side table (with the recall of the ``by_identity`` replays), ``MISSED`` and
+    ``FALSE`` lines counting ``rule:cause`` and one ``RUN ...`` line.
 
     ``timeout`` bounds the wait for the pipeline to process everything (if it does not
     settle, the report says ``settled=no`` and scores what arrived). ``keep`` leaves the
@@ -457,6 +484,7 @@ async def run_eval(
     stack = contextlib.AsyncExitStack()
     try:
         t_start = time.monotonic()
+        await asyncio.to_thread(prepare, eval_settings)
         pipeline = await stack.enter_async_context(running(eval_settings))
         lag = _Lag(eval_settings)
         await lag.start()
@@ -491,7 +519,14 @@ async def run_eval(
 
     alerts = back.alerts
     result = evaluate(alerts, stream.labels, stream.normal_event_count)
-    missed, false = _misses(stream, alerts, offline_alerts, back)
+    replays = {
+        "offline": offline_alerts,
+        "final": _replay(stream, back.current, rules),
+        "judged": _replay(stream, back.at_ingest, rules),
+    }
+    final = evaluate(replays["final"], stream.labels, stream.normal_event_count)
+    judged = evaluate(replays["judged"], stream.labels, stream.normal_event_count)
+    missed, false = _misses(stream, alerts, replays, back)
     identity = _identity_summary(stream, back)
     total_s = time.monotonic() - started
     dead = sum(back.dead_letters.values())
@@ -504,6 +539,7 @@ async def run_eval(
         "normal_events": stream.normal_event_count,
         "pipeline": _as_dict(result),
         "offline": _as_dict(offline),
+        "by_identity": {"final": _as_dict(final), "judged": _as_dict(judged)},
         "run": {
             "deployment": {
                 "app_id": eval_settings.app_id,
@@ -535,14 +571,16 @@ async def run_eval(
         "missed_by_cause": dict(Counter(f"{m['rule']}:{m['cause']}" for m in missed)),
         "false_alerts": false[:_SHOWN],
         "false_alerts_total": len(false),
-        "false_by_rule": dict(Counter(f["rule"] for f in false)),
+        "false_by_cause": dict(Counter(f"{f['rule']}:{f['cause']}" for f in false)),
     }
     causes = " ".join(f"{k}={v}" for k, v in sorted(metrics["missed_by_cause"].items()))
+    false_causes = " ".join(f"{k}={v}" for k, v in sorted(metrics["false_by_cause"].items()))
     lines = [
         *format_report(result),
         *("OFFLINE" + line.removeprefix("EVAL") for line in format_report(offline)),
-        *_side_by_side(result, offline),
+        *_side_by_side(result, offline, final, judged),
         f"MISSED {causes or 'none'}",
+        f"FALSE {false_causes or 'none'}",
         f"RUN customers={customers} seed={seed} now_ms={stream.now_ms} events={len(pairs)} "
         f"labels={len(stream.labels)} landed={landed} dead_letters={dead} "
         f"alerts={len(alerts)} merges={back.merges} "
