@@ -115,6 +115,7 @@ class Pipeline:
             lateness_ms=settings.aggregate_lateness_seconds * 1000,
             pane_events=settings.aggregate_pane_events,
             detector=Detector(self.rules),
+            dedupe_horizon_ms=settings.dedupe_horizon_seconds * 1000,
         )
         self.alert_codec = AvroCodec(self.registry, ALERT_SUBJECT)
         subscribers = (
@@ -126,6 +127,9 @@ class Pipeline:
         self._customer_lock = asyncio.Lock()
         self._query_client: ClickHouse | None = None
         self.failing: set[str] = set()
+        self._inflight = 0  # batches being processed (``_guarded``); revoke waits for them
+        self._idle = asyncio.Event()
+        self._idle.set()
         # One thread owns every ClickHouse call (the embedded engine is not for sharing).
         self.clickhouse_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self.ready = False
@@ -152,6 +156,12 @@ class Pipeline:
             producer_max_request_size=4 * 1024 * 1024,
             stream_buffer_maxsize=max(4096, settings.ingest_batch_size * 2),
             stream_recovery_delay=0.0,
+            # Faust's own wait on revoke/stop commits first, and that commit can wait on the
+            # consumer thread that is itself inside the rebalance: measured here, a worker
+            # then hangs for the whole session timeout and ignores SIGTERM. Every stage is
+            # idempotent, so we wait for in-flight batches ourselves (``_on_revoked``) and
+            # leave the last acked offsets to be re-read by the next owner.
+            stream_wait_empty=False,
             broker_commit_interval=1.0,
             web_host=settings.web_host,
             web_port=settings.web_port or 6066,
@@ -379,7 +389,7 @@ class Pipeline:
     async def _customer_batch(self, events: list[Any]) -> None:
         """Resolved events and merge notices -> rolling aggregates and the customer 360."""
         stage = self.customer_stage
-        data = self.customer_table.data
+        data = StoredView(self.customer_table)  # str keys, decoded values
         now_ms = int(time.time() * 1000)
         items: dict[int, list[tuple[int, Any]]] = defaultdict(list)
         for e in events:
@@ -403,6 +413,7 @@ class Pipeline:
         batch and re-raises the same alert ids rather than losing an alert to a cooldown."""
         settings, t = self.settings, self.settings.topics
         metrics.CUSTOMER_EVENTS.inc(out.events)
+        metrics.CUSTOMER_DUPLICATES.inc(out.duplicates)
         if out.alerts:
             producer = self.app.producer
             sent = []
@@ -434,6 +445,8 @@ class Pipeline:
 
     async def _tick_customers(self) -> None:
         """Deadline rules (an unresolved complaint) fire even when a customer goes quiet."""
+        for table in (self.dedupe_table, self.identity_table, self.customer_table):
+            metrics.TABLE_KEYS.labels(table.name).set(len(table.data))
         data = StoredView(self.customer_table)
         now_ms = int(time.time() * 1000)
         due = [
@@ -469,25 +482,32 @@ class Pipeline:
         the stage's in-memory state is dropped so the retry starts from the table state.
         The partition stalls rather than losing or skipping the batch; ``/readyz`` says so.
         """
-        delay = 0.5
-        while True:
-            try:
-                await process(events)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s batch failed; retrying in %.1fs", stage, delay)
-                metrics.STAGE_FAILURES.labels(stage).inc()
-                self.failing.add(stage)
-                for partition in {e.message.partition for e in events}:
-                    self.stage.forget(partition)
-                    self.customer_stage.forget(partition)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        self.failing.discard(stage)
-        for event in events:
-            await stream.ack(event)
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            delay = 0.5
+            while True:
+                try:
+                    await process(events)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s batch failed; retrying in %.1fs", stage, delay)
+                    metrics.STAGE_FAILURES.labels(stage).inc()
+                    self.failing.add(stage)
+                    for partition in {e.message.partition for e in events}:
+                        self.stage.forget(partition)
+                        self.customer_stage.forget(partition)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            self.failing.discard(stage)
+            for event in events:
+                await stream.ack(event)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
 
     async def _send_envelopes(self, topic: str, partition: int, items: list[Any]) -> list[Any]:
         """Send ``items`` to one partition as envelopes under the size limit."""
@@ -516,7 +536,16 @@ class Pipeline:
     # --- lifecycle and HTTP ------------------------------------------------------------
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+        """Let batches in flight finish (their state and outputs land before the partitions'
+        next owner recovers them), bounded so a stuck stage cannot stall the group."""
         self.ready = False
+        timeout = self.settings.revoke_wait_seconds
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+        except TimeoutError:
+            log.warning(
+                "%d batch(es) still in flight after %.0fs of a rebalance", self._inflight, timeout
+            )
         for tp in revoked:
             if tp.topic == self.settings.topics.raw:
                 self.stage.forget(tp.partition)

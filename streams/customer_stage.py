@@ -13,6 +13,12 @@ and runs the pure steps on them: rolling aggregates (``streams.aggregates``), th
 customer 360, and the detectors (``streams.detect``) over each customer's profile.
 Faust-free: the agent feeds items, persists ``state_puts`` through a ``TableShard`` and
 produces ``rows``, ``alerts`` and ``handovers``.
+
+Exactly-once effect: the identity stage is at-least-once, so after a crash it re-sends
+resolved events it had already sent, in new envelopes (new offsets). Each partition
+remembers the event ids it has applied (``seen|<partition>|<position>`` entries, one per
+batch, expiring after ``dedupe_horizon_ms`` of processing time) and skips a resolved event
+it has already seen; merge notices and hand-overs are de-duplicated by input position.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from streams.aggregates import (
 )
 from streams.detect import Alert, Detector, Profile, merge_profiles
 from streams.envelope import partition_for
-from streams.ingest import from_json
+from streams.ingest import DedupeBatch, Deduplicator, from_json
 from streams.model import MergeNotice, ResolvedEvent
 
 __all__ = [
@@ -96,6 +102,7 @@ class CustomerOutputs:
     state_puts: list[tuple[int, str, Any]] = field(default_factory=list)
     late_events: int = 0
     events: int = 0
+    duplicates: int = 0  # resolved events skipped: already applied (an upstream replay)
 
 
 class _StoreView(MutableMapping[str, Any]):
@@ -147,7 +154,10 @@ class CustomerStage:
         pane_events: int,
         detector: Detector | None = None,
         rolling_ms: int = 0,  # every batch: a quiet stream must not strand open partials
+        dedupe_horizon_ms: int = 3_600_000,  # 0: off (replayed resolved events count twice)
     ) -> None:
+        self.dedupe_horizon_ms = dedupe_horizon_ms
+        self._seen: dict[int, Deduplicator] = {}
         self.detector = detector or Detector()
         self.rolling_ms = rolling_ms
         self._last_rolling: dict[int, int] = {}
@@ -161,6 +171,7 @@ class CustomerStage:
 
     def forget(self, partition: int) -> None:
         self._states.pop(partition, None)
+        self._seen.pop(partition, None)
 
     def restore(self, partition: int, data: Any) -> None:
         """Rebuild a partition's aggregator from its table entries (after assignment)."""
@@ -174,6 +185,15 @@ class CustomerStage:
             memory = {k[len(prefix) :]: v for k, v in data.items_with_prefix(prefix)}
             state = AggregatorState.from_dict(saved, customers=memory)
         self._states[partition] = state
+        seen = Deduplicator(self.dedupe_horizon_ms)
+        prefix = f"seen|{partition}|"
+        seen.restore(
+            [
+                DedupeBatch(key, int(v["seen_ms"]), tuple(v["ids"]))
+                for key, v in data.items_with_prefix(prefix)
+            ]
+        )
+        self._seen[partition] = seen
 
     def process(
         self, items: dict[int, list[tuple[int, Any]]], data: Any, now_ms: int
@@ -194,9 +214,19 @@ class CustomerStage:
 
         for partition, entries in items.items():
             state = self._states[partition]
+            seen = self._seen.setdefault(partition, Deduplicator(self.dedupe_horizon_ms))
+            fresh: list[str] = []
+            pending: set[str] = set()
             late_before = state.late_events
             for position, item in entries:
                 kind = item["t"]
+                if kind == "e" and self.dedupe_horizon_ms > 0:
+                    event_id = item["r"]["event_id"]
+                    if seen.is_duplicate(event_id, pending):
+                        out.duplicates += 1
+                        continue
+                    pending.add(event_id)
+                    fresh.append(event_id)
                 if kind == "e":
                     event: ResolvedEvent = {
                         "customer_id": item["c"],
@@ -262,6 +292,11 @@ class CustomerStage:
             for customer_id, memory in state.take_customer_changes().items():
                 out.state_puts.append((partition, f"mem|{partition}|{customer_id}", memory))
             out.state_puts.append((partition, f"agg|{partition}", state.to_dict(customers=False)))
+            if fresh:
+                key = f"seen|{partition}|{entries[0][0]}"
+                seen.remember(key, fresh, now_ms)
+                out.state_puts.append((partition, key, {"seen_ms": now_ms, "ids": fresh}))
+            out.state_puts.extend((partition, key, None) for key in seen.expire(now_ms))
         out.c360_rows.extend(book.flush())
         for customer_id, touched in profiles.items():
             if touched is not None:

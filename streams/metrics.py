@@ -6,6 +6,8 @@ customer id or any other unbounded value.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "REGISTRY",
     "SINK_COMMITTED_OFFSET",
     "STAGE_FAILURES",
+    "TABLE_KEYS",
+    "CUSTOMER_DUPLICATES",
     "VALID_EVENTS",
     "render",
 ]
@@ -141,6 +145,11 @@ CUSTOMER_EVENTS = Counter(
     "Resolved events processed by the customer stage (aggregates, 360, detectors).",
     registry=REGISTRY,
 )
+CUSTOMER_DUPLICATES = Counter(
+    "touchpoints_customer_stage_duplicates_total",
+    "Resolved events skipped by the customer stage: already applied (an upstream replay).",
+    registry=REGISTRY,
+)
 
 
 STAGE_FAILURES = Counter(
@@ -151,5 +160,39 @@ STAGE_FAILURES = Counter(
 )
 
 
+TABLE_KEYS = Gauge(
+    "touchpoints_table_keys",
+    "Keys held locally in each Faust table (this worker's partitions; updated every minute).",
+    ["table"],
+    registry=REGISTRY,
+)
+
+
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+def metrics_table() -> str:
+    """The README's metrics table (``python -m streams.metrics``)."""
+    lines = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for collector in REGISTRY._collector_to_names:  # noqa: SLF001 - the registry's own index
+        name = getattr(collector, "_name", "")
+        kind = getattr(collector, "_type", "")
+        shown = f"{name}_total" if kind == "counter" else name
+        labels = ", ".join(getattr(collector, "_labelnames", ()))
+        doc = getattr(collector, "_documentation", "")
+        lines.append(f"| `{shown}` | {kind} | {labels} | {doc} |")
+    return "\n".join(lines)
+
+
+def write_readme_table(readme: Path) -> None:
+    """Replace the table between the README's metrics-table markers."""
+    text = readme.read_text()
+    start, end = "<!-- metrics-table:start -->", "<!-- metrics-table:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{metrics_table()}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    write_readme_table(Path(__file__).resolve().parents[1] / "README.md")

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     schemas_dir: Path = Field(_REPO_ROOT / "schemas", description="Local schema registry.")
     ingest_batch_size: int = Field(2000, ge=1, description="Events per ingest batch.")
     ingest_batch_seconds: float = Field(0.25, gt=0, description="Max wait to fill a batch.")
+    revoke_wait_seconds: float = Field(
+        20.0, gt=0, description="On a rebalance, how long in-flight batches may finish."
+    )
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
     max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
     max_property_value_chars: int = Field(2048, ge=1, description="Longest property value.")
@@ -96,7 +99,10 @@ class Settings(BaseSettings):
     max_event_age_seconds: int = Field(90 * 24 * 3600, ge=60, description="occurred_at behind.")
     default_phone_region: str = Field("GB", description="Region for phones without +code.")
     dedupe_horizon_seconds: int = Field(
-        3600, ge=0, description="Event ids remembered for de-duplication (0 = off)."
+        3600,
+        ge=0,
+        description="Event ids remembered for de-duplication at ingest and in the customer"
+        " stage (0 = off).",
     )
 
     # --- identity, detection and aggregates

@@ -188,7 +188,9 @@ def _diff(
         if cols:
             wrong.append(f"{key}: {', '.join(cols)}")
     if wrong:
-        problems.append(f"{name}: {len(wrong)} buckets differ, e.g.\n  " + "\n  ".join(wrong[:limit]))
+        problems.append(
+            f"{name}: {len(wrong)} buckets differ, e.g.\n  " + "\n  ".join(wrong[:limit])
+        )
     return problems
 
 
@@ -258,9 +260,7 @@ async def _duplicate_event_ids(
     await consumer.start()
     seen: Counter[str] = Counter()
     try:
-        parts = [
-            TopicPartition(topic, p) for p in range(settings.topic_partitions)
-        ]
+        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
@@ -280,15 +280,6 @@ async def _duplicate_event_ids(
     return Counter({e: c for e, c in seen.items() if c > 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "KNOWN BUG (issue 5 stays open): after a SIGKILL the identity stage replays its batch "
-        "and re-emits resolved events in new envelopes; the customer stage de-duplicates by "
-        "input position, not event id, so replayed events are counted twice in cx_minute. "
-        "Fix: de-duplicate by event id in the customer stage (per-partition window)."
-    ),
-)
 def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -396,9 +387,7 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
                 f"SELECT {', '.join(partial_cols)}, segment, {', '.join(Measures.FIELDS)}"
                 " FROM {db}.cx_partials FINAL"
             )
-            facts["c360_events"] = await sink.scalar(
-                "SELECT sum(events) FROM {db}.customer_360_v"
-            )
+            facts["c360_events"] = await sink.scalar("SELECT sum(events) FROM {db}.customer_360_v")
             facts["valid_duplicates"] = await _duplicate_event_ids(s, s.topics.valid)
             facts["resolved_duplicates"] = await _duplicate_event_ids(s, s.topics.resolved)
             facts["dead_letters"] = await sink.rows(
@@ -464,10 +453,18 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
 
         # 3. hours are the sum of their minutes, days the sum of their hours.
         additive = {c: i for i, c in enumerate(_COMPARED) if c != "unique_customers"}
-        hour_view = {k: tuple(v[additive[c]] for c in _ADDITIVE) for k, v in _keyed(facts["cx_hour"]).items()}
-        day_view = {k: tuple(v[additive[c]] for c in _ADDITIVE) for k, v in _keyed(facts["cx_day"]).items()}
-        problems += _diff("cx_hour vs sum of cx_minute", hour_view, _keyed(facts["minutes_to_hours"]), _ADDITIVE)
-        problems += _diff("cx_day vs sum of cx_hour", day_view, _keyed(facts["hours_to_days"]), _ADDITIVE)
+        hour_view = {
+            k: tuple(v[additive[c]] for c in _ADDITIVE) for k, v in _keyed(facts["cx_hour"]).items()
+        }
+        day_view = {
+            k: tuple(v[additive[c]] for c in _ADDITIVE) for k, v in _keyed(facts["cx_day"]).items()
+        }
+        problems += _diff(
+            "cx_hour vs sum of cx_minute", hour_view, _keyed(facts["minutes_to_hours"]), _ADDITIVE
+        )
+        problems += _diff(
+            "cx_day vs sum of cx_hour", day_view, _keyed(facts["hours_to_days"]), _ADDITIVE
+        )
         problems += _diff(
             "cx_hour unique customers vs touchpoints_v",
             _keyed(facts["hour_uniques"]),

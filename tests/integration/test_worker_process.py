@@ -121,7 +121,11 @@ def test_worker_process_ingests_serves_http_and_stops_cleanly(
         assert status == 200
         assert 'touchpoints_valid_events_total{channel="web"} 40.0' in body
         assert 'touchpoints_dead_letters_total{reason="bad_magic_byte"} 1.0' in body
-        lag = [line for line in body.splitlines() if line.startswith("touchpoints_consumer_lag_messages{")]
+        lag = [
+            line
+            for line in body.splitlines()
+            if line.startswith("touchpoints_consumer_lag_messages{")
+        ]
         assert lag and all('stage="ingest"' in line for line in lag)
         assert all(line.endswith(" 0.0") for line in lag), lag  # everything was consumed
         status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")

@@ -42,3 +42,12 @@ def test_readme_settings_table_is_current() -> None:
     assert settings_table() in README.read_text(), "run: python -m streams.settings"
     for name in Settings.model_fields:
         assert f"`{name.upper()}`" in README.read_text()
+
+
+def test_readme_metrics_table_is_current_and_lists_every_metric() -> None:
+    from streams import metrics
+
+    text = README.read_text()
+    assert metrics.metrics_table() in text, "run: python -m streams.metrics"
+    for family in metrics.REGISTRY.collect():
+        assert f"`{family.name}" in text, family.name
