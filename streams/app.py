@@ -47,6 +47,7 @@ from streams.identity import (
     IdentityRules,
     Merge,
     Refusal,
+    ResolutionMemory,
     Resolved,
     op_from_json,
     op_to_json,
@@ -127,6 +128,7 @@ class Pipeline:
         self._customer_lock = asyncio.Lock()
         self._query_client: ClickHouse | None = None
         self.failing: set[str] = set()
+        self._resolutions: dict[int, ResolutionMemory] = {}  # per identity partition
         self._inflight = 0  # batches being processed (``_guarded``); revoke waits for them
         self._idle = asyncio.Event()
         self._idle.set()
@@ -308,22 +310,45 @@ class Pipeline:
             else:
                 ops.extend(op_from_json(item) for item in unpack(msg.value))
         shard = TableShard(self.identity_table, self.app.producer)
+        stamps = TableShard(self.identity_table, self.app.producer)
         out_ops: list[tuple[str, Any]] = []
         outputs: list[Any] = list(refusals)
         for partition, ops in by_partition.items():
             view = _IdentityView(shard, n, partition)
             fx = self.identity.handle_batch(ops, view, now_ms)
             out_ops.extend((op.routing_key, op_to_json(op)) for op in fx.ops)
-            outputs.extend(fx.outputs)
+            memory = self._resolution_memory(partition)
+            resolved = [memory.stamp(o) for o in fx.outputs if isinstance(o, Resolved)]
+            outputs.extend(resolved)
+            outputs.extend(o for o in fx.outputs if not isinstance(o, Resolved))
+            first = min(e.message.offset for e in events if e.message.partition == partition)
+            key = f"res|{partition}|{first}"
+            entry = memory.remember(key, resolved, now_ms)
+            if entry is not None:
+                stamps.put(partition, key, entry)
+            for old in memory.expire(now_ms):
+                stamps.delete(partition, old)
         pending = []
         for p, items in group_by_partition(out_ops, n).items():
             pending.extend(await self._send_envelopes(t.identity_ops, p, items))
         pending += await self._send_identity_outputs(outputs)
         # Ops and outputs delivered BEFORE the state that assumes them: a crash in
         # between replays the batch (idempotent) instead of stranding a locked customer.
+        # The events' stamps land before the state too: a replay that sees this batch's
+        # state re-sends each event with its first customer (ResolutionMemory).
         await asyncio.gather(*pending)
+        await asyncio.gather(*(await stamps.flush_async()))
         await asyncio.gather(*(await shard.flush_async()))
         metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _resolution_memory(self, partition: int) -> ResolutionMemory:
+        memory = self._resolutions.get(partition)
+        if memory is None:
+            memory = ResolutionMemory(self.settings.dedupe_horizon_seconds * 1000)
+            view = StoredView(self.identity_table)
+            memory.restore(view.items_with_prefix(f"res|{partition}|"))
+            self._resolutions[partition] = memory
+        return memory
 
     async def _send_identity_outputs(self, outputs: list[Any]) -> list[Any]:
         t, n = self.settings.topics, self.settings.topic_partitions
@@ -499,6 +524,7 @@ class Pipeline:
                     for partition in {e.message.partition for e in events}:
                         self.stage.forget(partition)
                         self.customer_stage.forget(partition)
+                        self._resolutions.pop(partition, None)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
             self.failing.discard(stage)
@@ -551,6 +577,8 @@ class Pipeline:
                 self.stage.forget(tp.partition)
             elif tp.topic == self.settings.topics.resolved:
                 self.customer_stage.forget(tp.partition)
+            elif tp.topic == self.settings.topics.valid:
+                self._resolutions.pop(tp.partition, None)
 
     async def _on_rebalanced(self, app: Any, **kwargs: Any) -> None:
         self.ready = True

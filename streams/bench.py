@@ -11,15 +11,20 @@ One process, one worker, a real broker, the embedded ClickHouse:
 4. Alert latency: a steady stream of fresh events at ``--latency-rate`` events/s; each
    alert's latency is its arrival on the alerts topic minus the produce time of the
    newest event that triggered it.
+5. Identity memory: the identity state of 100,000 synthetic customers (3.1 identifiers
+   each) built by the pure protocol and held as the worker's in-memory table holds it;
+   resident bytes per identifier, and MiB per million customers (the last line).
 
 Prints one line per stage: ``BENCH <stage> events_per_s=... ceiling_events_per_s=...
 ratio=... peak_rss_mb=...`` (+ ``clickhouse_rows_per_s`` for aggregates), and
-``BENCH alert_latency p50_ms=... p99_ms=... at_events_per_s=...``.
+``BENCH alert_latency p50_ms=... p99_ms=... at_events_per_s=...`` and
+``BENCH identity_memory ...``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import statistics
 import time
@@ -35,7 +40,7 @@ from streams.aggregates import AggregatorState
 from streams.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.detect import Detector, Profile
 from streams.generator import encode_events, generate, produce
-from streams.identity import IdentityNode, IdentityRules, JsonState, ops_for_event
+from streams.identity import IdentityNode, IdentityRules, JsonState, LinkOp, ops_for_event
 from streams.ingest import Accepted, IngestPolicy, ingest_message
 from streams.kafka import consumer_security
 from streams.model import TouchpointRecord
@@ -114,6 +119,45 @@ def _pure_ceilings(records: list[TouchpointRecord]) -> dict[str, float]:
         profiles[key], _ = detector.process(profile, r, r["occurred_at"])
     out["alerts"] = len(records) / (time.perf_counter() - started)
     return out
+
+
+def _current_rss() -> int:
+    """Resident bytes now (Linux), not the peak."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def _identity_memory(customers: int) -> tuple[int, float]:
+    """Bytes the identity state takes per identifier, as the worker's in-memory table holds
+    it (orjson values). Synthetic customers: a cookie, a device and an email each, a phone
+    for one in ten, linked over three events; every hop of the protocol is followed."""
+    rules = IdentityRules()
+    node, state = IdentityNode(rules), JsonState()
+    identifiers = 0
+    gc.collect()
+    before = _current_rss()
+    pending: list[Any] = []
+    for i in range(customers):
+        email, device, cookie = (
+            f"email:c{i}@example.com",
+            f"device_id:d{i:012d}",
+            f"anonymous_id:a{i}",
+        )
+        pending.append(LinkOp((email, device), f"e{i}a", i, None))
+        pending.append(LinkOp((cookie, email), f"e{i}b", i, None))
+        identifiers += 3
+        if i % 10 == 0:
+            pending.append(LinkOp((email, f"phone:+4477{i:08d}"), f"e{i}c", i, None))
+            identifiers += 1
+        if len(pending) >= 5000:
+            while pending:
+                pending = node.handle_batch(pending, state).ops
+    while pending:
+        pending = node.handle_batch(pending, state).ops
+    gc.collect()
+    used = _current_rss() - before
+    assert len(state.raw) > identifiers  # identifiers + customers: the state was built
+    return identifiers, used / identifiers
 
 
 async def _pipeline_rates(settings: Settings, expected: int) -> dict[str, float]:
@@ -268,4 +312,14 @@ async def run_bench(
     click.echo(f"alert latency over {alerts} alerts")
     click.echo(
         f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f} at_events_per_s={latency_rate:.0f}"
+    )
+
+    # Last: it grows this process's peak RSS, which the lines above report.
+    customers = 100_000
+    identifiers, per_identifier = _identity_memory(customers)
+    per_customer = per_identifier * identifiers / customers
+    click.echo(
+        f"BENCH identity_memory identifiers={identifiers} bytes_per_identifier={per_identifier:.0f}"
+        f" mib_per_million_identifiers={per_identifier * 1e6 / 2**20:.0f}"
+        f" mib_per_million_customers={per_customer * 1e6 / 2**20:.0f}"
     )

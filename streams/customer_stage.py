@@ -212,6 +212,9 @@ class CustomerStage:
             profiles[customer_id] = loaded
             return loaded
 
+        # Written last: a partition's changelog records land in order, so after a crash
+        # mid-flush an event id is remembered only if everything it updated landed too.
+        seen_puts: list[tuple[int, str, Any]] = []
         for partition, entries in items.items():
             state = self._states[partition]
             seen = self._seen.setdefault(partition, Deduplicator(self.dedupe_horizon_ms))
@@ -295,13 +298,14 @@ class CustomerStage:
             if fresh:
                 key = f"seen|{partition}|{entries[0][0]}"
                 seen.remember(key, fresh, now_ms)
-                out.state_puts.append((partition, key, {"seen_ms": now_ms, "ids": fresh}))
-            out.state_puts.extend((partition, key, None) for key in seen.expire(now_ms))
+                seen_puts.append((partition, key, {"seen_ms": now_ms, "ids": fresh}))
+            seen_puts.extend((partition, key, None) for key in seen.expire(now_ms))
         out.c360_rows.extend(book.flush())
         for customer_id, touched in profiles.items():
             if touched is not None:
                 part = partition_for(customer_id, self.partitions)
                 out.state_puts.append((part, f"prof|{customer_id}", touched.to_dict()))
+        out.state_puts.extend(seen_puts)
         return out
 
     def tick(self, customer_ids: list[str], data: Any, now_ms: int) -> CustomerOutputs:

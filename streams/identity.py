@@ -91,6 +91,7 @@ __all__ = [
     "Refusal",
     "RelabelOp",
     "RemoveMemberOp",
+    "ResolutionMemory",
     "Resolved",
     "Simulator",
     "SplitOp",
@@ -622,7 +623,7 @@ class JsonState(DictState):
         return None if raw is None else state_from_json(orjson.loads(raw))
 
     def put(self, key: str, value: State) -> None:
-        self.raw[key] = orjson.dumps(state_to_json(value))
+        self.raw[key] = bytes(memoryview(orjson.dumps(state_to_json(value))))  # see packed()
 
     def items(self) -> Iterable[tuple[str, State]]:
         return ((key, state_from_json(orjson.loads(raw))) for key, raw in self.raw.items())
@@ -631,7 +632,7 @@ class JsonState(DictState):
         if saved is None:
             self.raw.pop(key, None)
         else:
-            self.raw[key] = orjson.dumps(saved)
+            self.raw[key] = bytes(memoryview(orjson.dumps(saved)))
 
 
 def apply_writes(state: StateView, writes: Mapping[str, State]) -> None:
@@ -1087,6 +1088,62 @@ def event_identifiers(record: TouchpointRecord) -> list[str]:
     """The record's identifier keys, strongest first."""
     ids = record["identifiers"]
     return [f"{kind}:{v}" for kind in IDENTIFIER_KINDS if (v := ids.get(kind))]
+
+
+class ResolutionMemory:
+    """The customer each recently resolved event was stamped with, on one identity partition.
+
+    The protocol is at-least-once: a batch replayed after a crash runs against whatever of
+    its state writes already landed, so a replayed LINK can stamp its event with a newer
+    customer (the survivor of a merge the same batch made) — whose customer-stage partition
+    has never seen the event and would count it again. Remembering each event's first stamp
+    (persisted per batch, *before* the batch's state writes) makes a replay re-send the
+    same stamp, which the customer stage then recognises by event id.
+
+    Entries are one per batch (``key -> {"seen_ms", "r": {event_id: customer}}``) and
+    expire after ``horizon_ms`` of processing time, like ``streams.ingest.Deduplicator``.
+    """
+
+    def __init__(self, horizon_ms: int) -> None:
+        self.horizon_ms = horizon_ms
+        self._stamps: dict[str, str | None] = {}
+        self._batches: deque[tuple[str, int, list[str]]] = deque()
+
+    def restore(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        for key, saved in sorted(entries, key=lambda kv: int(kv[1]["seen_ms"])):
+            stamps: Mapping[str, str | None] = saved["r"]
+            self._stamps.update(stamps)
+            self._batches.append((key, int(saved["seen_ms"]), list(stamps)))
+
+    def stamp(self, resolved: Resolved) -> Resolved:
+        """The event as first stamped, if it was; else as given."""
+        if resolved.event_id in self._stamps:
+            first = self._stamps[resolved.event_id]
+            if first != resolved.customer:
+                return replace(resolved, customer=first)
+        return resolved
+
+    def remember(self, key: str, outputs: Iterable[Resolved], now_ms: int) -> dict[str, Any] | None:
+        """Record the stamps of events not seen before; the entry to persist under ``key``."""
+        fresh = {r.event_id: r.customer for r in outputs if r.event_id not in self._stamps}
+        if not fresh or self.horizon_ms <= 0:
+            return None
+        self._stamps.update(fresh)
+        self._batches.append((key, now_ms, list(fresh)))
+        return {"seen_ms": now_ms, "r": fresh}
+
+    def expire(self, now_ms: int) -> list[str]:
+        """Forget batches older than the horizon; their keys, to delete."""
+        dropped = []
+        while self._batches and self._batches[0][1] < now_ms - self.horizon_ms:
+            key, _, event_ids = self._batches.popleft()
+            for event_id in event_ids:
+                self._stamps.pop(event_id, None)
+            dropped.append(key)
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._stamps)
 
 
 def ops_for_event(

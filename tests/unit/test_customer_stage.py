@@ -114,3 +114,16 @@ def test_seen_ids_expire_after_the_horizon_and_their_entries_are_deleted() -> No
     _, duplicates = run_batches(stage, store, [batch(1, "c1", ["b"])], now_ms=NOW + 61_000)
     assert duplicates == 0
     assert [k for k in store.data if k.startswith("seen|0|")] == [f"seen|0|{POSITION_SCALE}"]
+
+
+def test_seen_ids_are_persisted_after_everything_they_vouch_for() -> None:
+    # The changelog lands in order; a crash mid-flush must not leave an event id remembered
+    # while the 360, profile or aggregate it updated was lost (the replay would skip it).
+    stage, store = new_stage(), Store()
+    stage.restore(0, store)
+    out = stage.process({0: batch(0, "c1", ["a", "b"])}, store, NOW)
+    keys = [key for _, key, _ in out.state_puts]
+    seen_at = [i for i, k in enumerate(keys) if k.startswith("seen|")]
+    assert seen_at and keys[: seen_at[0]], keys
+    assert {"prof|c1", "360|c1", "agg|0"} <= set(keys[: seen_at[0]]), keys
+    assert all(k.startswith("seen|") for k in keys[seen_at[0] :]), keys
