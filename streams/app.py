@@ -38,7 +38,7 @@ from streams.customer_stage import (
     event_item,
     merge_item,
 )
-from streams.detect import Detector, Profile, Rules
+from streams.detect import Detector, Rules
 from streams.dlq import RawMessage
 from streams.envelope import group_by_partition, pack_chunks, partition_for, unpack
 from streams.identity import (
@@ -165,6 +165,8 @@ class Pipeline:
             # leave the last acked offsets to be re-read by the next owner.
             stream_wait_empty=False,
             broker_commit_interval=1.0,
+            broker_session_timeout=settings.kafka_session_timeout_seconds,
+            broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_seconds / 3),
             web_host=settings.web_host,
             web_port=settings.web_port or 6066,
             web_enabled=settings.web_port > 0,
@@ -270,14 +272,16 @@ class Pipeline:
                 await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
             )
             metrics.DEAD_LETTERS.labels(dead.reason).inc()
+        # Output delivered BEFORE the de-duplication state that vouches for it: a crash in
+        # between replays the batch as new events (downstream is idempotent) instead of
+        # refusing them as duplicates of events that never left. Both before the ack.
+        await asyncio.gather(*pending)
         shard = TableShard(self.dedupe_table, self.app.producer)
         for partition, key, value in result.state_puts:
             shard.put(partition, key, value)
         for partition, key in result.state_deletes:
             shard.delete(partition, key)
-        pending.extend(await shard.flush_async())
-        # Delivered before the batch is acked: offsets never run ahead of the output.
-        await asyncio.gather(*pending)
+        await asyncio.gather(*(await shard.flush_async()))
         metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
         self._export_lag("ingest", messages)
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -452,12 +456,6 @@ class Pipeline:
                 for alert in out.alerts:
                     self.webhooks.enqueue(alert)
         metrics.LATE_EVENTS.inc(out.late_events)
-        shard = TableShard(self.customer_table, self.app.producer)
-        for partition, key, value in out.state_puts:
-            if value is None:
-                shard.delete(partition, key)
-            else:
-                shard.put(partition, key, value)
         n = settings.topic_partitions
         pending = []
         for p, handovers in group_by_partition(out.handovers, n).items():
@@ -465,8 +463,16 @@ class Pipeline:
         rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
         if rows:
             pending.extend(await self._send_envelopes(t.aggregates, 0, rows))
-        pending.extend(await shard.flush_async())
+        # Rows and hand-overs delivered BEFORE the state that records them as written: a
+        # crash in between replays the batch into the same row keys and versions.
         await asyncio.gather(*pending)
+        shard = TableShard(self.customer_table, self.app.producer)
+        for partition, key, value in out.state_puts:
+            if value is None:
+                shard.delete(partition, key)
+            else:
+                shard.put(partition, key, value)
+        await asyncio.gather(*(await shard.flush_async()))
 
     async def _tick_customers(self) -> None:
         """Deadline rules (an unresolved complaint) fire even when a customer goes quiet."""
@@ -474,18 +480,15 @@ class Pipeline:
             metrics.TABLE_KEYS.labels(table.name).set(len(table.data))
         data = StoredView(self.customer_table)
         now_ms = int(time.time() * 1000)
-        due = [
-            k[len("prof|") :]
-            for k, v in data.items_with_prefix("prof|")
-            if v and self._tick_due(v, now_ms)
-        ]
-        if due:
+        resolved = self.settings.topics.resolved
+        partitions = sorted(
+            tp.partition for tp in self.app.consumer.assignment() if tp.topic == resolved
+        )
+        if partitions:
             async with self._customer_lock:
-                await self._emit_customer_outputs(self.customer_stage.tick(due, data, now_ms))
-
-    def _tick_due(self, saved: Any, now_ms: int) -> bool:
-        next_ms = self.customer_stage.detector.next_tick_ms(Profile.from_dict(saved))
-        return next_ms is not None and next_ms <= now_ms
+                out = self.customer_stage.tick(partitions, data, now_ms)
+                if out.state_puts or out.alerts:
+                    await self._emit_customer_outputs(out)
 
     async def _webhook_dead_letter(self, dead: Any) -> None:
         await self.app.producer.send(

@@ -158,6 +158,9 @@ class CustomerStage:
     ) -> None:
         self.dedupe_horizon_ms = dedupe_horizon_ms
         self._seen: dict[int, Deduplicator] = {}
+        # per partition: customer -> when a deadline rule is next due (``due|<p>`` entries),
+        # so the minute tick reads a handful of profiles instead of scanning them all
+        self._due: dict[int, dict[str, int]] = {}
         self.detector = detector or Detector()
         self.rolling_ms = rolling_ms
         self._last_rolling: dict[int, int] = {}
@@ -172,6 +175,7 @@ class CustomerStage:
     def forget(self, partition: int) -> None:
         self._states.pop(partition, None)
         self._seen.pop(partition, None)
+        self._due.pop(partition, None)
 
     def restore(self, partition: int, data: Any) -> None:
         """Rebuild a partition's aggregator from its table entries (after assignment)."""
@@ -194,6 +198,9 @@ class CustomerStage:
             ]
         )
         self._seen[partition] = seen
+        self._due[partition] = {
+            str(k): int(v) for k, v in (data.get(f"due|{partition}") or {}).items()
+        }
 
     def process(
         self, items: dict[int, list[tuple[int, Any]]], data: Any, now_ms: int
@@ -301,23 +308,48 @@ class CustomerStage:
                 seen_puts.append((partition, key, {"seen_ms": now_ms, "ids": fresh}))
             seen_puts.extend((partition, key, None) for key in seen.expire(now_ms))
         out.c360_rows.extend(book.flush())
+        changed_due: set[int] = set()
         for customer_id, touched in profiles.items():
+            part = partition_for(customer_id, self.partitions)
             if touched is not None:
-                part = partition_for(customer_id, self.partitions)
                 out.state_puts.append((part, f"prof|{customer_id}", touched.to_dict()))
+            if self._set_due(part, customer_id, touched):
+                changed_due.add(part)
+        out.state_puts.extend(self._due_puts(changed_due))
         out.state_puts.extend(seen_puts)
         return out
 
-    def tick(self, customer_ids: list[str], data: Any, now_ms: int) -> CustomerOutputs:
-        """Deadline-driven rules (e.g. complaint unresolved) for customers with due ticks."""
+    def _set_due(self, partition: int, customer_id: str, profile: Profile | None) -> bool:
+        """Track when ``customer_id``'s deadline rules are next due; True if that changed."""
+        due = self._due.setdefault(partition, {})
+        at = None if profile is None else self.detector.next_tick_ms(profile)
+        if at is None:
+            return due.pop(customer_id, None) is not None
+        if due.get(customer_id) == at:
+            return False
+        due[customer_id] = at
+        return True
+
+    def _due_puts(self, partitions: set[int]) -> list[tuple[int, str, Any]]:
+        return [(p, f"due|{p}", dict(self._due.get(p, {}))) for p in sorted(partitions)]
+
+    def tick(self, partitions: Sequence[int], data: Any, now_ms: int) -> CustomerOutputs:
+        """Deadline-driven rules (e.g. complaint unresolved) of ``partitions``' customers
+        whose next deadline has passed; the others are not read."""
         out = CustomerOutputs()
-        for customer_id in customer_ids:
-            saved = data.get(f"prof|{customer_id}")
-            if saved is None:
-                continue
-            updated, alerts = self.detector.tick(Profile.from_dict(saved), now_ms)
-            if alerts:
-                out.alerts.extend(alerts)
-                part = partition_for(customer_id, self.partitions)
-                out.state_puts.append((part, f"prof|{customer_id}", updated.to_dict()))
+        changed: set[int] = set()
+        for partition in partitions:
+            if not self.has_partition(partition):
+                self.restore(partition, data)
+            due = [c for c, at in self._due.get(partition, {}).items() if at <= now_ms]
+            for customer_id in due:
+                saved = data.get(f"prof|{customer_id}")
+                profile = None if saved is None else Profile.from_dict(saved)
+                if profile is not None:
+                    profile, alerts = self.detector.tick(profile, now_ms)
+                    out.alerts.extend(alerts)
+                    out.state_puts.append((partition, f"prof|{customer_id}", profile.to_dict()))
+                if self._set_due(partition, customer_id, profile):
+                    changed.add(partition)
+        out.state_puts.extend(self._due_puts(changed))
         return out

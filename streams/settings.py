@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str = Field("", description="CA bundle to verify the brokers (TLS).")
     kafka_ssl_certfile: str = Field("", description="Client certificate (mutual TLS).")
     kafka_ssl_keyfile: str = Field("", description="Client key (mutual TLS).")
+    kafka_session_timeout_seconds: float = Field(
+        30.0,
+        ge=6.0,
+        le=300.0,
+        description="Consumer-group session timeout: how soon a crashed worker's partitions move.",
+    )
     topic_partitions: int = Field(8, ge=1, description="Partitions of every topic we create.")
     topic_replication_factor: int = Field(1, ge=1, description="Use 3 in production.")
     raw_retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of the raw topic.")

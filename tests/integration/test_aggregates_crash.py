@@ -283,7 +283,9 @@ async def _duplicate_event_ids(
 def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
     settings: Settings, tmp_path: Path
 ) -> None:
-    s = settings.model_copy(update={"aggregate_lateness_seconds": LATENESS_S})
+    s = settings.model_copy(
+        update={"aggregate_lateness_seconds": LATENESS_S, "kafka_session_timeout_seconds": 10.0}
+    )
     codec = codec_for(s)
     now_ms = int(time.time() * 1000)
     events = generate(CUSTOMERS, seed=SEED, now_ms=now_ms, span_ms=SPAN_MS)

@@ -405,7 +405,13 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
     settings: Settings, tmp_path: Path
 ) -> None:
     rules_path = permissive_rules_yaml(tmp_path / "identity-rules.yaml")
-    s = settings.model_copy(update={"topic_partitions": 8, "identity_rules": rules_path})
+    s = settings.model_copy(
+        update={
+            "topic_partitions": 8,
+            "identity_rules": rules_path,
+            "kafka_session_timeout_seconds": 10.0,  # the killed worker leaves the group sooner
+        }
+    )
     rules = IdentityRules.from_mapping(yaml.safe_load(rules_path.read_text()))
     codec = codec_for(s)
     now_ms = int(time.time() * 1000)
@@ -487,6 +493,11 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
             timings["quiescent"] = time.monotonic() - t0
             # Not asserted here: what is missing or doubled is the better report.
             facts["quiet"] = quiet
+            if not quiet.reached:  # every task's stack into the worker logs (mode's SIGUSR1)
+                for w in (b, a2):
+                    if w.alive and w.proc is not None:
+                        w.proc.send_signal(signal.SIGUSR1)
+                await asyncio.sleep(3)
 
             facts["identity_map"] = await sink.rows(
                 "SELECT identifier, customer_id FROM {db}.identity_map_v"

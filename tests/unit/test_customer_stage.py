@@ -127,3 +127,48 @@ def test_seen_ids_are_persisted_after_everything_they_vouch_for() -> None:
     assert seen_at and keys[: seen_at[0]], keys
     assert {"prof|c1", "360|c1", "agg|0"} <= set(keys[: seen_at[0]]), keys
     assert all(k.startswith("seen|") for k in keys[seen_at[0] :]), keys
+
+
+class CountingStore(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads.append(key)
+        return super().get(key, default)
+
+
+def test_the_tick_reads_only_customers_whose_deadline_passed_and_survives_a_restart() -> None:
+    from tests.unit.test_detect import HOUR, T0, contact, only
+
+    def stage() -> CustomerStage:
+        return CustomerStage(
+            1, lateness_ms=60_000, pane_events=10_000, detector=only("complaint_unresolved")
+        )
+
+    store = CountingStore()
+    first = stage()
+    first.restore(0, store)
+    complaint = contact("complaint", T0, case="A", complaint=True, resolved=False)
+    quiet = contact("call", T0, case="B")
+    items = [
+        (0, event_item("c-complains", complaint, anchor_key(complaint))),
+        (1, event_item("c-quiet", quiet, anchor_key(quiet))),
+    ]
+    store.apply(first.process({0: items}, store, T0))
+    assert store.data["due|0"] == {"c-complains": T0 + 48 * HOUR}
+
+    restarted = stage()  # a new owner: the due index comes back from the table
+    store.reads.clear()
+    early = restarted.tick([0], store, T0 + 47 * HOUR)
+    assert early.alerts == [] and early.state_puts == []
+    assert not [k for k in store.reads if k.startswith("prof|")]
+
+    store.reads.clear()
+    late = restarted.tick([0], store, T0 + 49 * HOUR)
+    store.apply(late)
+    assert [a["rule"] for a in late.alerts] == ["complaint_unresolved"]
+    assert [k for k in store.reads if k.startswith("prof|")] == ["prof|c-complains"]
+    assert store.data["due|0"] == {}
+    assert restarted.tick([0], store, T0 + 200 * HOUR).alerts == []
