@@ -217,6 +217,7 @@ class Pipeline:
         app.page("/healthz")(cast(Any, self._healthz))
         app.page("/readyz")(cast(Any, self._readyz))
         app.page("/metrics")(cast(Any, self._metrics))
+        app.page("/debug/consumer")(cast(Any, self._debug_consumer))
         app.page("/customers/{customer_id}/timeline")(cast(Any, self._timeline))
         app.page("/timeline")(cast(Any, self._timeline_by_identifier))
 
@@ -332,16 +333,17 @@ class Pipeline:
                 stamps.put(partition, key, entry)
             for old in memory.expire(now_ms):
                 stamps.delete(partition, old)
+        # The events' customers land first: whatever replays this batch later (a crash
+        # here, or ingest re-sending the events) stamps them with the same customers
+        # (ResolutionMemory), even against state that has moved on.
+        await asyncio.gather(*(await stamps.flush_async()))
         pending = []
         for p, items in group_by_partition(out_ops, n).items():
             pending.extend(await self._send_envelopes(t.identity_ops, p, items))
         pending += await self._send_identity_outputs(outputs)
         # Ops and outputs delivered BEFORE the state that assumes them: a crash in
         # between replays the batch (idempotent) instead of stranding a locked customer.
-        # The events' stamps land before the state too: a replay that sees this batch's
-        # state re-sends each event with its first customer (ResolutionMemory).
         await asyncio.gather(*pending)
-        await asyncio.gather(*(await stamps.flush_async()))
         await asyncio.gather(*(await shard.flush_async()))
         metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -588,6 +590,37 @@ class Pipeline:
 
     async def _healthz(self, request: Any) -> aioweb.Response:
         return aioweb.json_response({"status": "ok"})
+
+    async def _debug_consumer(self, request: Any) -> aioweb.Response:
+        """What the Faust consumer believes about its partitions (for a stalled partition:
+        assigned but not active, paused, buffered, flow stopped). Read-only, best effort."""
+        consumer: Any = self.app.consumer
+
+        def tps(value: Any) -> list[str]:
+            return sorted(f"{tp.topic}:{tp.partition}" for tp in (value or ()))
+
+        try:
+            inner = consumer._thread._ensure_consumer()  # aiokafka, in the consumer thread
+            aiokafka_paused = tps(inner.paused())
+        except Exception as exc:  # noqa: BLE001 - a debug view never fails the request
+            aiokafka_paused = [f"unavailable: {exc!r}"]
+        body = {
+            "generation": self.app.consumer_generation_id,
+            "rebalancing": bool(self.app.rebalancing),
+            "in_recovery": bool(self.app.in_recovery),
+            "flow_control_active": self.app.flow_control.is_active(),
+            "consumer_flow_active": bool(consumer.flow_active),
+            "assigned": tps(consumer.assignment()),
+            "active": tps(consumer._active_partitions),
+            "paused": tps(consumer._paused_partitions),
+            "buffered": tps(consumer._buffered_partitions),
+            "aiokafka_paused": aiokafka_paused,
+            "read_offsets": {
+                f"{tp.topic}:{tp.partition}": off for tp, off in consumer._read_offset.items()
+            },
+            "inflight_batches": self._inflight,
+        }
+        return aioweb.json_response(body, dumps=_json_dumps)
 
     async def _readyz(self, request: Any) -> aioweb.Response:
         sink_ok = self.sink is None or self.sink.healthy

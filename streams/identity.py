@@ -1097,8 +1097,10 @@ class ResolutionMemory:
     its state writes already landed, so a replayed LINK can stamp its event with a newer
     customer (the survivor of a merge the same batch made) — whose customer-stage partition
     has never seen the event and would count it again. Remembering each event's first stamp
-    (persisted per batch, *before* the batch's state writes) makes a replay re-send the
-    same stamp, which the customer stage then recognises by event id.
+    (persisted per batch, before the batch's outputs) makes a replay re-send the
+    same stamp, which the customer stage then recognises by event id. The stamps are
+    persisted before the outputs they describe: a stamp whose output never left only pins
+    the customer the replay will use.
 
     Entries are one per batch (``key -> {"seen_ms", "r": {event_id: customer}}``) and
     expire after ``horizon_ms`` of processing time, like ``streams.ingest.Deduplicator``.

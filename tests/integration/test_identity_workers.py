@@ -493,10 +493,16 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
             timings["quiescent"] = time.monotonic() - t0
             # Not asserted here: what is missing or doubled is the better report.
             facts["quiet"] = quiet
-            if not quiet.reached:  # every task's stack into the worker logs (mode's SIGUSR1)
+            if not quiet.reached:  # what the consumers believe, and every task's stack
                 for w in (b, a2):
+                    url = f"http://127.0.0.1:{w.port}/debug/consumer"
+                    try:
+                        with urllib.request.urlopen(url, timeout=5) as response:
+                            print(f"worker {w.name} {url}: {response.read().decode()}")
+                    except (urllib.error.URLError, OSError) as exc:
+                        print(f"worker {w.name} {url}: {exc!r}")
                     if w.alive and w.proc is not None:
-                        w.proc.send_signal(signal.SIGUSR1)
+                        w.proc.send_signal(signal.SIGUSR1)  # mode's task dump into the log
                 await asyncio.sleep(3)
 
             facts["identity_map"] = await sink.rows(
