@@ -19,15 +19,43 @@ Registered as the ``tpkafka://`` transport (entry point ``faust.transports``);
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 __all__ = ["BatchingConsumer", "Transport"]
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
+    async def seek_to_committed(self) -> Mapping[TP, int]:  # pragma: no cover - via Faust
+        """Seek to the committed offsets, and rewind partitions that have none.
+
+        aiokafka's ``seek_to_committed`` skips a partition whose committed offset is
+        missing or 0, leaving its fetch position where it was. After a rebalance that keeps
+        such a partition here, the messages fetched in the old generation and dropped with
+        the stream buffers are then never read again, and later acks commit past them
+        (Faust guards that only for a non-zero committed offset). Measured here: identity
+        ops lost, customers left unmerged. No committed offset means nothing is durably
+        processed, so such a partition starts again from the beginning (our
+        ``auto_offset_reset``); changelogs are left to table recovery.
+        """
+        committed = await super().seek_to_committed()
+        rewind = {
+            tp
+            for tp, offset in committed.items()
+            if not offset and not tp.topic.endswith("-changelog")
+        }
+        if rewind:
+            thread = self._thread
+            consumer = thread._ensure_consumer()
+            await thread.call_thread(
+                consumer.seek_to_beginning, *faust_aiokafka.ensure_aiokafka_TPset(rewind)
+            )
+        return committed
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via Faust
         callback = self.callback
         getmany = self.getmany
