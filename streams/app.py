@@ -618,6 +618,15 @@ class Pipeline:
             "read_offsets": {
                 f"{tp.topic}:{tp.partition}": off for tp, off in consumer._read_offset.items()
             },
+            "committed": {
+                f"{tp.topic}:{tp.partition}": off for tp, off in consumer._committed_offset.items()
+            },
+            "acked": {
+                f"{tp.topic}:{tp.partition}": [min(offs), max(offs), len(offs)]
+                for tp, offs in consumer._acked.items()
+                if offs
+            },
+            "unacked_messages": len(consumer._unacked_messages),
             "inflight_batches": self._inflight,
         }
         return aioweb.json_response(body, dumps=_json_dumps)

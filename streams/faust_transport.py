@@ -48,6 +48,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         ``auto_offset_reset``); changelogs are left to table recovery.
         """
         committed = await super().seek_to_committed()
+        # Acks recorded before this point belong to an earlier assignment (batches that
+        # finished during the revoke): forget them, so what is committed next is exactly
+        # what is processed again from the committed offset. Faust consumes its ack list
+        # *before* a commit succeeds, so a commit failed by the rebalance otherwise leaves
+        # a hole at the head that blocks the partition for good (measured: lag that never
+        # drains, read offsets at the end).
+        for tp in committed:
+            ftp = TP(tp.topic, tp.partition)
+            self._acked.pop(ftp, None)
+            self._acked_index.pop(ftp, None)
+            self._gap.pop(ftp, None)
         rewind = {
             tp
             for tp, offset in committed.items()
@@ -60,6 +71,14 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 consumer.seek_to_beginning, *faust_aiokafka.ensure_aiokafka_TPset(rewind)
             )
         return committed
+
+    def ack(self, message: Any) -> bool:  # pragma: no cover - via Faust
+        """Record an ack only for a message of the current assignment: a batch fetched
+        before a rebalance may finish after it, and its offsets are read again from the
+        committed offset (acking them now could commit past messages not yet re-read)."""
+        if message.generation_id != self.app.consumer_generation_id:
+            return False
+        return bool(super().ack(message))
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via Faust
         callback = self.callback
