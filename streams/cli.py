@@ -60,9 +60,42 @@ def worker() -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     prepare(settings)
     pipeline = Pipeline(settings)
-    faust.Worker(
+    deadline = settings.shutdown_timeout_seconds
+
+    class Worker(faust.Worker):
+        def _schedule_shutdown(self, signal: Any) -> None:
+            _exit_after(deadline)
+            super()._schedule_shutdown(signal)
+
+    Worker(
         pipeline.app, loglevel=settings.log_level.lower(), logging_config=_logging_dict(settings)
     ).execute_from_commandline()
+
+
+def _exit_after(seconds: float) -> None:
+    """A graceful stop that takes longer than ``seconds`` ends the process anyway.
+
+    Faust's stop can hang (measured here: in its producer flush, after a rebalance); every
+    stage is idempotent and commits only what it finished, so the next owner of the
+    partitions replays the rest. Better than being SIGKILLed by Kubernetes at the end of
+    ``terminationGracePeriodSeconds`` with no log line saying why.
+    """
+    import logging
+    import os
+    import threading
+
+    def expire() -> None:
+        logging.getLogger("streams.cli").error(
+            "graceful stop still running after %.0fs: exiting; the partitions' next owner "
+            "replays what was in flight",
+            seconds,
+        )
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 @main.command()

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     schemas_dir: Path = Field(_REPO_ROOT / "schemas", description="Local schema registry.")
     ingest_batch_size: int = Field(2000, ge=1, description="Events per ingest batch.")
     ingest_batch_seconds: float = Field(0.25, gt=0, description="Max wait to fill a batch.")
+    shutdown_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="A graceful stop taking longer ends the worker anyway (keep it below"
+        " the pod's terminationGracePeriodSeconds).",
+    )
     revoke_wait_seconds: float = Field(
         20.0, gt=0, description="On a rebalance, how long in-flight batches may finish."
     )
