@@ -269,8 +269,27 @@ def eval_(customers: int, seed: int) -> None:
 
     settings = _settings()
     _logging(settings, "WARNING")
-    _, report = asyncio.run(run_eval(settings, customers=customers, seed=seed))
+    _, report = _run_bounded(run_eval(settings, customers=customers, seed=seed))
     click.echo(report)
+
+
+def _run_bounded(coro: Any, cleanup_seconds: float = 10.0) -> Any:
+    """``asyncio.run`` whose clean-up gives up on tasks that ignore cancellation.
+
+    After a Faust app has stopped, a task of its consumer machinery can ignore the final
+    cancel, and ``asyncio.run`` then waits for it forever (seen with ``make eval``).
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=cleanup_seconds))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 @main.command()
