@@ -483,6 +483,7 @@ class Profile:
     payments: list[list[Any]] = field(default_factory=list)  # [ts, event_id] (attempts)
     resets: list[list[Any]] = field(default_factory=list)  # [ts, event_id] password resets
     complaints: list[list[Any]] = field(default_factory=list)  # open: [ts, event_id, key]
+    resolved_ms: int = 0  # latest resolved contact (event time): closes complaints before it
     value_eur: float = 0.0  # lifetime value: approved payments minus refunds
     csat: list[Any] | None = None  # [ts, answer] last CSAT
     nps: list[Any] | None = None  # [ts, answer] last NPS
@@ -1251,7 +1252,12 @@ def _fold_contact(profile: Profile, record: TouchpointRecord, body: dict[str, An
     if body.get("resolved") is True:
         # A resolved contact closes the complaints opened before it (this one included).
         profile.complaints = [c for c in profile.complaints if c[0] > ts]
-    elif complaint and not any(c[2] == key for c in profile.complaints):
+        profile.resolved_ms = max(profile.resolved_ms, ts)
+    elif (
+        complaint
+        and ts > profile.resolved_ms  # a resolution that arrived first already closed it
+        and not any(c[2] == key for c in profile.complaints)
+    ):
         _insert(profile.complaints, [ts, record["event_id"], key], _MAX_COMPLAINTS)
 
 
@@ -1332,7 +1338,12 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
         recent=_merge_entries(survivor.recent, absorbed.recent, _MAX_RECENT),
         payments=_merge_entries(survivor.payments, absorbed.payments, _MAX_VELOCITY),
         resets=_merge_entries(survivor.resets, absorbed.resets, _MAX_VELOCITY),
-        complaints=_merge_entries(survivor.complaints, absorbed.complaints, _MAX_COMPLAINTS),
+        complaints=[
+            c
+            for c in _merge_entries(survivor.complaints, absorbed.complaints, _MAX_COMPLAINTS)
+            if c[0] > max(survivor.resolved_ms, absorbed.resolved_ms)
+        ],
+        resolved_ms=max(survivor.resolved_ms, absorbed.resolved_ms),
         value_eur=survivor.value_eur + absorbed.value_eur,
         csat=_later(survivor.csat, absorbed.csat),
         nps=_later(survivor.nps, absorbed.nps),

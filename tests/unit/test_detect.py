@@ -819,6 +819,31 @@ def test_complaint_resolved_in_time_or_detected_on_a_later_event() -> None:
     assert [a["event_ids"] for a in alerts] == [[first["event_id"]]]
 
 
+def test_a_resolution_that_arrives_before_its_complaint_still_closes_it() -> None:
+    # Contact-centre systems deliver out of order: the resolving call-back (event time
+    # T0 + 20 h) reaches the stage before the complaint (T0) it resolves.
+    detector = only("complaint_unresolved")
+    profile = Profile("CRM-1")
+    callback = contact("call", T0 + 20 * HOUR, case="A", resolved=True)
+    complaint = contact("complaint", T0, case="A", complaint=True, resolved=False)
+    assert run(detector, profile, [callback, complaint]) == []
+    assert profile.complaints == []
+    assert detector.tick(profile, T0 + 100 * HOUR)[1] == []
+    # A complaint after the last resolution is open as before.
+    later = contact("complaint", T0 + 30 * HOUR, case="B", complaint=True, resolved=False)
+    run(detector, profile, [later])
+    assert [c[1] for c in profile.complaints] == [later["event_id"]]
+
+
+def test_merged_histories_close_complaints_resolved_on_either_side() -> None:
+    complained, resolved = Profile("c-young"), Profile("c-old")
+    fold(complained, contact("complaint", T0, case="A", complaint=True, resolved=False))
+    fold(resolved, contact("call", T0 + HOUR, case="A", resolved=True))
+    merged = merge_profiles(resolved, complained)
+    assert merged.complaints == [] and merged.resolved_ms == T0 + HOUR
+    assert Profile.from_dict(merged.to_dict()).resolved_ms == T0 + HOUR
+
+
 # --------------------------------------------------------------------------- detector mechanics
 
 
