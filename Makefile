@@ -68,7 +68,7 @@ lint: $(STAMP) ## ruff + mypy (strict on streams/)
 check: lint test ## what CI runs
 
 .PHONY: bench
-bench: install ## ingest throughput vs a plain aiokafka+fastavro ceiling, on a real broker
+bench: install ## each stage vs its ceiling, alert latency, identity memory (real broker, one worker)
 	@rm -rf .local/bench && mkdir -p .local/bench
 	@LOCALKAFKA_RUN_DIR=$(abspath .local/bench)/kafka CLICKHOUSE_CHDB_PATH=$(abspath .local/bench)/chdb \
 	  DATA_DIR=$(abspath .local/bench)/faust WEB_PORT=0 \
