@@ -94,7 +94,12 @@ class Settings(BaseSettings):
     # --- ingest
     schemas_dir: Path = Field(_REPO_ROOT / "schemas", description="Local schema registry.")
     ingest_batch_size: int = Field(2000, ge=1, description="Events per ingest batch.")
-    ingest_batch_seconds: float = Field(0.25, gt=0, description="Max wait to fill a batch.")
+    ingest_batch_seconds: float = Field(
+        0.05,
+        gt=0,
+        description="Max wait to fill a batch, per stage (latency: measured p50 0.43 s at"
+        " 0.05 against 1.3 s at 0.25, 1k ev/s; a backlog fills batches by size).",
+    )
     shutdown_timeout_seconds: float = Field(
         20.0,
         gt=0,
