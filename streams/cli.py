@@ -266,30 +266,12 @@ def alerts_tail(from_beginning: bool, rule: tuple[str, ...], min_severity: str) 
 def eval_(customers: int, seed: int) -> None:
     """Labelled anomalies through the real pipeline: precision/recall per detector (make eval)."""
     from streams.eval_pipeline import run_eval
+    from streams.runner import run_bounded
 
     settings = _settings()
     _logging(settings, "WARNING")
-    _, report = _run_bounded(run_eval(settings, customers=customers, seed=seed))
+    _, report = run_bounded(run_eval(settings, customers=customers, seed=seed))
     click.echo(report)
-
-
-def _run_bounded(coro: Any, cleanup_seconds: float = 10.0) -> Any:
-    """``asyncio.run`` whose clean-up gives up on tasks that ignore cancellation.
-
-    After a Faust app has stopped, a task of its consumer machinery can ignore the final
-    cancel, and ``asyncio.run`` then waits for it forever (seen with ``make eval``).
-    """
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.wait(pending, timeout=cleanup_seconds))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 @main.command()
@@ -349,10 +331,11 @@ def generate(customers: int, rate: float | None, seed: int, old_schema_fraction:
 def demo(customers: int, rate: float | None, timeout: float) -> None:
     """Set up, run the worker and the generator, then show what happened (make run)."""
     from streams.demo import run_demo
+    from streams.runner import run_bounded
 
     settings = _settings()
     _logging(settings, "WARNING")
-    ok = asyncio.run(run_demo(settings, customers=customers, rate=rate, timeout=timeout))
+    ok = run_bounded(run_demo(settings, customers=customers, rate=rate, timeout=timeout))
     sys.exit(0 if ok else 1)
 
 
@@ -363,10 +346,11 @@ def demo(customers: int, rate: float | None, timeout: float) -> None:
 def bench(events: int, latency_rate: float, latency_seconds: float) -> None:
     """Each stage's events/s against a ceiling measured in the same run (make bench)."""
     from streams.bench import run_bench
+    from streams.runner import run_bounded
 
     settings = _settings()
     _logging(settings, "WARNING")
-    asyncio.run(
+    run_bounded(
         run_bench(
             settings, events=events, latency_rate=latency_rate, latency_seconds=latency_seconds
         )

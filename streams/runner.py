@@ -73,3 +73,22 @@ async def wait_for(
                 return value
         await asyncio.sleep(interval)
     return value
+
+
+def run_bounded(coro: Any, cleanup_seconds: float = 10.0) -> Any:
+    """``asyncio.run`` whose clean-up gives up on tasks that ignore cancellation.
+
+    After a Faust app has stopped, a task of its consumer machinery can ignore the final
+    cancel, and ``asyncio.run`` then waits for it forever (seen with ``make eval``).
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=cleanup_seconds))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

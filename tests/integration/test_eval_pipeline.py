@@ -28,7 +28,6 @@ caught the customer stage reading its table with ``str`` keys while the table he
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ import pytest
 
 from streams.detect import RULE_NAMES
 from streams.eval_pipeline import run_eval
+from streams.runner import run_bounded
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def evaluated(
         sink_flush_seconds=0.3,
         ingest_batch_seconds=0.1,
     )
-    yield asyncio.run(run_eval(settings, customers=CUSTOMERS, seed=SEED, timeout=90.0))
+    yield run_bounded(run_eval(settings, customers=CUSTOMERS, seed=SEED, timeout=90.0))
 
 
 def test_every_event_lands_and_the_report_has_a_line_per_detector(
