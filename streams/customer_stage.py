@@ -261,9 +261,16 @@ class CustomerStage:
                         "merged_at": item["at"],
                     }
                     handover = state.apply_merge(notice, position)
-                    book.apply_merge(notice, now_ms, position)
                     absorbed_id, survivor_id = notice["absorbed"], notice["survivor"]
-                    if partition_for(absorbed_id, self.partitions) == partition and (
+                    home = partition_for(absorbed_id, self.partitions) == partition
+                    if home:
+                        # Only where the absorbed customer lives: its 360 entry counts input
+                        # positions of that partition. (The notice also reaches the
+                        # survivor's partition; a worker that owns both would otherwise
+                        # stamp the 360 with a position of the wrong partition and skip the
+                        # absorbed customer's later events.)
+                        book.apply_merge(notice, now_ms, position)
+                    if home and (
                         profiles.get(absorbed_id) is not None
                         or data.get(f"prof|{absorbed_id}") is not None
                     ):

@@ -172,3 +172,30 @@ def test_the_tick_reads_only_customers_whose_deadline_passed_and_survives_a_rest
     assert [k for k in store.reads if k.startswith("prof|")] == ["prof|c-complains"]
     assert store.data["due|0"] == {}
     assert restarted.tick([0], store, T0 + 200 * HOUR).alerts == []
+
+
+def test_a_merge_notice_on_the_survivors_partition_leaves_the_absorbed_360_alone() -> None:
+    # One worker owning both partitions (one store): the notice reaches the absorbed
+    # customer's partition (0) and the survivor's (1). Only partition 0 may touch the
+    # absorbed 360 entry, whose positions are partition 0's; a later event for the absorbed
+    # id (a replay keeps its first customer) must still count.
+    from streams.customer_stage import merge_item
+
+    absorbed, survivor = "c-a0", "c-b0"
+    stage = CustomerStage(2, lateness_ms=60_000, pane_events=10_000)
+    store = Store()
+    for p in (0, 1):
+        stage.restore(p, store)
+    notice = merge_item(survivor, absorbed, NOW)
+    first = ev(absorbed, NOW - 30_000, event_id="x1")["record"]
+    store.apply(
+        stage.process({0: [(5, event_item(absorbed, first, anchor_key(first)))]}, store, NOW)
+    )
+    # The survivor's partition sees the notice at a far higher position of *its* input.
+    store.apply(stage.process({1: [(900 * POSITION_SCALE, notice)]}, store, NOW))
+    store.apply(stage.process({0: [(6, notice)]}, store, NOW))
+    late = ev(absorbed, NOW - 20_000, event_id="x2")["record"]
+    store.apply(stage.process({0: [(7, event_item(absorbed, late, anchor_key(late)))]}, store, NOW))
+    saved = store.data[f"360|{absorbed}"]
+    assert saved["events"] == 2, saved
+    assert saved["merged_into"] == survivor
