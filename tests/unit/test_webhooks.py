@@ -304,24 +304,22 @@ def test_client_errors_are_not_retried() -> None:
 
 
 def test_full_queue_dead_letters_instead_of_blocking() -> None:
-    async def scenario() -> tuple[list[DeadDelivery], int, float]:
+    async def scenario() -> tuple[list[DeadDelivery], int]:
         dead: list[DeadDelivery] = []
         dispatcher = WebhookDispatcher(
             [SUB], dead.append, queue_size=3, policy=FAST, transport=FakeTransport([])
         )
-        started = time.perf_counter()
-        queued = sum(dispatcher.enqueue(alert(f"a{i}")) for i in range(10))  # not started
-        elapsed = time.perf_counter() - started
+        # Not started: nothing drains the queue, so a blocking enqueue would never return.
+        queued = sum(dispatcher.enqueue(alert(f"a{i}")) for i in range(10))
         await dispatcher.start()
         await dispatcher.join()
         await dispatcher.stop()
-        return dead, queued, elapsed
+        return dead, queued
 
-    dead, queued, elapsed = asyncio.run(scenario())
+    dead, queued = asyncio.run(scenario())
     assert queued == 3
     assert [d.alert_id for d in dead] == [f"a{i}" for i in range(3, 10)]
     assert {d.reason for d in dead} == {"queue_full"}
-    assert elapsed < 0.5
 
 
 def test_stop_dead_letters_whatever_is_left_and_async_sinks_are_awaited() -> None:
