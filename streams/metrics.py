@@ -185,14 +185,9 @@ def metrics_table() -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(readme: Path) -> None:
-    """Replace the table between the README's metrics-table markers."""
-    text = readme.read_text()
-    start, end = "<!-- metrics-table:start -->", "<!-- metrics-table:end -->"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{metrics_table()}\n{end}{tail}")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    write_readme_table(Path(__file__).resolve().parents[1] / "README.md")
+    from streams.readme import write_section
+
+    write_section(
+        Path(__file__).resolve().parents[1] / "README.md", "metrics-table", metrics_table()
+    )

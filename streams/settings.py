@@ -193,14 +193,7 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(readme: Path) -> None:
-    """Replace the table between the README's settings-table markers."""
-    text = readme.read_text()
-    start, end = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{settings_table()}\n{end}{tail}")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    write_readme_table(_REPO_ROOT / "README.md")
+    from streams.readme import write_section
+
+    write_section(_REPO_ROOT / "README.md", "settings-table", settings_table())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,16 @@ from streams.aggregates import Measures, recompute
 from streams.envelope import unpack
 from streams.generator import encode_events, generate, produce
 from streams.model import ResolvedEvent
-from streams.runner import prepare
 from streams.settings import Settings
 from tests.integration.test_identity_workers import (
     KILL_POINT_TIMEOUT,
     READY_TIMEOUT,
     STOP_TIMEOUT,
-    InTestSink,
-    LagProbe,
     WorkerProcess,
     codec_for,
     log_tails,
     normalised_records,
+    observers,
     wait_quiescent,
     wait_ready,
     wait_until,
@@ -164,13 +163,10 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def _diff(
-    name: str,
-    got: dict[tuple[Any, ...], tuple[Any, ...]],
-    want: dict[tuple[Any, ...], tuple[Any, ...]],
-    columns: tuple[str, ...],
-    limit: int = 6,
+def _lost_and_extra(
+    name: str, got: Mapping[Any, Any], want: Mapping[Any, Any], limit: int
 ) -> list[str]:
+    """Buckets the recomputation has and the views lack (lost windows), and the reverse."""
     problems: list[str] = []
     lost = sorted(set(want) - set(got), key=str)
     extra = sorted(set(got) - set(want), key=str)
@@ -178,6 +174,17 @@ def _diff(
         problems.append(f"{name}: {len(lost)} buckets missing (lost windows), e.g. {lost[:limit]}")
     if extra:
         problems.append(f"{name}: {len(extra)} buckets nobody sent, e.g. {extra[:limit]}")
+    return problems
+
+
+def _diff(
+    name: str,
+    got: dict[tuple[Any, ...], tuple[Any, ...]],
+    want: dict[tuple[Any, ...], tuple[Any, ...]],
+    columns: tuple[str, ...],
+    limit: int = 6,
+) -> list[str]:
+    problems = _lost_and_extra(name, got, want, limit)
     wrong = []
     for key in sorted(set(got) & set(want), key=str):
         cols = [
@@ -207,13 +214,7 @@ def _compare_measures(
     got: dict[tuple[Any, ...], Measures], want: dict[tuple[Any, ...], Measures], limit: int = 6
 ) -> tuple[list[str], Counter[str]]:
     """Every measure of every bucket; the history-dependent ones are only counted."""
-    problems: list[str] = []
-    lost = sorted(set(want) - set(got), key=str)
-    extra = sorted(set(got) - set(want), key=str)
-    if lost:
-        problems.append(f"cx_partials: {len(lost)} buckets lost, e.g. {lost[:limit]}")
-    if extra:
-        problems.append(f"cx_partials: {len(extra)} unexpected buckets, e.g. {extra[:limit]}")
+    problems = _lost_and_extra("cx_partials", got, want, limit)
     history: Counter[str] = Counter()
     wrong = []
     for key in sorted(set(got) & set(want), key=str):
@@ -305,101 +306,104 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
     t0 = time.monotonic()
 
     async def scenario() -> None:
-        prepare(s)
-        sink = InTestSink(s)
-        await sink.start()
-        probe = LagProbe(s)
-        await probe.start()
-        try:
-            first.start()
-            await wait_ready([first], READY_TIMEOUT)
-            timings["ready"] = time.monotonic() - t0
-            traffic = asyncio.create_task(produce(s, pairs, rate=RATE))
-            threshold = n // 3
+        async with observers(s) as (sink, probe):
+            try:
+                first.start()
+                await wait_ready([first], READY_TIMEOUT)
+                timings["ready"] = time.monotonic() - t0
+                traffic = asyncio.create_task(produce(s, pairs, rate=RATE))
+                threshold = n // 3
 
-            async def mid_stream() -> bool:
-                assert first.alive, "the worker died before the planned kill"
-                landed, partials = (
+                async def mid_stream() -> bool:
+                    assert first.alive, "the worker died before the planned kill"
+                    landed, partials = (
+                        await sink.rows(
+                            "SELECT (SELECT count() FROM {db}.touchpoints),"
+                            " (SELECT count() FROM {db}.cx_partials)"
+                        )
+                    )[0]
+                    return int(landed) >= threshold and int(partials) > 0
+
+                assert await wait_until(mid_stream, KILL_POINT_TIMEOUT), (
+                    f"{threshold} events and some partials never reached ClickHouse"
+                )
+                first.kill()
+                timings["killed"] = time.monotonic() - t0
+                facts["at_kill"] = (
                     await sink.rows(
                         "SELECT (SELECT count() FROM {db}.touchpoints),"
-                        " (SELECT count() FROM {db}.cx_partials)"
+                        " (SELECT count() FROM {db}.cx_partials),"
+                        " (SELECT sum(events) FROM {db}.cx_minute)"
                     )
                 )[0]
-                return int(landed) >= threshold and int(partials) > 0
+                facts["traffic_flowing_at_kill"] = not traffic.done()
+                second.start()
+                assert await asyncio.wait_for(traffic, timeout=60) == n
+                timings["all_produced"] = time.monotonic() - t0
 
-            assert await wait_until(mid_stream, KILL_POINT_TIMEOUT), (
-                f"{threshold} events and some partials never reached ClickHouse"
-            )
-            first.kill()
-            timings["killed"] = time.monotonic() - t0
-            facts["at_kill"] = (
-                await sink.rows(
-                    "SELECT (SELECT count() FROM {db}.touchpoints),"
-                    " (SELECT count() FROM {db}.cx_partials),"
-                    " (SELECT sum(events) FROM {db}.cx_minute)"
+                quiet = await wait_quiescent(
+                    sink,
+                    probe,
+                    s,
+                    expected_events=n,
+                    fingerprints={
+                        "partials": "SELECT count(), sum(version), sum(events) FROM {db}.cx_partials",
+                    },
+                    timeout=QUIESCE_TIMEOUT,
+                    stable_polls=4,
+                    interval=2.0,  # stable for longer than the aggregator's 5 s rolling flush
+                    workers=[second],
                 )
-            )[0]
-            facts["traffic_flowing_at_kill"] = not traffic.done()
-            second.start()
-            assert await asyncio.wait_for(traffic, timeout=60) == n
-            timings["all_produced"] = time.monotonic() - t0
+                timings["quiescent"] = time.monotonic() - t0
+                assert quiet.reached, f"not quiescent after {QUIESCE_TIMEOUT}s: {quiet.last}"
 
-            quiet = await wait_quiescent(
-                sink,
-                probe,
-                s,
-                expected_events=n,
-                fingerprints={
-                    "partials": "SELECT count(), sum(version), sum(events) FROM {db}.cx_partials",
-                },
-                timeout=QUIESCE_TIMEOUT,
-                stable_polls=4,
-                interval=2.0,  # stable for longer than the aggregator's 5 s rolling flush
-                workers=[second],
-            )
-            timings["quiescent"] = time.monotonic() - t0
-            assert quiet.reached, f"not quiescent after {QUIESCE_TIMEOUT}s: {quiet.last}"
-
-            facts["touchpoints"] = await sink.rows(
-                "SELECT event_id, customer_id_at_ingest FROM {db}.touchpoints_v"
-            )
-            facts["sql_recompute"] = await sink.rows(_RECOMPUTE_SQL)
-            facts["cx_minute"] = await sink.rows(_view_sql("cx_minute", "toUnixTimestamp(minute)"))
-            facts["cx_hour"] = await sink.rows(_view_sql("cx_hour", "toUnixTimestamp(hour)"))
-            facts["cx_day"] = await sink.rows(_view_sql("cx_day", "toString(day)"))
-            facts["minutes_to_hours"] = await sink.rows(
-                _rollup_sql("cx_minute", "toUnixTimestamp(toStartOfHour(minute))")
-            )
-            facts["hours_to_days"] = await sink.rows(
-                _rollup_sql("cx_hour", "toString(toDate(hour))")
-            )
-            facts["hour_customers"] = await sink.rows(
-                "SELECT toUnixTimestamp(toStartOfHour(occurred_at)) AS h, channel, event_type,"
-                f" country, {_SEGMENT_SQL} AS seg, uniqExact(customer_id_at_ingest)"
-                " FROM {db}.touchpoints_v WHERE customer_id_at_ingest != ''"
-                " GROUP BY h, channel, event_type, country, seg"
-            )
-            facts["hour_uniques"] = await sink.rows(
-                "SELECT toUnixTimestamp(hour), channel, event_type, country, segment,"
-                " unique_customers"
-                " FROM {db}.cx_hour"
-            )
-            partial_cols = ["toUnixTimestamp(minute) * 1000", "channel", "event_type", "country"]
-            facts["partials"] = await sink.rows(
-                f"SELECT {', '.join(partial_cols)}, segment, {', '.join(Measures.FIELDS)}"
-                " FROM {db}.cx_partials FINAL"
-            )
-            facts["c360_events"] = await sink.scalar("SELECT sum(events) FROM {db}.customer_360_v")
-            facts["valid_duplicates"] = await _duplicate_event_ids(s, s.topics.valid)
-            facts["resolved_duplicates"] = await _duplicate_event_ids(s, s.topics.resolved)
-            facts["dead_letters"] = await sink.rows(
-                "SELECT reason, count() FROM {db}.dead_letters GROUP BY reason"
-            )
-        finally:
-            facts["exit_code"] = await asyncio.to_thread(second.terminate)
-            timings["stopped"] = time.monotonic() - t0
-            await sink.stop()
-            await probe.close()
+                facts["touchpoints"] = await sink.rows(
+                    "SELECT event_id, customer_id_at_ingest FROM {db}.touchpoints_v"
+                )
+                facts["sql_recompute"] = await sink.rows(_RECOMPUTE_SQL)
+                facts["cx_minute"] = await sink.rows(
+                    _view_sql("cx_minute", "toUnixTimestamp(minute)")
+                )
+                facts["cx_hour"] = await sink.rows(_view_sql("cx_hour", "toUnixTimestamp(hour)"))
+                facts["cx_day"] = await sink.rows(_view_sql("cx_day", "toString(day)"))
+                facts["minutes_to_hours"] = await sink.rows(
+                    _rollup_sql("cx_minute", "toUnixTimestamp(toStartOfHour(minute))")
+                )
+                facts["hours_to_days"] = await sink.rows(
+                    _rollup_sql("cx_hour", "toString(toDate(hour))")
+                )
+                facts["hour_customers"] = await sink.rows(
+                    "SELECT toUnixTimestamp(toStartOfHour(occurred_at)) AS h, channel, event_type,"
+                    f" country, {_SEGMENT_SQL} AS seg, uniqExact(customer_id_at_ingest)"
+                    " FROM {db}.touchpoints_v WHERE customer_id_at_ingest != ''"
+                    " GROUP BY h, channel, event_type, country, seg"
+                )
+                facts["hour_uniques"] = await sink.rows(
+                    "SELECT toUnixTimestamp(hour), channel, event_type, country, segment,"
+                    " unique_customers"
+                    " FROM {db}.cx_hour"
+                )
+                partial_cols = [
+                    "toUnixTimestamp(minute) * 1000",
+                    "channel",
+                    "event_type",
+                    "country",
+                ]
+                facts["partials"] = await sink.rows(
+                    f"SELECT {', '.join(partial_cols)}, segment, {', '.join(Measures.FIELDS)}"
+                    " FROM {db}.cx_partials FINAL"
+                )
+                facts["c360_events"] = await sink.scalar(
+                    "SELECT sum(events) FROM {db}.customer_360_v"
+                )
+                facts["valid_duplicates"] = await _duplicate_event_ids(s, s.topics.valid)
+                facts["resolved_duplicates"] = await _duplicate_event_ids(s, s.topics.resolved)
+                facts["dead_letters"] = await sink.rows(
+                    "SELECT reason, count() FROM {db}.dead_letters GROUP BY reason"
+                )
+            finally:
+                facts["exit_code"] = await asyncio.to_thread(second.terminate)
+                timings["stopped"] = time.monotonic() - t0
 
     try:
         asyncio.run(scenario())

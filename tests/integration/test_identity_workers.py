@@ -29,8 +29,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,23 @@ async def wait_until(
     return False
 
 
+@asynccontextmanager
+async def observers(settings: Settings) -> AsyncIterator[tuple[InTestSink, LagProbe]]:
+    """A worker-process scenario's topics and tables, its in-test sink and its lag probe."""
+    prepare(settings)
+    sink = InTestSink(settings)
+    await sink.start()
+    try:
+        probe = LagProbe(settings)
+        await probe.start()
+        try:
+            yield sink, probe
+        finally:
+            await probe.close()
+    finally:
+        await sink.stop()
+
+
 async def wait_ready(workers: Sequence[WorkerProcess], timeout: float = READY_TIMEOUT) -> None:
     async def all_ready() -> bool:
         dead = [w.name for w in workers if not w.alive]
@@ -457,88 +475,84 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
     t0 = time.monotonic()
 
     async def scenario() -> None:
-        prepare(s)
-        sink = InTestSink(s)
-        await sink.start()
-        probe = LagProbe(s)
-        await probe.start()
-        try:
-            a.start()
-            b.start()
-            await wait_ready([a, b])
-            timings["workers_ready"] = time.monotonic() - t0
+        async with observers(s) as (sink, probe):
+            try:
+                a.start()
+                b.start()
+                await wait_ready([a, b])
+                timings["workers_ready"] = time.monotonic() - t0
 
-            first = asyncio.create_task(produce(s, pairs[:half], rate=FIRST_HALF_RATE))
-            threshold = max(1, half // 4)
+                first = asyncio.create_task(produce(s, pairs[:half], rate=FIRST_HALF_RATE))
+                threshold = max(1, half // 4)
 
-            async def partly_processed() -> bool:
-                assert a.alive and b.alive, "a worker died before the planned kill"
-                count = int(await sink.scalar("SELECT count() FROM {db}.touchpoints"))
-                return count >= threshold
+                async def partly_processed() -> bool:
+                    assert a.alive and b.alive, "a worker died before the planned kill"
+                    count = int(await sink.scalar("SELECT count() FROM {db}.touchpoints"))
+                    return count >= threshold
 
-            assert await wait_until(partly_processed, KILL_POINT_TIMEOUT), (
-                f"fewer than {threshold} events reached ClickHouse in {KILL_POINT_TIMEOUT}s"
-            )
-            a.kill()
-            facts["landed_at_kill"] = await sink.scalar("SELECT count() FROM {db}.touchpoints")
-            facts["produced_before_kill"] = not first.done()
-            timings["killed"] = time.monotonic() - t0
-            a2.start()
-            assert await asyncio.wait_for(first, timeout=60) == half
-            assert await asyncio.wait_for(produce(s, pairs[half:]), timeout=60) == n - half
-            timings["all_produced"] = time.monotonic() - t0
+                assert await wait_until(partly_processed, KILL_POINT_TIMEOUT), (
+                    f"fewer than {threshold} events reached ClickHouse in {KILL_POINT_TIMEOUT}s"
+                )
+                a.kill()
+                facts["landed_at_kill"] = await sink.scalar("SELECT count() FROM {db}.touchpoints")
+                facts["produced_before_kill"] = not first.done()
+                timings["killed"] = time.monotonic() - t0
+                a2.start()
+                assert await asyncio.wait_for(first, timeout=60) == half
+                assert await asyncio.wait_for(produce(s, pairs[half:]), timeout=60) == n - half
+                timings["all_produced"] = time.monotonic() - t0
 
-            quiet = await wait_quiescent(
-                sink,
-                probe,
-                s,
-                expected_events=n,
-                fingerprints={
-                    "identity_map": "SELECT count(), groupBitXor(cityHash64(identifier, customer_id))"
-                    " FROM {db}.identity_map_v",
-                    "timelines": "SELECT count(), groupBitXor(cityHash64(event_id, customer_id))"
-                    " FROM {db}.customer_touchpoints_v",
-                },
-                timeout=QUIESCE_TIMEOUT,
-                workers=[b, a2],
-            )
-            timings["quiescent"] = time.monotonic() - t0
-            # Not asserted here: what is missing or doubled is the better report.
-            facts["quiet"] = quiet
-            if not quiet.reached:  # what the consumers believe, and every task's stack
+                quiet = await wait_quiescent(
+                    sink,
+                    probe,
+                    s,
+                    expected_events=n,
+                    fingerprints={
+                        "identity_map": "SELECT count(), groupBitXor(cityHash64(identifier, customer_id))"
+                        " FROM {db}.identity_map_v",
+                        "timelines": "SELECT count(), groupBitXor(cityHash64(event_id, customer_id))"
+                        " FROM {db}.customer_touchpoints_v",
+                    },
+                    timeout=QUIESCE_TIMEOUT,
+                    workers=[b, a2],
+                )
+                timings["quiescent"] = time.monotonic() - t0
+                # Not asserted here: what is missing or doubled is the better report.
+                facts["quiet"] = quiet
+                if not quiet.reached:  # what the consumers believe, and every task's stack
+                    for w in (b, a2):
+                        url = f"http://127.0.0.1:{w.port}/debug/consumer"
+                        try:
+                            with urllib.request.urlopen(url, timeout=5) as response:
+                                print(f"worker {w.name} {url}: {response.read().decode()}")
+                        except (urllib.error.URLError, OSError) as exc:
+                            print(f"worker {w.name} {url}: {exc!r}")
+                        if w.alive and w.proc is not None:
+                            w.proc.send_signal(signal.SIGUSR1)  # mode's task dump into the log
+                    await asyncio.sleep(3)
+
+                facts["identity_map"] = await sink.rows(
+                    "SELECT identifier, customer_id FROM {db}.identity_map_v"
+                )
+                facts["timeline"] = await sink.rows(
+                    "SELECT event_id, customer_id, identity_key, customer_id_at_ingest"
+                    " FROM {db}.customer_touchpoints_v"
+                )
+                facts["touchpoints"] = await sink.rows(
+                    "SELECT count(), uniqExact(event_id) FROM {db}.touchpoints_v"
+                )
+                facts["refusals"] = await sink.rows(
+                    "SELECT reason, identifier, evidence FROM {db}.identity_refusals FINAL LIMIT 10"
+                )
+                facts["merges"] = await sink.scalar(
+                    "SELECT count() FROM {db}.customer_merges FINAL"
+                )
+            finally:
+                exits = {}
                 for w in (b, a2):
-                    url = f"http://127.0.0.1:{w.port}/debug/consumer"
-                    try:
-                        with urllib.request.urlopen(url, timeout=5) as response:
-                            print(f"worker {w.name} {url}: {response.read().decode()}")
-                    except (urllib.error.URLError, OSError) as exc:
-                        print(f"worker {w.name} {url}: {exc!r}")
-                    if w.alive and w.proc is not None:
-                        w.proc.send_signal(signal.SIGUSR1)  # mode's task dump into the log
-                await asyncio.sleep(3)
-
-            facts["identity_map"] = await sink.rows(
-                "SELECT identifier, customer_id FROM {db}.identity_map_v"
-            )
-            facts["timeline"] = await sink.rows(
-                "SELECT event_id, customer_id, identity_key, customer_id_at_ingest"
-                " FROM {db}.customer_touchpoints_v"
-            )
-            facts["touchpoints"] = await sink.rows(
-                "SELECT count(), uniqExact(event_id) FROM {db}.touchpoints_v"
-            )
-            facts["refusals"] = await sink.rows(
-                "SELECT reason, identifier, evidence FROM {db}.identity_refusals FINAL LIMIT 10"
-            )
-            facts["merges"] = await sink.scalar("SELECT count() FROM {db}.customer_merges FINAL")
-        finally:
-            exits = {}
-            for w in (b, a2):
-                exits[w.name] = await asyncio.to_thread(w.terminate)
-            facts["exit_codes"] = exits
-            timings["workers_stopped"] = time.monotonic() - t0
-            await sink.stop()
-            await probe.close()
+                    exits[w.name] = await asyncio.to_thread(w.terminate)
+                facts["exit_codes"] = exits
+                timings["workers_stopped"] = time.monotonic() - t0
 
     try:
         asyncio.run(scenario())

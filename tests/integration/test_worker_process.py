@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,26 +20,9 @@ from streams.runner import prepare
 from streams.samples import valid_template
 from streams.settings import Settings
 from streams.sink import SinkService
+from tests.integration.test_identity_workers import free_port, worker_env
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(settings: Settings, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CLICKHOUSE_"))}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[name.upper()] = str(value)
-    env.update(overrides)
-    return env
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -57,8 +38,8 @@ def _get(url: str) -> tuple[int, str]:
 def test_worker_process_ingests_serves_http_and_stops_cleanly(
     settings: Settings, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = _env(
+    port = free_port()
+    env = worker_env(
         settings, SINK_ENABLED="false", WEB_PORT=str(port), WEB_HOST="127.0.0.1", LOG_FORMAT="json"
     )
     log = (tmp_path / "worker.log").open("wb")
