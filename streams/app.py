@@ -41,6 +41,7 @@ from streams.customer_stage import (
 from streams.detect import Detector, Rules
 from streams.dlq import RawMessage
 from streams.envelope import group_by_partition, pack_chunks, partition_for, unpack
+from streams.faust_transport import keep_buffers_on_resume
 from streams.identity import (
     Erased,
     IdentityNode,
@@ -172,6 +173,7 @@ class Pipeline:
             web_enabled=settings.web_port > 0,
             web_in_thread=False,
         )
+        keep_buffers_on_resume(app)  # Faust empties them on every resume (a lost tail)
         self.app = app
         t = settings.topics
         self.raw_topic = self._bytes_topic(t.raw)

@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from streams.model import COMMERCE, CONTACT, SOCIAL, TouchpointRecord
+from streams.model import COMMERCE, CONTACT, SOCIAL, GeoRecord, TouchpointRecord
 
 __all__ = [
     "ALERT_COLUMNS",
@@ -423,6 +423,7 @@ _MAX_RECENT: Final = 20
 _MAX_VELOCITY: Final = 32
 _MAX_COMPLAINTS: Final = 8
 _MAX_FRESH: Final = 8
+_MAX_GEOS: Final = 8
 
 _CONTACT_TYPES: Final = frozenset({"call", "chat", "email", "complaint"})
 _FAILURE_TYPES: Final = frozenset({"checkout_failed", "login_failed"})
@@ -469,7 +470,7 @@ class Profile:
     last_ms: int = 0
     countries: dict[str, int] = field(default_factory=dict)  # country -> events
     cities: dict[str, int] = field(default_factory=dict)  # city -> events
-    last_geo: list[Any] | None = None  # [lat, lon, ts, country, event_id, event_type]
+    geos: list[list[Any]] = field(default_factory=list)  # [ts, id, lat, lon, cc, type]
     timezone: str | None = None  # last IANA zone seen
     devices: dict[str, int] = field(default_factory=dict)  # device key -> last seen ms
     fresh: list[list[Any]] = field(default_factory=list)  # [ts, "d"/"c", key] first seen
@@ -494,12 +495,24 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
-        """From ``to_dict`` output (after JSON); unknown keys are ignored, missing default."""
+        """From ``to_dict`` output (after JSON); unknown keys are ignored, missing default.
+
+        A profile stored before ``geos`` (one ``last_geo``) starts its history with it.
+        """
         known = {k: v for k, v in data.items() if k in _PROFILE_FIELDS}
+        old = data.get("last_geo")
+        if "geos" not in known and isinstance(old, list) and len(old) == 6:
+            lat, lon, ts, country, event_id, event_type = old
+            known["geos"] = [[ts, event_id, lat, lon, country, event_type]]
         profile = cls(**known)
         if len(profile.hours) != 24:
             raise ValueError(f"profile {profile.customer_id}: hours must have 24 bins")
         return profile
+
+    @property
+    def last_geo(self) -> list[Any] | None:
+        """The newest location in event time: [ts, event_id, lat, lon, country, type]."""
+        return self.geos[-1] if self.geos else None
 
     def usual_countries(self, n: int = 3) -> list[str]:
         return [c for c, _ in sorted(self.countries.items(), key=lambda kv: -kv[1])[:n]]
@@ -677,11 +690,38 @@ def _session_attrs(
 def observe_impossible_travel(
     profile: Profile, record: TouchpointRecord, rule: ImpossibleTravel, now_ms: int
 ) -> Alert | None:
+    """The event against its neighbours in *event time*: the customer's latest location
+    before it and, when it arrives late, the earliest one after it. The answer then does
+    not depend on the order events arrive in (within the ``_MAX_GEOS`` newest locations).
+    """
     geo = record["context"]["geo"]
-    last = profile.last_geo
-    if geo is None or last is None:
+    if geo is None or not profile.geos:
         return None
-    lat, lon, prev_ts, prev_country, prev_id, prev_type = last
+    ts = record["occurred_at"]
+    geos = profile.geos
+    i = bisect.bisect_right(geos, ts, key=lambda g: g[0])
+    for other, after in (
+        (geos[i - 1] if i else None, False),
+        (geos[i] if i < len(geos) else None, True),
+    ):
+        if other is not None:
+            alert = _travel(profile, record, geo, other, after, rule, now_ms)
+            if alert is not None:
+                return alert
+    return None
+
+
+def _travel(
+    profile: Profile,
+    record: TouchpointRecord,
+    geo: GeoRecord,
+    other: list[Any],
+    after: bool,
+    rule: ImpossibleTravel,
+    now_ms: int,
+) -> Alert | None:
+    """Too fast between this event and ``other`` (a location entry), else None."""
+    other_ts, other_id, lat, lon, other_country, other_type = other
     # Cheap bound first: the great-circle distance is at most the degree "Manhattan" sum.
     if (abs(geo["lat"] - lat) + abs(geo["lon"] - lon)) * 111.2 < rule.min_distance_km:
         return None
@@ -689,7 +729,7 @@ def observe_impossible_travel(
     if distance < rule.min_distance_km:
         return None
     ts = record["occurred_at"]
-    elapsed = abs(ts - prev_ts)
+    elapsed = abs(ts - other_ts)
     speed = math.inf if elapsed == 0 else distance / (elapsed / _HOUR)
     if speed <= rule.max_speed_kmh:
         return None
@@ -698,22 +738,24 @@ def observe_impossible_travel(
     speed_text = "simultaneous" if math.isinf(speed) else f"{speed:,.0f} km/h"
     summary = (
         f"usual countries {_usual(profile.countries)}; this {record['event_type']} from "
-        f"{country} {_duration(elapsed)} after a {prev_country or '?'} {prev_type}: "
+        f"{country} {_duration(elapsed)} {'before' if after else 'after'} a "
+        f"{other_country or '?'} {other_type}: "
         f"{distance:,.0f} km in {_duration(elapsed)} ({speed_text}; limit "
         f"{rule.max_speed_kmh:,.0f} km/h)"
     )
+    pair = [record["event_id"], other_id] if after else [other_id, record["event_id"]]
     return _make_alert(
         profile,
         "impossible_travel",
         rule,
         score=score,
         summary=summary,
-        event_ids=[prev_id, record["event_id"]],
+        event_ids=pair,  # in event time
         evidence={
             "baseline_countries": _usual(profile.countries),
-            "previous_event_id": prev_id,
-            "previous_country": prev_country or "",
-            "previous_location": f"{lat:.4f},{lon:.4f}",
+            "previous_event_id" if not after else "next_event_id": other_id,
+            "previous_country" if not after else "next_country": other_country or "",
+            "previous_location" if not after else "next_location": f"{lat:.4f},{lon:.4f}",
             "observed_country": country,
             "observed_location": f"{geo['lat']:.4f},{geo['lon']:.4f}",
             "distance_km": f"{distance:.0f}",
@@ -721,7 +763,7 @@ def observe_impossible_travel(
             "speed_kmh": "inf" if math.isinf(speed) else f"{speed:.0f}",
             "threshold_kmh": f"{rule.max_speed_kmh:g}",
         },
-        occurred_at=record["occurred_at"],
+        occurred_at=max(ts, other_ts),
         now_ms=now_ms,
     )
 
@@ -1180,8 +1222,9 @@ def fold(profile: Profile, record: TouchpointRecord) -> Profile:
     if geo is not None:
         if geo["city"]:
             _bump(profile.cities, geo["city"], _MAX_PLACES)
-        if profile.last_geo is None or ts >= profile.last_geo[2]:
-            profile.last_geo = [geo["lat"], geo["lon"], ts, country, event_id, event_type]
+        _insert(
+            profile.geos, [ts, event_id, geo["lat"], geo["lon"], country, event_type], _MAX_GEOS
+        )
     zone = context["timezone"]
     if zone and zone != profile.timezone and _zone(zone) is not None:
         profile.timezone = zone
@@ -1325,7 +1368,7 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
         last_ms=max(survivor.last_ms, absorbed.last_ms),
         countries=_merge_counts(survivor.countries, absorbed.countries, _MAX_PLACES),
         cities=_merge_counts(survivor.cities, absorbed.cities, _MAX_PLACES),
-        last_geo=_later(survivor.last_geo, absorbed.last_geo, at=2),
+        geos=_merge_entries(survivor.geos, absorbed.geos, _MAX_GEOS),
         timezone=newer.timezone or survivor.timezone or absorbed.timezone,
         devices=devices,
         fresh=_merge_entries(survivor.fresh, absorbed.fresh, _MAX_FRESH),

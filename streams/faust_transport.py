@@ -12,10 +12,18 @@ rebalance cancels the rest of the batch exactly as Faust cancels the one
 message (the undelivered messages are not acked, so they are fetched again).
 Offsets, gaps, acks and commits are Faust's own code paths.
 
-Two rebalance races are closed here (both lost messages in the two-worker kill test):
-a message fetched before a rebalance never moves the read offset after it (the re-fetched
-copy would be dropped as already read), and a partition without a committed offset is
-rewound after a rebalance (``seek_to_committed``).
+The rebalance races closed here all lost messages in the two-worker kill test
+(``tests/integration/test_identity_workers.py``):
+
+* a message fetched before a rebalance never moves the read offset after it (the
+  re-fetched copy would be dropped as already read);
+* a partition without a committed offset is rewound after a rebalance
+  (``seek_to_committed``);
+* acks of an earlier generation are not recorded, and the ack bookkeeping restarts from
+  the committed offsets after each seek;
+* resuming flow does not clear the stream buffers (``KeepBuffersOnResume``);
+* an offset is committed only when the acked run starts exactly at the committed offset,
+  and a commit that failed does not move the committed offset we keep in memory.
 
 Registered as the ``tpkafka://`` transport (entry point ``faust.transports``);
 ``streams.app`` uses it by default (``KAFKA_FAST_CONSUMER=false`` turns it off).
@@ -30,8 +38,35 @@ from typing import Any
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent
 
-__all__ = ["BatchingConsumer", "Transport"]
+__all__ = ["BatchingConsumer", "KeepBuffersOnResume", "Transport", "keep_buffers_on_resume"]
+
+
+class KeepBuffersOnResume(FlowControlEvent):
+    """Faust's flow control, except that ``resume()`` does not empty the stream buffers.
+
+    Faust empties every stream buffer on *each* resume. Recovery resumes the stream
+    partitions, then seeks them to their committed offsets, then resumes flow: messages
+    fetched from the sought position while the seek was being awaited are in the buffers
+    with their read offsets recorded, and the resume throws them away. Nothing fetches
+    them again (measured: the tail of a partition never processed, its lag stuck, while
+    the consumer's fetch position is at the end). Keeping them is safe: they belong to
+    the current generation, and a copy fetched again is only a duplicate for stages that
+    are idempotent. The buffers are still emptied on revoke (``flow_control.clear()``),
+    and the seek that follows every revoke fetches what they held again.
+    """
+
+    def resume(self) -> None:
+        self._suspend.clear()
+        self._resume.set()
+
+
+def keep_buffers_on_resume(app: Any) -> None:
+    """Install ``KeepBuffersOnResume`` as ``app.flow_control``; before any stream exists."""
+    if "flow_control" in app.__dict__:
+        raise RuntimeError("flow control is already in use: install it right after App()")
+    app.flow_control = KeepBuffersOnResume(loop=app.loop)
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
@@ -71,6 +106,30 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 consumer.seek_to_beginning, *faust_aiokafka.ensure_aiokafka_TPset(rewind)
             )
         return committed
+
+    def _new_offset(self, tp: TP) -> int | None:  # pragma: no cover - via Faust
+        """Faust's next offset to commit, without its off-by-one: Faust commits past the
+        committed offset when the acked run starts one *after* it (``min(acked) -
+        committed > 1``), i.e. with the message at the committed offset never acked."""
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed and not self._gap[tp] and min(acked) > committed:
+            return None
+        return super()._new_offset(tp)
+
+    async def _commit_offsets(  # pragma: no cover - via Faust
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        """Faust's commit, except that a failed commit (a rebalance in between) leaves the
+        committed offsets we keep in memory as they were: Faust records them anyway, and
+        then refuses the acks of the messages it reads again as already committed."""
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        did_commit = bool(await super()._commit_offsets(offsets, start_new_transaction))
+        if not did_commit:
+            for tp, offset in before.items():
+                if self._committed_offset.get(tp) == offsets[tp]:
+                    self._committed_offset[tp] = offset
+        return did_commit
 
     def ack(self, message: Any) -> bool:  # pragma: no cover - via Faust
         """Record an ack only for a message of the current assignment: a batch fetched

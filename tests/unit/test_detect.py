@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import typing
@@ -483,7 +484,40 @@ def test_impossible_travel_with_an_out_of_order_event() -> None:
         ],
     )
     assert alert["evidence"]["elapsed_s"] == "1800"
-    assert profile.last_geo is not None and profile.last_geo[2] == T0  # newest location kept
+    assert alert["evidence"]["next_country"] == "GB"  # judged against the event after it
+    assert "30 min before a GB login" in alert["summary"]
+    assert profile.last_geo is not None and profile.last_geo[0] == T0  # newest location kept
+
+
+def test_impossible_travel_does_not_depend_on_arrival_order() -> None:
+    """A trip home -> far -> home: the far payment is flagged whatever order the three
+    events arrive in, even when the later home event arrives before the first one."""
+    home_login = rec("login", ts=T0, geo=LONDON, event_id="home-1")
+    far_payment = pay(80.0, T0 + 40 * MIN, country="BR", geo=SAO_PAULO, event_id="far")
+    home_again = rec("login", ts=T0 + 2 * DAY, geo=LONDON, event_id="home-2")
+    for order in itertools.permutations([home_login, far_payment, home_again]):
+        alerts = run(only("impossible_travel"), Profile("CRM-1"), copy.deepcopy(list(order)))
+        assert [sorted(a["event_ids"]) for a in alerts] == [["far", "home-1"]], order
+
+
+def test_plausible_trip_is_not_flagged_in_any_arrival_order() -> None:
+    trip = [
+        rec("login", ts=T0, geo=LONDON, event_id="a"),
+        rec("login", ts=T0 + 12 * HOUR, geo=(40.4168, -3.7038), country="ES", event_id="b"),
+        rec("login", ts=T0 + 3 * DAY, geo=LONDON, event_id="c"),
+    ]
+    for order in itertools.permutations(trip):
+        assert run(only("impossible_travel"), Profile("CRM-1"), copy.deepcopy(list(order))) == []
+
+
+def test_a_profile_stored_with_last_geo_keeps_that_location() -> None:
+    stored = Profile("CRM-1").to_dict()
+    del stored["geos"]
+    stored["last_geo"] = [51.5074, -0.1278, T0, "GB", "old", "login"]
+    profile = Profile.from_dict(stored)
+    assert profile.geos == [[T0, "old", 51.5074, -0.1278, "GB", "login"]]
+    [alert] = run(only("impossible_travel"), profile, [rec("login", ts=T0 + MIN, geo=SAO_PAULO)])
+    assert alert["event_ids"][0] == "old"
 
 
 # --------------------------------------------------------------------------- new device/country
