@@ -39,7 +39,7 @@ from streams.aggregates import (
     Customer360Row,
     Row,
 )
-from streams.detect import Alert, Detector, Profile, merge_profiles
+from streams.detect import Alert, Detector, Profile
 from streams.envelope import partition_for
 from streams.ingest import DedupeBatch, Deduplicator, from_json
 from streams.model import MergeNotice, ResolvedEvent
@@ -219,11 +219,30 @@ class CustomerStage:
             profiles[customer_id] = loaded
             return loaded
 
+        def judge(state: AggregatorState, events: list[ResolvedEvent]) -> None:
+            """The detectors over a run of events, each customer's in event-time order
+            (stable: equal times keep their arrival order). A batch is a slice of one
+            partition, whose events can arrive out of event-time order (a customer's
+            events come through different identity partitions, and catch-up reads one
+            partition far ahead of another): judging them sorted removes the disorder
+            inside a batch. Aggregates and the 360 count positions, not judgements, and
+            keep arrival order."""
+            for event in sorted(events, key=lambda e: e["record"]["occurred_at"]):
+                customer = event["customer_id"]
+                updated, alerts = self.detector.process(profile(customer), event["record"], now_ms)
+                profiles[customer] = updated
+                for alert in alerts:
+                    out.alerts.append(alert)
+                    state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
+                    book.set_alert(customer, alert["rule"], True, now_ms)
+            events.clear()
+
         # Written last: a partition's changelog records land in order, so after a crash
         # mid-flush an event id is remembered only if everything it updated landed too.
         seen_puts: list[tuple[int, str, Any]] = []
         for partition, entries in items.items():
             state = self._states[partition]
+            to_judge: list[ResolvedEvent] = []  # judged before the next non-event item
             seen = self._seen.setdefault(partition, Deduplicator(self.dedupe_horizon_ms))
             fresh: list[str] = []
             pending: set[str] = set()
@@ -245,16 +264,11 @@ class CustomerStage:
                     state.add(event, now_ms, position)
                     book.add(event, now_ms, position)
                     out.events += 1
-                    customer = event["customer_id"]
-                    updated, alerts = self.detector.process(
-                        profile(customer), event["record"], now_ms
-                    )
-                    profiles[customer] = updated
-                    for alert in alerts:
-                        out.alerts.append(alert)
-                        state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
-                        book.set_alert(customer, alert["rule"], True, now_ms)
-                elif kind == "m":
+                    to_judge.append(event)
+                    continue
+                if to_judge:  # merges, hand-overs and erasures see the events before them
+                    judge(state, to_judge)
+                if kind == "m":
                     notice: MergeNotice = {
                         "survivor": item["s"],
                         "absorbed": item["a"],
@@ -297,9 +311,16 @@ class CustomerStage:
                         out.state_puts.append((partition, key, None))
                 elif kind == "p":  # an absorbed customer's profile joins the survivor's
                     survivor_id = item["s"]
-                    profiles[survivor_id] = merge_profiles(
-                        profile(survivor_id), Profile.from_dict(item["p"])
+                    merged, alerts = self.detector.merge(
+                        profile(survivor_id), Profile.from_dict(item["p"]), now_ms
                     )
+                    profiles[survivor_id] = merged
+                    for alert in alerts:
+                        out.alerts.append(alert)
+                        state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
+                        book.set_alert(survivor_id, alert["rule"], True, now_ms)
+            if to_judge:
+                judge(state, to_judge)
             out.late_events += state.late_events - late_before
             rolling = now_ms - self._last_rolling.get(partition, 0) >= self.rolling_ms
             if rolling:

@@ -42,7 +42,7 @@ from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -424,6 +424,12 @@ _MAX_VELOCITY: Final = 32
 _MAX_COMPLAINTS: Final = 8
 _MAX_FRESH: Final = 8
 _MAX_GEOS: Final = 8
+_MAX_COLD: Final = 6
+_FRAGMENT_EVENTS: Final = 12
+# Rules whose verdict depends on history a fragment does not have: judged again on merge.
+_REJUDGED: Final = frozenset(
+    {"new_device_new_country_high_value", "amount_outlier", "unusual_hour", "unhappy_valuable"}
+)
 
 _CONTACT_TYPES: Final = frozenset({"call", "chat", "email", "complaint"})
 _FAILURE_TYPES: Final = frozenset({"checkout_failed", "login_failed"})
@@ -489,6 +495,9 @@ class Profile:
     csat: list[Any] | None = None  # [ts, answer] last CSAT
     nps: list[Any] | None = None  # [ts, answer] last NPS
     cooldowns: dict[str, int] = field(default_factory=dict)  # rule -> last alert (event time)
+    # Events judged while this profile was a fragment (fewer than _FRAGMENT_EVENTS): a
+    # merge judges them again against the history of the other side ([ts, record]).
+    cold: list[list[Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _PROFILE_FIELDS}
@@ -1391,7 +1400,31 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
         csat=_later(survivor.csat, absorbed.csat),
         nps=_later(survivor.nps, absorbed.nps),
         cooldowns=cooldowns,
+        cold=(
+            _merge_cold(survivor.cold, absorbed.cold)
+            if survivor.seen + absorbed.seen < _FRAGMENT_EVENTS
+            else []
+        ),
     )
+
+
+def _merge_cold(a: list[list[Any]], b: list[list[Any]]) -> list[list[Any]]:
+    seen: set[str] = set()
+    out = []
+    for entry in sorted([*a, *b], key=lambda e: e[0]):
+        event_id = entry[1]["event_id"]
+        if event_id not in seen:
+            seen.add(event_id)
+            out.append(entry)
+    return out[-_MAX_COLD:]
+
+
+def from_json_record(record: Any) -> TouchpointRecord:
+    """A record kept in a profile, read back from JSON: the payload union is a tuple."""
+    payload = record["payload"]
+    if payload is not None:
+        record = {**record, "payload": (payload[0], payload[1])}
+    return cast(TouchpointRecord, record)
 
 
 # --------------------------------------------------------------------------- detector
@@ -1449,8 +1482,52 @@ class Detector:
                 alerts.append(alert)
         if self._complaints is not None and profile.complaints:
             self._drop_overdue(profile, ts)
+        if profile.seen < _FRAGMENT_EVENTS:
+            payload = record["payload"]  # kept as JSON has it (the union as a list)
+            kept = record if payload is None else {**record, "payload": list(payload)}
+            _insert(profile.cold, [ts, kept], _MAX_COLD)
+        elif profile.cold:
+            profile.cold = []
         fold(profile, record)
         return profile, alerts
+
+    def merge(
+        self, survivor: Profile, absorbed: Profile, now_ms: int
+    ) -> tuple[Profile, list[Alert]]:
+        """Join two profiles of one person (``merge_profiles``), judging the events each
+        side saw as a fragment again against the other side's history: an anonymous
+        session at 03:00 that a login later joins to a customer active 08-22h, a payment
+        from a new device whose device history was on the other identifier. Only rules
+        whose verdict needs history (``_REJUDGED``) run again, with the merged cool-downs;
+        alerts carry the survivor's id. Neither input is modified."""
+        alerts: list[Alert] = []
+        cooldowns = dict(survivor.cooldowns)
+        for rule, at in absorbed.cooldowns.items():
+            cooldowns[rule] = max(at, cooldowns.get(rule, at))
+        for side, other in ((absorbed, survivor), (survivor, absorbed)):
+            if not side.cold or other.seen == 0:
+                continue
+            # A shallow copy: observers only read the profile.
+            judge = dataclasses.replace(
+                other, customer_id=survivor.customer_id, cooldowns=cooldowns
+            )
+            for ts, record in side.cold:
+                record = from_json_record(record)
+                for name, observe, config in self._observers(
+                    record["channel"], record["event_type"]
+                ):
+                    if name not in _REJUDGED:
+                        continue
+                    last = cooldowns.get(name)
+                    if last is not None and abs(ts - last) < config.cooldown_ms:
+                        continue
+                    alert = observe(judge, record, config, now_ms)
+                    if alert is not None:
+                        cooldowns[name] = alert["occurred_at"]
+                        alerts.append(alert)
+        merged = merge_profiles(survivor, absorbed)
+        merged.cooldowns = cooldowns
+        return merged, alerts
 
     def tick(self, profile: Profile, now_ms: int) -> tuple[Profile, list[Alert]]:
         """Time-driven checks at ``now_ms`` (complaints past their target). Mutates."""

@@ -199,3 +199,49 @@ def test_a_merge_notice_on_the_survivors_partition_leaves_the_absorbed_360_alone
     saved = store.data[f"360|{absorbed}"]
     assert saved["events"] == 2, saved
     assert saved["merged_into"] == survivor
+
+
+def test_a_customers_events_in_one_batch_are_judged_in_event_time_order() -> None:
+    # The call reaches the stage before the failed checkout it follows (they came through
+    # different identity partitions). Judged in arrival order the call sees no failure;
+    # judged in event time it is a failed self-service journey.
+    from tests.unit.test_detect import MIN, T0, contact, only, rec
+
+    failed = rec("checkout_failed", "web", T0)
+    call = contact("call", T0 + 10 * MIN)
+    items = [(0, event_item("c1", call, anchor_key(call)))]
+    items.append((1, event_item("c1", failed, anchor_key(failed))))
+    stage = CustomerStage(
+        1, lateness_ms=60_000, pane_events=10_000, detector=only("self_service_failed")
+    )
+    store = Store()
+    stage.restore(0, store)
+    out = stage.process({0: items}, store, T0 + 11 * MIN)
+    assert [(a["rule"], a["event_ids"]) for a in out.alerts] == [
+        ("self_service_failed", [failed["event_id"], call["event_id"]])
+    ]
+    assert out.events == 2  # aggregates still count both, in arrival order
+
+
+def test_a_profile_hand_over_judges_the_fragments_events_against_the_history() -> None:
+    # The absorbed customer's profile ("p" item) carries its cold events; the survivor
+    # has the history: the stage raises what the merge reveals, on the survivor.
+    from streams.detect import Profile
+    from tests.unit.test_detect import DAY, HOUR, T0, _day_person, only, rec
+
+    detector = only("unusual_hour")
+    known = Profile("c-survivor")
+    _day_person(known, "Europe/London")
+    night = T0 - T0 % DAY + 2 * HOUR
+    cookie = Profile("c-absorbed")
+    detector.process(cookie, rec("login", ts=night, event_id="s1"), night)
+    store = Store()
+    store.data["prof|c-survivor"] = known.to_dict()
+    stage = CustomerStage(1, lateness_ms=60_000, pane_events=10_000, detector=detector)
+    stage.restore(0, store)
+    handover = {"t": "p", "s": "c-survivor", "p": cookie.to_dict()}
+    out = stage.process({0: [(0, handover)]}, store, night + HOUR)
+    assert [(a["rule"], a["customer_id"], a["event_ids"]) for a in out.alerts] == [
+        ("unusual_hour", "c-survivor", ["s1"])
+    ]
+    assert [(r.rule, r.alerts) for r in out.alert_rows] == [("unusual_hour", 1)]  # counted

@@ -714,6 +714,57 @@ def test_unusual_hour_cold_start_and_non_digital_channels() -> None:
     assert run(detector, old, [social(0.5, night)]) == []
 
 
+def test_a_night_session_judged_cold_is_flagged_when_a_merge_brings_the_history() -> None:
+    """An anonymous session at 03:00 had no history to judge against; the login that
+    joins it to a customer active 09-19h brings that history, and the merge judges the
+    session again: one alert, on the survivor, naming the session's event."""
+    detector = only("unusual_hour")
+    known = Profile("CRM-1")
+    _day_person(known, "Europe/London")
+    night = T0 - T0 % DAY + 2 * HOUR  # 03:00 London (BST)
+    cookie = Profile("anon-1")
+    session = [rec("login", ts=night, event_id="s1"), rec("page_view", ts=night + MIN)]
+    assert run(detector, cookie, session) == []  # cold: nothing to compare with
+    assert [entry[1]["event_id"] for entry in cookie.cold] == ["s1", session[1]["event_id"]]
+    before = copy.deepcopy((known, cookie))
+    merged, alerts = detector.merge(known, cookie, night + HOUR)
+    assert [(a["rule"], a["customer_id"], a["event_ids"]) for a in alerts] == [
+        ("unusual_hour", "CRM-1", ["s1"])  # the cool-down keeps it to one
+    ]
+    assert merged.cooldowns["unusual_hour"] == night
+    assert merged.hours == [a + b for a, b in zip(known.hours, cookie.hours, strict=True)]
+    assert merged.cold == []  # 70 + 2 events: no longer a fragment
+    assert (known, cookie) == before  # inputs untouched
+    # Either side may be the fragment: the same session absorbing the history.
+    _, alerts = detector.merge(copy.deepcopy(cookie), copy.deepcopy(known), night + HOUR)
+    assert [a["event_ids"] for a in alerts] == [["s1"]]
+
+
+def test_a_merge_does_not_judge_again_what_needs_no_history_or_is_usual() -> None:
+    known = Profile("CRM-1")
+    _day_person(known, "Europe/London")
+    noon = T0 - T0 % DAY + 11 * HOUR  # 12:00 London: a usual hour
+    cookie = Profile("anon-1")
+    run(Detector(), cookie, [rec("login", ts=noon, geo=LONDON)])
+    merged, alerts = Detector().merge(known, cookie, noon)
+    assert alerts == [] and merged.seen == known.seen + 1
+    # A fragment's impossible travel was judged when it happened: not raised twice.
+    far = Profile("anon-2")
+    hops = [rec("login", ts=noon, geo=LONDON), rec("login", ts=noon + MIN, geo=SAO_PAULO)]
+    assert [a["rule"] for a in run(Detector(), far, hops)] == ["impossible_travel"]
+    _, alerts = Detector().merge(known, far, noon + HOUR)
+    assert [a for a in alerts if a["rule"] == "impossible_travel"] == []
+
+
+def test_a_profile_with_cold_events_round_trips_and_forgets_them_when_grown() -> None:
+    profile = Profile("anon-1")
+    run(Detector(), profile, [pay(20.0, T0 + i * MIN) for i in range(3)])
+    data = orjson.loads(orjson.dumps(profile.to_dict()))
+    assert Profile.from_dict(data) == profile and len(profile.cold) == 3
+    run(Detector(), profile, [rec("page_view", ts=T0 + (10 + i) * MIN) for i in range(12)])
+    assert profile.cold == []  # a profile past the fragment size keeps none
+
+
 def test_local_hour_handles_dst_half_hour_zones_and_bad_zones() -> None:
     winter = 1_736_000_000_000  # 2025-01-04 14:13 UTC
     summer = 1_751_000_000_000  # 2025-06-27 04:53 UTC
