@@ -60,7 +60,7 @@ from streams.identity import (
 from streams.ingest import IngestPolicy, IngestStage, from_json
 from streams.kafka import consumer_security
 from streams.operator import find_customer, identifier_key, timeline
-from streams.settings import Settings
+from streams.settings import TABLES, Settings
 from streams.sink import SinkService
 from streams.state import StoredView, TableShard
 from streams.webhooks import WebhookDispatcher, load_subscribers
@@ -182,21 +182,21 @@ class Pipeline:
         self.identity_in = self._bytes_topic(t.valid, t.identity_ops)
         self.resolved_topic = self._bytes_topic(t.resolved)
         self.dedupe_table = app.Table(
-            "ingest-dedupe",
+            TABLES[0],  # "ingest-dedupe"
             partitions=settings.topic_partitions,
             key_type=bytes,
             value_type=bytes,
             help="Event ids seen per raw partition, one entry per ingest batch.",
         )
         self.identity_table = app.Table(
-            "identity",
+            TABLES[1],  # "identity"
             partitions=settings.topic_partitions,
             key_type=bytes,
             value_type=bytes,
             help="Identity graph: identifier -> customer label; customer -> members.",
         )
         self.customer_table = app.Table(
-            "customers",
+            TABLES[2],  # "customers"
             partitions=settings.topic_partitions,
             key_type=bytes,
             value_type=bytes,

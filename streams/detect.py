@@ -425,11 +425,6 @@ _MAX_COMPLAINTS: Final = 8
 _MAX_FRESH: Final = 8
 _MAX_GEOS: Final = 8
 _MAX_COLD: Final = 6
-_FRAGMENT_EVENTS: Final = 12
-# Rules whose verdict depends on history a fragment does not have: judged again on merge.
-_REJUDGED: Final = frozenset(
-    {"new_device_new_country_high_value", "amount_outlier", "unusual_hour", "unhappy_valuable"}
-)
 
 _CONTACT_TYPES: Final = frozenset({"call", "chat", "email", "complaint"})
 _FAILURE_TYPES: Final = frozenset({"checkout_failed", "login_failed"})
@@ -495,8 +490,8 @@ class Profile:
     csat: list[Any] | None = None  # [ts, answer] last CSAT
     nps: list[Any] | None = None  # [ts, answer] last NPS
     cooldowns: dict[str, int] = field(default_factory=dict)  # rule -> last alert (event time)
-    # Events judged while this profile was a fragment (fewer than _FRAGMENT_EVENTS): a
-    # merge judges them again against the history of the other side ([ts, record]).
+    # Events a history-needing rule could not judge for lack of history ([ts, record]):
+    # a merge judges them again with the history the other side brings.
     cold: list[list[Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -1400,12 +1395,41 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
         csat=_later(survivor.csat, absorbed.csat),
         nps=_later(survivor.nps, absorbed.nps),
         cooldowns=cooldowns,
-        cold=(
-            _merge_cold(survivor.cold, absorbed.cold)
-            if survivor.seen + absorbed.seen < _FRAGMENT_EVENTS
-            else []
-        ),
+        cold=_merge_cold(survivor.cold, absorbed.cold),
     )
+
+
+def _rejudge_baselines(
+    merged: Profile, other: Profile, side: Profile, records: list[TouchpointRecord]
+) -> dict[str, Profile]:
+    """What each history-needing rule judges ``side``'s cold events against on a merge.
+
+    * ``unusual_hour``: the joined hour histogram, less this side's activity at the hours
+      of its cold events (a night session must not make its own hour usual);
+    * ``unhappy_valuable``: the joined lifetime value;
+    * ``new_device_new_country_high_value``, ``amount_outlier``: the other side's devices,
+      countries and amounts (the joined ones contain the event's own device and amount).
+
+    Shallow copies under the survivor's id and the joined cool-downs: observers only read.
+    """
+    cold_hours = {
+        local_hour(record["occurred_at"], _zone_of(side, record))
+        for record in records
+        if record["channel"] in _DIGITAL
+    }
+    hours = [
+        theirs + (0 if hour in cold_hours else own)
+        for hour, (theirs, own) in enumerate(zip(other.hours, side.hours, strict=True))
+    ]
+    survivor, cooldowns = merged.customer_id, merged.cooldowns
+    joined = dataclasses.replace(merged, hours=hours, customer_id=survivor, cooldowns=cooldowns)
+    theirs = dataclasses.replace(other, customer_id=survivor, cooldowns=cooldowns)
+    return {
+        "unusual_hour": joined,
+        "unhappy_valuable": joined,
+        "new_device_new_country_high_value": theirs,
+        "amount_outlier": theirs,
+    }
 
 
 def _merge_cold(a: list[list[Any]], b: list[list[Any]]) -> list[list[Any]]:
@@ -1482,14 +1506,43 @@ class Detector:
                 alerts.append(alert)
         if self._complaints is not None and profile.complaints:
             self._drop_overdue(profile, ts)
-        if profile.seen < _FRAGMENT_EVENTS:
+        if self._lacks_history(profile, record):
             payload = record["payload"]  # kept as JSON has it (the union as a list)
             kept = record if payload is None else {**record, "payload": list(payload)}
             _insert(profile.cold, [ts, kept], _MAX_COLD)
-        elif profile.cold:
-            profile.cold = []
         fold(profile, record)
         return profile, alerts
+
+    def _lacks_history(self, profile: Profile, record: TouchpointRecord) -> bool:
+        """Would a rule that needs history look twice at this event, had it the history?
+
+        Only such events are kept for a merge to judge again (``cold``), so a profile
+        keeps at most ``_MAX_COLD`` suspicious events, not its whole youth."""
+        rules = self.rules
+        channel, event_type = record["channel"], record["event_type"]
+        if channel in _DIGITAL and rules.unusual_hour.enabled:
+            if sum(profile.hours) < rules.unusual_hour.min_history:
+                hour = local_hour(record["occurred_at"], _zone_of(profile, record))
+                if not profile.hours[hour]:
+                    return True
+        body = _payment(record)
+        if body is not None:
+            value = to_eur(body["amount"], body["currency"])
+            nddnc = rules.new_device_new_country_high_value
+            if nddnc.enabled and profile.seen < nddnc.min_history:
+                if value is not None and value >= nddnc.min_amount_eur:
+                    return True
+            outlier = rules.amount_outlier
+            history = profile.amounts.get(body["currency"], ())
+            if outlier.enabled and len(history) < outlier.min_history:
+                largest = max((e[1] for e in history), default=0.0)
+                if body["amount"] > largest:
+                    return True
+        unhappy = rules.unhappy_valuable
+        if unhappy.enabled and profile.value_eur < unhappy.min_value_eur:
+            if "unhappy_valuable" in {name for name, _, _ in self._observers(channel, event_type)}:
+                return True
+        return False
 
     def merge(
         self, survivor: Profile, absorbed: Profile, now_ms: int
@@ -1501,32 +1554,29 @@ class Detector:
         whose verdict needs history (``_REJUDGED``) run again, with the merged cool-downs;
         alerts carry the survivor's id. Neither input is modified."""
         alerts: list[Alert] = []
-        cooldowns = dict(survivor.cooldowns)
-        for rule, at in absorbed.cooldowns.items():
-            cooldowns[rule] = max(at, cooldowns.get(rule, at))
+        merged = merge_profiles(survivor, absorbed)
+        cooldowns = merged.cooldowns
         for side, other in ((absorbed, survivor), (survivor, absorbed)):
             if not side.cold or other.seen == 0:
                 continue
-            # A shallow copy: observers only read the profile.
-            judge = dataclasses.replace(
-                other, customer_id=survivor.customer_id, cooldowns=cooldowns
-            )
-            for ts, record in side.cold:
-                record = from_json_record(record)
+            records = [from_json_record(record) for _, record in side.cold]
+            baselines = _rejudge_baselines(merged, other, side, records)
+            for record in records:
+                ts = record["occurred_at"]
                 for name, observe, config in self._observers(
                     record["channel"], record["event_type"]
                 ):
-                    if name not in _REJUDGED:
+                    baseline = baselines.get(name)
+                    if baseline is None:
                         continue
                     last = cooldowns.get(name)
                     if last is not None and abs(ts - last) < config.cooldown_ms:
                         continue
-                    alert = observe(judge, record, config, now_ms)
+                    alert = observe(baseline, record, config, now_ms)
                     if alert is not None:
                         cooldowns[name] = alert["occurred_at"]
                         alerts.append(alert)
-        merged = merge_profiles(survivor, absorbed)
-        merged.cooldowns = cooldowns
+        merged.cold = []  # judged with everything either side knew
         return merged, alerts
 
     def tick(self, profile: Profile, now_ms: int) -> tuple[Profile, list[Alert]]:

@@ -171,6 +171,14 @@ class Settings(BaseSettings):
     def sink_group_id(self) -> str:
         return f"{self.app_id}-clickhouse-sink"
 
+    def changelog_topic(self, table: str) -> str:
+        """Faust's changelog topic of ``table`` (one of ``TABLES``)."""
+        return f"{self.app_id}-{table}-changelog"
+
+
+TABLES: tuple[str, ...] = ("ingest-dedupe", "identity", "customers")
+"""The worker's Faust tables, each backed by a compacted changelog topic."""
+
 
 def settings_table() -> str:
     """The README's settings table (``python -m streams.settings``)."""

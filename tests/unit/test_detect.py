@@ -725,7 +725,9 @@ def test_a_night_session_judged_cold_is_flagged_when_a_merge_brings_the_history(
     cookie = Profile("anon-1")
     session = [rec("login", ts=night, event_id="s1"), rec("page_view", ts=night + MIN)]
     assert run(detector, cookie, session) == []  # cold: nothing to compare with
-    assert [entry[1]["event_id"] for entry in cookie.cold] == ["s1", session[1]["event_id"]]
+    # Kept for a second look: the login at an hour this fragment never used (the page view
+    # a minute later is at an hour it has now used).
+    assert [entry[1]["event_id"] for entry in cookie.cold] == ["s1"]
     before = copy.deepcopy((known, cookie))
     merged, alerts = detector.merge(known, cookie, night + HOUR)
     assert [(a["rule"], a["customer_id"], a["event_ids"]) for a in alerts] == [
@@ -756,13 +758,21 @@ def test_a_merge_does_not_judge_again_what_needs_no_history_or_is_usual() -> Non
     assert [a for a in alerts if a["rule"] == "impossible_travel"] == []
 
 
-def test_a_profile_with_cold_events_round_trips_and_forgets_them_when_grown() -> None:
+def test_cold_events_are_the_suspicious_few_round_trip_and_go_with_a_merge() -> None:
     profile = Profile("anon-1")
-    run(Detector(), profile, [pay(20.0, T0 + i * MIN) for i in range(3)])
+    # Each payment larger than any before, with too few payments for amount statistics.
+    run(Detector(), profile, [pay(10.0 * (i + 1), T0 + i * MIN) for i in range(9)])
+    assert [entry[1]["occurred_at"] for entry in profile.cold] == [
+        T0 + i * MIN for i in range(2, 8)
+    ]  # the newest six of the eight before amount statistics start
+    run(Detector(), profile, [pay(5.0, T0 + 20 * MIN)])  # not larger: not kept
+    assert len(profile.cold) == 6
     data = orjson.loads(orjson.dumps(profile.to_dict()))
-    assert Profile.from_dict(data) == profile and len(profile.cold) == 3
-    run(Detector(), profile, [rec("page_view", ts=T0 + (10 + i) * MIN) for i in range(12)])
-    assert profile.cold == []  # a profile past the fragment size keeps none
+    assert Profile.from_dict(data) == profile
+    known = Profile("CRM-1")
+    run(Detector(), known, [pay(12.0, T0 - DAY + i * HOUR) for i in range(3)])
+    merged, _ = Detector().merge(known, profile, T0 + HOUR)
+    assert merged.cold == []
 
 
 def test_local_hour_handles_dst_half_hour_zones_and_bad_zones() -> None:
