@@ -87,6 +87,7 @@ from streams.detect import (
     to_eur,
 )
 from streams.generator import _COUNTRIES, GeneratedEvent, generate
+from streams.identity import event_identifiers, offline_components
 from streams.ingest import Accepted, IngestPolicy, ingest_message
 from streams.model import (
     COMMERCE,
@@ -567,6 +568,22 @@ class _Injector:
     def uuid(self) -> str:
         return _uuid(self.rng)
 
+    def attributable(self, p: _Person) -> list[TouchpointRecord]:
+        """The person's events that their CRM id reaches through their own identifiers.
+
+        A history the person built on identifiers never seen with their CRM id (a cookie
+        that never logs in, a phone never given) belongs to them only in the generator's
+        ground truth: no identity resolution can attribute it. Scenarios whose label needs
+        that history (unusual hour, unhappy valuable via a social handle) draw on this.
+        """
+        if p.crm is None:
+            return []
+        component = next(
+            (c for c in offline_components(p.events) if f"customer_id:{p.crm}" in c),
+            frozenset(),
+        )
+        return [r for r in p.events if component.intersection(event_identifiers(r))]
+
     def quiet_time(
         self,
         person: _Person,
@@ -770,7 +787,7 @@ class _Injector:
         rule = self.rules.unusual_hour
         if p.crm is None or p.user_agent is None:
             return None
-        digital = [r for r in p.events if r["channel"] in ("web", "mobile")]
+        digital = [r for r in self.attributable(p) if r["channel"] in ("web", "mobile")]
         if len(digital) < rule.min_history + 10:
             return None
         cutoff = digital[rule.min_history + 5]["occurred_at"]
@@ -872,7 +889,10 @@ class _Injector:
         history = [
             self.payment(p, t, round(target / n, 2)) for t in self.routine_times(p, n, 1, 40, ts)
         ]
-        if p.handle is not None and self.rng.random() < 0.5:
+        linked_handle = p.handle is not None and any(
+            r["identifiers"]["social_handle"] == p.handle for r in self.attributable(p)
+        )
+        if linked_handle and self.rng.random() < 0.5:
             body: SocialRecord = {
                 "platform": "x",
                 "message_id": f"x-{self.rng.getrandbits(60)}",
