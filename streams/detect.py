@@ -425,6 +425,7 @@ _MAX_COMPLAINTS: Final = 8
 _MAX_FRESH: Final = 8
 _MAX_GEOS: Final = 8
 _MAX_COLD: Final = 6
+_SESSION_EVENTS: Final = 4  # an hour with no more activity than this may be the session itself
 
 _CONTACT_TYPES: Final = frozenset({"call", "chat", "email", "complaint"})
 _FAILURE_TYPES: Final = frozenset({"checkout_failed", "login_failed"})
@@ -1072,6 +1073,19 @@ def observe_high_effort(
     )
 
 
+def _unhappy(record: TouchpointRecord, rule: UnhappyValuable) -> bool:
+    """Does the event say the customer is unhappy (low CSAT/NPS, negative sentiment)?"""
+    body = _payload(record, CONTACT)
+    if body is not None:
+        csat, nps = body.get("csat"), body.get("nps")
+        return (csat is not None and csat <= rule.max_csat) or (
+            nps is not None and nps <= rule.max_nps
+        )
+    social = _payload(record, SOCIAL)
+    sentiment = None if social is None else social.get("sentiment")
+    return sentiment is not None and sentiment <= rule.max_sentiment
+
+
 def observe_unhappy_valuable(
     profile: Profile, record: TouchpointRecord, rule: UnhappyValuable, now_ms: int
 ) -> Alert | None:
@@ -1407,8 +1421,9 @@ def _rejudge_baselines(
     * ``unusual_hour``: the joined hour histogram, less this side's activity at the hours
       of its cold events (a night session must not make its own hour usual);
     * ``unhappy_valuable``: the joined lifetime value;
-    * ``new_device_new_country_high_value``, ``amount_outlier``: the other side's devices,
-      countries and amounts (the joined ones contain the event's own device and amount).
+    * ``amount_outlier``: the joined amounts (``_judge_cold`` keeps those before the event);
+    * ``new_device_new_country_high_value``: the other side's devices and countries (the
+      joined ones contain the event's own device and country).
 
     Shallow copies under the survivor's id and the joined cool-downs: observers only read.
     """
@@ -1428,7 +1443,26 @@ def _rejudge_baselines(
         "unusual_hour": joined,
         "unhappy_valuable": joined,
         "new_device_new_country_high_value": theirs,
-        "amount_outlier": theirs,
+        "amount_outlier": joined,
+    }
+
+
+def _own_baselines(profile: Profile, records: list[TouchpointRecord]) -> dict[str, Profile]:
+    """What a profile's own cold events are judged against once its history has grown:
+    the profile itself, except that an hour of a cold event with no more activity than a
+    session (``_SESSION_EVENTS``) does not count as used (the event's own session)."""
+    hours = list(profile.hours)
+    for record in records:
+        if record["channel"] in _DIGITAL:
+            hour = local_hour(record["occurred_at"], _zone_of(profile, record))
+            if hours[hour] <= _SESSION_EVENTS:
+                hours[hour] = 0
+    shallow = dataclasses.replace(profile, hours=hours)  # observers only read
+    return {
+        "unusual_hour": shallow,
+        "unhappy_valuable": profile,
+        "new_device_new_country_high_value": profile,
+        "amount_outlier": profile,
     }
 
 
@@ -1506,43 +1540,105 @@ class Detector:
                 alerts.append(alert)
         if self._complaints is not None and profile.complaints:
             self._drop_overdue(profile, ts)
-        if self._lacks_history(profile, record):
+        cold_rules = self._cold_rules(profile, record)
+        if cold_rules:
             payload = record["payload"]  # kept as JSON has it (the union as a list)
             kept = record if payload is None else {**record, "payload": list(payload)}
-            _insert(profile.cold, [ts, kept], _MAX_COLD)
+            _insert(profile.cold, [ts, kept, cold_rules], _MAX_COLD)
         fold(profile, record)
+        if profile.cold:
+            # History a cold event lacked may have arrived (in a catch-up, after the
+            # event): judge the cold events again against the profile as it is now. Cheap
+            # while it is short of history (a sum, a count); at most _MAX_COLD events.
+            records = [from_json_record(e[1]) for e in profile.cold]
+            baselines = _own_baselines(profile, records)
+            pending = self._judge_cold(profile.cold, baselines, profile.cooldowns, alerts, now_ms)
+            profile.cold = [e for e in profile.cold if e[1]["event_id"] in pending]
         return profile, alerts
 
-    def _lacks_history(self, profile: Profile, record: TouchpointRecord) -> bool:
-        """Would a rule that needs history look twice at this event, had it the history?
-
-        Only such events are kept for a merge to judge again (``cold``), so a profile
-        keeps at most ``_MAX_COLD`` suspicious events, not its whole youth."""
+    def _short_of_history(self, name: str, baseline: Profile, record: TouchpointRecord) -> bool:
         rules = self.rules
-        channel, event_type = record["channel"], record["event_type"]
-        if channel in _DIGITAL and rules.unusual_hour.enabled:
+        if name == "unusual_hour":
+            return sum(baseline.hours) < rules.unusual_hour.min_history
+        if name == "new_device_new_country_high_value":
+            nddnc = rules.new_device_new_country_high_value
+            return baseline.seen < nddnc.min_history or not baseline.countries
+        if name == "amount_outlier":
+            body = _payment(record)
+            history = [] if body is None else baseline.amounts.get(body["currency"], [])
+            return len(history) < rules.amount_outlier.min_history
+        if name == "unhappy_valuable":
+            return baseline.value_eur < rules.unhappy_valuable.min_value_eur
+        return False
+
+    def _judge_cold(
+        self,
+        entries: list[list[Any]],
+        baselines: Mapping[str, Profile],
+        cooldowns: dict[str, int],
+        alerts: list[Alert],
+        now_ms: int,
+    ) -> set[str]:
+        """Judge cold events (``[ts, record, rules]``) by their rules against
+        ``baselines``; alerts are appended. Returns the ids of the events one of their
+        rules still lacks history for."""
+        pending: set[str] = set()
+        for _, raw, cold_rules in entries:
+            record = from_json_record(raw)
+            ts = record["occurred_at"]
+            for name in cold_rules:
+                config = self.rules.get(name)
+                baseline = baselines.get(name)
+                if baseline is None or not config.enabled:
+                    continue
+                if name == "amount_outlier":  # the payments before it in event time
+                    baseline = dataclasses.replace(
+                        baseline,
+                        amounts={
+                            c: [e for e in h if e[0] < ts] for c, h in baseline.amounts.items()
+                        },
+                    )
+                if self._short_of_history(name, baseline, record):
+                    pending.add(record["event_id"])
+                    continue
+                last = cooldowns.get(name)
+                if last is not None and abs(ts - last) < config.cooldown_ms:
+                    continue
+                alert = OBSERVERS[name](baseline, record, config, now_ms)
+                if alert is not None:
+                    cooldowns[name] = alert["occurred_at"]
+                    alerts.append(alert)
+        return pending
+
+    def _cold_rules(self, profile: Profile, record: TouchpointRecord) -> list[str]:
+        """The history-needing rules that would look twice at this event, had they history.
+
+        Only such events are kept for a second judgement (``cold``, with these rules), so
+        a profile keeps at most ``_MAX_COLD`` suspicious events, not its whole youth."""
+        rules = self.rules
+        out: list[str] = []
+        if record["channel"] in _DIGITAL and rules.unusual_hour.enabled:
             if sum(profile.hours) < rules.unusual_hour.min_history:
                 hour = local_hour(record["occurred_at"], _zone_of(profile, record))
                 if not profile.hours[hour]:
-                    return True
+                    out.append("unusual_hour")
         body = _payment(record)
         if body is not None:
             value = to_eur(body["amount"], body["currency"])
             nddnc = rules.new_device_new_country_high_value
             if nddnc.enabled and profile.seen < nddnc.min_history:
                 if value is not None and value >= nddnc.min_amount_eur:
-                    return True
+                    out.append("new_device_new_country_high_value")
             outlier = rules.amount_outlier
             history = profile.amounts.get(body["currency"], ())
             if outlier.enabled and len(history) < outlier.min_history:
-                largest = max((e[1] for e in history), default=0.0)
-                if body["amount"] > largest:
-                    return True
+                if body["amount"] > max((e[1] for e in history), default=0.0):
+                    out.append("amount_outlier")
         unhappy = rules.unhappy_valuable
         if unhappy.enabled and profile.value_eur < unhappy.min_value_eur:
-            if "unhappy_valuable" in {name for name, _, _ in self._observers(channel, event_type)}:
-                return True
-        return False
+            if _unhappy(record, unhappy):
+                out.append("unhappy_valuable")
+        return out
 
     def merge(
         self, survivor: Profile, absorbed: Profile, now_ms: int
@@ -1551,32 +1647,20 @@ class Detector:
         side saw as a fragment again against the other side's history: an anonymous
         session at 03:00 that a login later joins to a customer active 08-22h, a payment
         from a new device whose device history was on the other identifier. Only rules
-        whose verdict needs history (``_REJUDGED``) run again, with the merged cool-downs;
-        alerts carry the survivor's id. Neither input is modified."""
+        whose verdict needs history run again (``_rejudge_baselines``), with the merged
+        cool-downs; alerts carry the survivor's id. Events some rule still lacks history
+        for stay cold, for the next merge or the history still to arrive (``process``).
+        Neither input is modified."""
         alerts: list[Alert] = []
         merged = merge_profiles(survivor, absorbed)
-        cooldowns = merged.cooldowns
+        pending: set[str] = set()
         for side, other in ((absorbed, survivor), (survivor, absorbed)):
-            if not side.cold or other.seen == 0:
+            if not side.cold:
                 continue
-            records = [from_json_record(record) for _, record in side.cold]
+            records = [from_json_record(e[1]) for e in side.cold]
             baselines = _rejudge_baselines(merged, other, side, records)
-            for record in records:
-                ts = record["occurred_at"]
-                for name, observe, config in self._observers(
-                    record["channel"], record["event_type"]
-                ):
-                    baseline = baselines.get(name)
-                    if baseline is None:
-                        continue
-                    last = cooldowns.get(name)
-                    if last is not None and abs(ts - last) < config.cooldown_ms:
-                        continue
-                    alert = observe(baseline, record, config, now_ms)
-                    if alert is not None:
-                        cooldowns[name] = alert["occurred_at"]
-                        alerts.append(alert)
-        merged.cold = []  # judged with everything either side knew
+            pending |= self._judge_cold(side.cold, baselines, merged.cooldowns, alerts, now_ms)
+        merged.cold = [e for e in merged.cold if e[1]["event_id"] in pending]
         return merged, alerts
 
     def tick(self, profile: Profile, now_ms: int) -> tuple[Profile, list[Alert]]:

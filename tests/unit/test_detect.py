@@ -760,19 +760,53 @@ def test_a_merge_does_not_judge_again_what_needs_no_history_or_is_usual() -> Non
 
 def test_cold_events_are_the_suspicious_few_round_trip_and_go_with_a_merge() -> None:
     profile = Profile("anon-1")
-    # Each payment larger than any before, with too few payments for amount statistics.
-    run(Detector(), profile, [pay(10.0 * (i + 1), T0 + i * MIN) for i in range(9)])
+    # Each payment larger than any before, with too few payments for amount statistics
+    # (taken on the phone: no web/app activity, so the hour rule stays out of it).
+    phone = "contact_centre"
+    run(Detector(), profile, [pay(10.0 * (i + 1), T0 + i * MIN, channel=phone) for i in range(9)])
     assert [entry[1]["occurred_at"] for entry in profile.cold] == [
         T0 + i * MIN for i in range(2, 8)
     ]  # the newest six of the eight before amount statistics start
-    run(Detector(), profile, [pay(5.0, T0 + 20 * MIN)])  # not larger: not kept
+    run(Detector(), profile, [pay(5.0, T0 + 20 * MIN, channel=phone)])  # not larger: not kept
     assert len(profile.cold) == 6
     data = orjson.loads(orjson.dumps(profile.to_dict()))
     assert Profile.from_dict(data) == profile
+    # Three more payments from a merge: the cold payments with eight before them in event
+    # time (5 of their own + 3) are judged (usual: no alert) and leave; the rest stay cold.
     known = Profile("CRM-1")
     run(Detector(), known, [pay(12.0, T0 - DAY + i * HOUR) for i in range(3)])
-    merged, _ = Detector().merge(known, profile, T0 + HOUR)
+    merged, alerts = Detector().merge(known, profile, T0 + HOUR)
+    assert alerts == []
+    assert [entry[0] for entry in merged.cold] == [T0 + i * MIN for i in (2, 3, 4)]
+    # With eight payments before them in event time they are judged, and leave.
+    rich = Profile("CRM-2")
+    run(Detector(), rich, [pay(4.0, T0 - DAY + i * HOUR) for i in range(8)])
+    merged, alerts = Detector().merge(rich, profile, T0 + HOUR)
     assert merged.cold == []
+    # 40-80 against a median of 4 (>= 10x): one alert, the cool-down holds the rest.
+    assert [a["rule"] for a in alerts] == ["amount_outlier"]
+
+
+def test_a_night_event_that_arrives_before_its_history_is_judged_when_it_arrives() -> None:
+    """Catch-up: the 03:00 login reaches the stage before the customer's daytime history
+    (earlier in event time). It waits as a cold event until the history passes the
+    minimum, then it is judged against it."""
+    detector = only("unusual_hour")
+    profile = Profile("CRM-1")
+    night = T0 - T0 % DAY + 2 * HOUR  # 03:00 London (BST)
+    assert run(detector, profile, [rec("login", ts=night, event_id="n1")]) == []
+    day0 = T0 - T0 % DAY - 40 * DAY
+    history = [
+        rec("page_view", ts=day0 + (i // 3) * DAY + (8, 12, 18)[i % 3] * HOUR) for i in range(70)
+    ]
+    alerts = run(detector, profile, history)
+    assert [(a["rule"], a["event_ids"]) for a in alerts] == [("unusual_hour", ["n1"])]
+    assert profile.cold == []
+    # A customer who does use that hour (more than a session's worth) is not flagged.
+    owl = Profile("CRM-2")
+    run(detector, owl, [rec("login", ts=night, event_id="n2")])
+    nights = [rec("page_view", ts=night - (i + 1) * DAY) for i in range(6)]
+    assert run(detector, owl, nights + history) == []
 
 
 def test_local_hour_handles_dst_half_hour_zones_and_bad_zones() -> None:
