@@ -1546,10 +1546,10 @@ class Detector:
             kept = record if payload is None else {**record, "payload": list(payload)}
             _insert(profile.cold, [ts, kept, cold_rules], _MAX_COLD)
         fold(profile, record)
-        if profile.cold:
-            # History a cold event lacked may have arrived (in a catch-up, after the
-            # event): judge the cold events again against the profile as it is now. Cheap
-            # while it is short of history (a sum, a count); at most _MAX_COLD events.
+        if profile.cold and ts < profile.cold[-1][0]:
+            # History a cold event lacked has arrived after it (earlier in event time: a
+            # catch-up): judge the cold events again against the profile as it is now.
+            # Events later in event time are not history for them, and cost nothing here.
             records = [from_json_record(e[1]) for e in profile.cold]
             baselines = _own_baselines(profile, records)
             pending = self._judge_cold(profile.cold, baselines, profile.cooldowns, alerts, now_ms)
