@@ -70,6 +70,7 @@ __all__ = [
     "VelocityBurst",
     "alert_id",
     "alert_row",
+    "is_unhappy",
     "fold",
     "haversine_km",
     "local_hour",
@@ -1073,7 +1074,7 @@ def observe_high_effort(
     )
 
 
-def _unhappy(record: TouchpointRecord, rule: UnhappyValuable) -> bool:
+def is_unhappy(record: TouchpointRecord, rule: UnhappyValuable) -> bool:
     """Does the event say the customer is unhappy (low CSAT/NPS, negative sentiment)?"""
     body = _payload(record, CONTACT)
     if body is not None:
@@ -1636,7 +1637,7 @@ class Detector:
                     out.append("amount_outlier")
         unhappy = rules.unhappy_valuable
         if unhappy.enabled and profile.value_eur < unhappy.min_value_eur:
-            if _unhappy(record, unhappy):
+            if is_unhappy(record, unhappy):
                 out.append("unhappy_valuable")
         return out
 

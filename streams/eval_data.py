@@ -81,8 +81,8 @@ from streams.detect import (
     Detector,
     Profile,
     Rules,
-    UnhappyValuable,
     haversine_km,
+    is_unhappy,
     local_hour,
     to_eur,
 )
@@ -451,18 +451,6 @@ def _drop_friction(person: _Person, notes: Counter[str]) -> None:
         notes["contact cases dropped (over 2 in 7 days)"] += len(dropped)
         keep = [r for r in keep if _case(r) not in dropped]
     person.events = keep
-
-
-def _unhappy(record: TouchpointRecord, rule: UnhappyValuable) -> bool:
-    contact = _body(record, CONTACT)
-    if contact is not None:
-        csat, nps = contact.get("csat"), contact.get("nps")
-        return (csat is not None and csat <= rule.max_csat) or (
-            nps is not None and nps <= rule.max_nps
-        )
-    social = _body(record, SOCIAL)
-    sentiment = None if social is None else social.get("sentiment")
-    return sentiment is not None and sentiment <= rule.max_sentiment
 
 
 def _body(record: TouchpointRecord, kind: str) -> dict[str, Any] | None:
@@ -1074,7 +1062,7 @@ def labelled_stream(
                 # background free of the unhappy signals that rule looks for.
                 before = len(person.events)
                 person.events = [
-                    r for r in person.events if not _unhappy(r, rules.unhappy_valuable)
+                    r for r in person.events if not is_unhappy(r, rules.unhappy_valuable)
                 ]
                 notes["unhappy signals dropped (customers made high-value)"] += before - len(
                     person.events
