@@ -219,6 +219,12 @@ class CustomerStage:
             profiles[customer_id] = loaded
             return loaded
 
+        def raise_alerts(state: AggregatorState, customer: str, alerts: list[Alert]) -> None:
+            for alert in alerts:
+                out.alerts.append(alert)
+                state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
+                book.set_alert(customer, alert["rule"], True, now_ms)
+
         def judge(state: AggregatorState, events: list[ResolvedEvent]) -> None:
             """The detectors over a run of events, each customer's in event-time order
             (stable: equal times keep their arrival order). A batch is a slice of one
@@ -231,10 +237,7 @@ class CustomerStage:
                 customer = event["customer_id"]
                 updated, alerts = self.detector.process(profile(customer), event["record"], now_ms)
                 profiles[customer] = updated
-                for alert in alerts:
-                    out.alerts.append(alert)
-                    state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
-                    book.set_alert(customer, alert["rule"], True, now_ms)
+                raise_alerts(state, customer, alerts)
             events.clear()
 
         # Written last: a partition's changelog records land in order, so after a crash
@@ -315,10 +318,7 @@ class CustomerStage:
                         profile(survivor_id), Profile.from_dict(item["p"]), now_ms
                     )
                     profiles[survivor_id] = merged
-                    for alert in alerts:
-                        out.alerts.append(alert)
-                        state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
-                        book.set_alert(survivor_id, alert["rule"], True, now_ms)
+                    raise_alerts(state, survivor_id, alerts)
             if to_judge:
                 judge(state, to_judge)
             out.late_events += state.late_events - late_before

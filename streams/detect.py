@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from streams.ingest import from_json
 from streams.model import COMMERCE, CONTACT, SOCIAL, GeoRecord, TouchpointRecord
 
 __all__ = [
@@ -1335,11 +1336,17 @@ def _merge_counts(a: dict[str, int], b: Mapping[str, int], cap: int) -> dict[str
     return out
 
 
-def _merge_entries(a: list[list[Any]], b: list[list[Any]], cap: int) -> list[list[Any]]:
+def _merge_entries(
+    a: list[list[Any]],
+    b: list[list[Any]],
+    cap: int,
+    key: Callable[[list[Any]], Any] = lambda e: (e[0], e[1]),
+) -> list[list[Any]]:
+    """Both time-ordered lists interleaved, each entry once (by ``key``), newest ``cap``."""
     seen: set[Any] = set()
     out: list[list[Any]] = []
     for entry in sorted([*a, *b], key=lambda e: e[0]):
-        marker = (entry[0], entry[1])
+        marker = key(entry)
         if marker not in seen:
             seen.add(marker)
             out.append(entry)
@@ -1410,7 +1417,9 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
         csat=_later(survivor.csat, absorbed.csat),
         nps=_later(survivor.nps, absorbed.nps),
         cooldowns=cooldowns,
-        cold=_merge_cold(survivor.cold, absorbed.cold),
+        cold=_merge_entries(
+            survivor.cold, absorbed.cold, _MAX_COLD, key=lambda e: e[1]["event_id"]
+        ),
     )
 
 
@@ -1467,23 +1476,10 @@ def _own_baselines(profile: Profile, records: list[TouchpointRecord]) -> dict[st
     }
 
 
-def _merge_cold(a: list[list[Any]], b: list[list[Any]]) -> list[list[Any]]:
-    seen: set[str] = set()
-    out = []
-    for entry in sorted([*a, *b], key=lambda e: e[0]):
-        event_id = entry[1]["event_id"]
-        if event_id not in seen:
-            seen.add(event_id)
-            out.append(entry)
-    return out[-_MAX_COLD:]
-
-
-def from_json_record(record: Any) -> TouchpointRecord:
-    """A record kept in a profile, read back from JSON: the payload union is a tuple."""
-    payload = record["payload"]
-    if payload is not None:
-        record = {**record, "payload": (payload[0], payload[1])}
-    return cast(TouchpointRecord, record)
+def _read_cold(entries: list[list[Any]]) -> list[tuple[TouchpointRecord, list[str]]]:
+    """A profile's cold entries ``[ts, record as JSON has it, rules]`` as (record, rules);
+    the kept records are left as they are (copies are converted)."""
+    return [(from_json(cast(TouchpointRecord, dict(entry[1]))), entry[2]) for entry in entries]
 
 
 # --------------------------------------------------------------------------- detector
@@ -1551,9 +1547,9 @@ class Detector:
             # History a cold event lacked has arrived after it (earlier in event time: a
             # catch-up): judge the cold events again against the profile as it is now.
             # Events later in event time are not history for them, and cost nothing here.
-            records = [from_json_record(e[1]) for e in profile.cold]
-            baselines = _own_baselines(profile, records)
-            pending = self._judge_cold(profile.cold, baselines, profile.cooldowns, alerts, now_ms)
+            cold = _read_cold(profile.cold)
+            baselines = _own_baselines(profile, [record for record, _ in cold])
+            pending = self._judge_cold(cold, baselines, profile.cooldowns, alerts, now_ms)
             profile.cold = [e for e in profile.cold if e[1]["event_id"] in pending]
         return profile, alerts
 
@@ -1574,18 +1570,17 @@ class Detector:
 
     def _judge_cold(
         self,
-        entries: list[list[Any]],
+        cold: list[tuple[TouchpointRecord, list[str]]],
         baselines: Mapping[str, Profile],
         cooldowns: dict[str, int],
         alerts: list[Alert],
         now_ms: int,
     ) -> set[str]:
-        """Judge cold events (``[ts, record, rules]``) by their rules against
-        ``baselines``; alerts are appended. Returns the ids of the events one of their
-        rules still lacks history for."""
+        """Judge cold events (record, rules) by their rules against ``baselines``; alerts
+        are appended. Returns the ids of the events one of their rules still lacks
+        history for."""
         pending: set[str] = set()
-        for _, raw, cold_rules in entries:
-            record = from_json_record(raw)
+        for record, cold_rules in cold:
             ts = record["occurred_at"]
             for name in cold_rules:
                 config = self.rules.get(name)
@@ -1658,9 +1653,9 @@ class Detector:
         for side, other in ((absorbed, survivor), (survivor, absorbed)):
             if not side.cold:
                 continue
-            records = [from_json_record(e[1]) for e in side.cold]
-            baselines = _rejudge_baselines(merged, other, side, records)
-            pending |= self._judge_cold(side.cold, baselines, merged.cooldowns, alerts, now_ms)
+            cold = _read_cold(side.cold)
+            baselines = _rejudge_baselines(merged, other, side, [record for record, _ in cold])
+            pending |= self._judge_cold(cold, baselines, merged.cooldowns, alerts, now_ms)
         merged.cold = [e for e in merged.cold if e[1]["event_id"] in pending]
         return merged, alerts
 
