@@ -7,6 +7,9 @@ Consumes the items of ``touchpoints.resolved`` (partitioned by customer id):
 * ``{"t": "m", "s": survivor, "a": absorbed, "at": ms}`` — a merge notice;
 * ``{"t": "h", ...}`` — a hand-over of aggregate memory to the survivor's partition;
 * ``{"t": "p", "s": survivor, "p": profile}`` — an absorbed customer's behaviour profile;
+* ``{"t": "d", "c": survivor, "r": record, "n": hops}`` — an event resolved to a customer
+  whose profile had already moved to this survivor: judged by the detectors, not counted
+  (its own partition counted it);
 * ``{"t": "x", "c": customer_id}`` — the customer was erased: forget everything of it.
 
 and runs the pure steps on them: rolling aggregates (``streams.aggregates``), the
@@ -62,6 +65,14 @@ def event_item(customer_id: str, record: Any, anchor: str) -> dict[str, Any]:
 
 def merge_item(survivor: str, absorbed: str, at_ms: int) -> dict[str, Any]:
     return {"t": "m", "s": survivor, "a": absorbed, "at": at_ms}
+
+
+def judge_item(customer_id: str, record: Any, hops: int = 1) -> dict[str, Any]:
+    """An event that followed its customer's profile to the survivor: judged, not counted."""
+    return {"t": "d", "c": customer_id, "r": record, "n": hops}
+
+
+_MAX_HOPS = 8  # a chain of merges longer than this is judged where it stands
 
 
 _MONEY_COLUMNS: dict[str, tuple[int, ...]] = {
@@ -209,6 +220,7 @@ class CustomerStage:
         out = CustomerOutputs()
         book = Customer360Book(_StoreView(data, out, self.partitions))
         profiles: dict[str, Profile | None] = {}  # touched this batch; None: moved away
+        moved: dict[str, str] = {}  # absorbed customer -> survivor, as far as known here
 
         def profile(customer_id: str) -> Profile:
             known = profiles.get(customer_id)
@@ -219,22 +231,43 @@ class CustomerStage:
             profiles[customer_id] = loaded
             return loaded
 
+        def moved_to(customer_id: str) -> str | None:
+            """The survivor a customer's profile went to on a merge (None: it lives here).
+            Identity partitions learn of a merge at different times, so events resolved
+            to the absorbed id still arrive after its profile left; they follow it."""
+            if profiles.get(customer_id) is not None:
+                return None
+            if customer_id not in moved and customer_id not in profiles:
+                saved = data.get(f"prof|{customer_id}")
+                if saved is not None:
+                    profiles[customer_id] = Profile.from_dict(saved)
+                    return None
+                target = data.get(f"moved|{customer_id}")
+                if target is not None:
+                    moved[customer_id] = str(target)
+            return moved.get(customer_id)
+
         def raise_alerts(state: AggregatorState, customer: str, alerts: list[Alert]) -> None:
             for alert in alerts:
                 out.alerts.append(alert)
                 state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
                 book.set_alert(customer, alert["rule"], True, now_ms)
 
-        def judge(state: AggregatorState, events: list[ResolvedEvent]) -> None:
-            """The detectors over a run of events, each customer's in event-time order
-            (stable: equal times keep their arrival order). A batch is a slice of one
-            partition, whose events can arrive out of event-time order (a customer's
-            events come through different identity partitions, and catch-up reads one
-            partition far ahead of another): judging them sorted removes the disorder
-            inside a batch. Aggregates and the 360 count positions, not judgements, and
-            keep arrival order."""
-            for event in sorted(events, key=lambda e: e["record"]["occurred_at"]):
+        def judge(state: AggregatorState, events: list[tuple[ResolvedEvent, Any, int]]) -> None:
+            """The detectors over a run of events (event, record as JSON, hops), each
+            customer's in event-time order (stable: equal times keep their arrival order).
+            A batch is a slice of one partition, whose events can arrive out of event-time
+            order (a customer's events come through different identity partitions, and
+            catch-up reads one partition far ahead of another): judging them sorted removes
+            the disorder inside a batch. Aggregates and the 360 count positions, not
+            judgements, and keep arrival order. An event of a customer whose profile moved
+            to a survivor is sent after it (``"d"``: judge only) to the survivor's partition."""
+            for event, raw, hops in sorted(events, key=lambda e: e[0]["record"]["occurred_at"]):
                 customer = event["customer_id"]
+                target = moved_to(customer)
+                if target is not None and hops < _MAX_HOPS:
+                    out.handovers.append((target, judge_item(target, raw, hops + 1)))
+                    continue
                 updated, alerts = self.detector.process(profile(customer), event["record"], now_ms)
                 profiles[customer] = updated
                 raise_alerts(state, customer, alerts)
@@ -245,7 +278,9 @@ class CustomerStage:
         seen_puts: list[tuple[int, str, Any]] = []
         for partition, entries in items.items():
             state = self._states[partition]
-            to_judge: list[ResolvedEvent] = []  # judged before the next non-event item
+            to_judge: list[
+                tuple[ResolvedEvent, Any, int]
+            ] = []  # judged before the next non-event item
             seen = self._seen.setdefault(partition, Deduplicator(self.dedupe_horizon_ms))
             fresh: list[str] = []
             pending: set[str] = set()
@@ -267,7 +302,14 @@ class CustomerStage:
                     state.add(event, now_ms, position)
                     book.add(event, now_ms, position)
                     out.events += 1
-                    to_judge.append(event)
+                    to_judge.append((event, item["r"], 0))
+                    continue
+                if kind == "d":  # followed its customer's profile here: judged, not counted
+                    followed: ResolvedEvent = {
+                        "customer_id": item["c"],
+                        "record": from_json(item["r"]),
+                    }
+                    to_judge.append((followed, item["r"], int(item.get("n", 1))))
                     continue
                 if to_judge:  # merges, hand-overs and erasures see the events before them
                     judge(state, to_judge)
@@ -287,16 +329,22 @@ class CustomerStage:
                         # stamp the 360 with a position of the wrong partition and skip the
                         # absorbed customer's later events.)
                         book.apply_merge(notice, now_ms, position)
-                    if home and (
-                        profiles.get(absorbed_id) is not None
-                        or data.get(f"prof|{absorbed_id}") is not None
-                    ):
-                        moving = profile(absorbed_id)
-                        profiles[absorbed_id] = None
-                        out.state_puts.append((partition, f"prof|{absorbed_id}", None))
-                        out.handovers.append(
-                            (survivor_id, {"t": "p", "s": survivor_id, "p": moving.to_dict()})
-                        )
+                    if home and absorbed_id not in moved:
+                        # Where the absorbed customer lived, it now points at the survivor
+                        # (events resolved to it before identity knew follow: ``moved_to``).
+                        if moved_to(absorbed_id) is None and (
+                            profiles.get(absorbed_id) is not None
+                            or data.get(f"prof|{absorbed_id}") is not None
+                        ):
+                            moving = profile(absorbed_id)
+                            out.handovers.append(
+                                (survivor_id, {"t": "p", "s": survivor_id, "p": moving.to_dict()})
+                            )
+                        if absorbed_id not in moved:
+                            moved[absorbed_id] = survivor_id
+                            profiles[absorbed_id] = None
+                            out.state_puts.append((partition, f"prof|{absorbed_id}", None))
+                            out.state_puts.append((partition, f"moved|{absorbed_id}", survivor_id))
                     if handover is not None:
                         survivor = notice["survivor"]
                         if partition_for(survivor, self.partitions) == partition:
@@ -314,6 +362,10 @@ class CustomerStage:
                         out.state_puts.append((partition, key, None))
                 elif kind == "p":  # an absorbed customer's profile joins the survivor's
                     survivor_id = item["s"]
+                    target = moved_to(survivor_id)
+                    if target is not None:  # the survivor was absorbed in turn: follow it
+                        out.handovers.append((target, {**item, "s": target}))
+                        continue
                     merged, alerts = self.detector.merge(
                         profile(survivor_id), Profile.from_dict(item["p"]), now_ms
                     )

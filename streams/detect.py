@@ -427,7 +427,15 @@ _MAX_COMPLAINTS: Final = 8
 _MAX_FRESH: Final = 8
 _MAX_GEOS: Final = 8
 _MAX_COLD: Final = 6
-_SESSION_EVENTS: Final = 4  # an hour with no more activity than this may be the session itself
+# The rules whose verdict needs history: an event they could not judge for lack of it is
+# kept (``Profile.cold``) and judged again when the history arrives.
+_COLD_RULES: Final = (
+    "unusual_hour",
+    "unhappy_valuable",
+    "new_device_new_country_high_value",
+    "amount_outlier",
+)
+_MAX_EARLY: Final = 64  # earliest web/app event times kept: history counts as of any time
 
 _CONTACT_TYPES: Final = frozenset({"call", "chat", "email", "complaint"})
 _FAILURE_TYPES: Final = frozenset({"checkout_failed", "login_failed"})
@@ -480,6 +488,10 @@ class Profile:
     fresh: list[list[Any]] = field(default_factory=list)  # [ts, "d"/"c", key] first seen
     channels: dict[str, int] = field(default_factory=dict)  # channel -> events
     hours: list[int] = field(default_factory=lambda: [0] * 24)  # web/app events per local hour
+    # When each hour was first used (event time, 0: never) and the earliest web/app event
+    # times (at most _MAX_EARLY): the histogram as it stood at any earlier time.
+    hour_first: list[int] = field(default_factory=lambda: [0] * 24)
+    early: list[int] = field(default_factory=list)
     amounts: dict[str, list[list[Any]]] = field(default_factory=dict)  # cur -> [[ts, amount]]
     merchants: dict[str, int] = field(default_factory=dict)  # merchant -> payments
     contacts: list[list[Any]] = field(default_factory=list)  # [ts, event_id, contact key]
@@ -504,7 +516,8 @@ class Profile:
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
         """From ``to_dict`` output (after JSON); unknown keys are ignored, missing default.
 
-        A profile stored before ``geos`` (one ``last_geo``) starts its history with it.
+        A profile stored before ``geos`` (one ``last_geo``) starts its history with it; one
+        stored before ``hour_first``/``early`` dates its hour histogram at ``first_ms``.
         """
         known = {k: v for k, v in data.items() if k in _PROFILE_FIELDS}
         old = data.get("last_geo")
@@ -512,8 +525,12 @@ class Profile:
             lat, lon, ts, country, event_id, event_type = old
             known["geos"] = [[ts, event_id, lat, lon, country, event_type]]
         profile = cls(**known)
-        if len(profile.hours) != 24:
+        if len(profile.hours) != 24 or len(profile.hour_first) != 24:
             raise ValueError(f"profile {profile.customer_id}: hours must have 24 bins")
+        if "hour_first" not in known:
+            first = profile.first_ms
+            profile.hour_first = [first if n else 0 for n in profile.hours]
+            profile.early = [first] * min(sum(profile.hours), _MAX_EARLY)
         return profile
 
     @property
@@ -839,14 +856,22 @@ def _median(values: list[float]) -> float:
     return s[mid] if n % 2 else (s[mid - 1] + s[mid]) / 2
 
 
+def amounts_before(profile: Profile, currency: str, ts: int) -> list[list[Any]]:
+    """The approved payments ``[ts, amount]`` in ``currency`` before event time ``ts``."""
+    history = profile.amounts.get(currency, [])
+    if ts > profile.last_ms:  # in order: all of them
+        return history
+    return [e for e in history if e[0] < ts]
+
+
 def observe_amount_outlier(
     profile: Profile, record: TouchpointRecord, rule: AmountOutlier, now_ms: int
 ) -> Alert | None:
     body = _payment(record)
     if body is None:
         return None
-    history = profile.amounts.get(body["currency"])
-    if history is None or len(history) < rule.min_history:
+    history = amounts_before(profile, body["currency"], record["occurred_at"])
+    if len(history) < rule.min_history:
         return None  # cold start: no statistical alert
     amount = body["amount"]
     logs = [math.log(e[1]) for e in history if e[1] > 0]
@@ -961,23 +986,44 @@ def _hour_ranges(hours: list[int]) -> str:
     return ", ".join(f"{a:02d}-{(b + 1) % 24:02d}" for a, b in ranges)
 
 
+def hours_before(profile: Profile, ts: int) -> tuple[list[int], int]:
+    """The hours used before event time ``ts`` (the histogram, with the hours first used
+    later at 0) and how many web/app events came before it. Events arrive out of event
+    time (catch-up, merges), and what happened after an event is no baseline for it.
+
+    Exact up to ``_MAX_EARLY`` events (beyond that the count is the masked histogram's).
+    """
+    if ts > profile.last_ms:  # in order: all of it
+        return profile.hours, sum(profile.hours)
+    hours = [
+        n if 0 < first < ts else 0
+        for n, first in zip(profile.hours, profile.hour_first, strict=True)
+    ]
+    early = profile.early
+    count = bisect.bisect_left(early, ts)
+    if count >= _MAX_EARLY:
+        count = max(count, sum(hours))
+    return hours, count
+
+
 def observe_unusual_hour(
     profile: Profile, record: TouchpointRecord, rule: UnusualHour, now_ms: int
 ) -> Alert | None:
     if record["channel"] not in _DIGITAL:
         return None
-    history = sum(profile.hours)
+    ts = record["occurred_at"]
+    hours, history = hours_before(profile, ts)
     if history < rule.min_history:
         return None  # cold start: no statistical alert
     zone = _zone_of(profile, record)
-    ts = record["occurred_at"]
     hour = local_hour(ts, zone)
-    gap = _hour_gap(profile.hours, hour)
+    gap = _hour_gap(hours, hour)
     if gap < rule.min_gap_hours:
         return None
     minute = _local_minute(ts, zone)
+    usual = _hour_ranges(hours)
     summary = (
-        f"usual active hours {_hour_ranges(profile.hours)} ({zone or 'UTC'}, {history} events); "
+        f"usual active hours {usual} ({zone or 'UTC'}, {history} events); "
         f"this {record['event_type']} at {hour:02d}:{minute:02d} local, {gap} h from any "
         f"hour used before"
     )
@@ -989,7 +1035,7 @@ def observe_unusual_hour(
         summary=summary,
         event_ids=[record["event_id"]],
         evidence={
-            "baseline_hours": _hour_ranges(profile.hours),
+            "baseline_hours": usual,
             "baseline_events": str(history),
             "timezone": zone or "UTC",
             "observed_hour": str(hour),
@@ -1257,7 +1303,15 @@ def fold(profile: Profile, record: TouchpointRecord) -> Profile:
         profile.devices[device] = max(ts, profile.devices.get(device, 0))
     _bump(profile.channels, channel, _MAX_CHANNELS)
     if channel in _DIGITAL:
-        profile.hours[local_hour(ts, _zone_of(profile, record))] += 1
+        hour = local_hour(ts, _zone_of(profile, record))
+        profile.hours[hour] += 1
+        first = profile.hour_first[hour]
+        if first == 0 or ts < first:
+            profile.hour_first[hour] = ts
+        early = profile.early
+        if len(early) < _MAX_EARLY or ts < early[-1]:
+            bisect.insort(early, ts)
+            del early[_MAX_EARLY:]
     _insert(profile.recent, [ts, event_id, channel, event_type, device, country], _MAX_RECENT)
 
     if event_type in _FAILURE_TYPES and channel in _DIGITAL:
@@ -1400,6 +1454,11 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
         fresh=_merge_entries(survivor.fresh, absorbed.fresh, _MAX_FRESH),
         channels=_merge_counts(survivor.channels, absorbed.channels, _MAX_CHANNELS),
         hours=[a + b for a, b in zip(survivor.hours, absorbed.hours, strict=True)],
+        hour_first=[
+            min(a, b) if a and b else a or b
+            for a, b in zip(survivor.hour_first, absorbed.hour_first, strict=True)
+        ],
+        early=sorted([*survivor.early, *absorbed.early])[:_MAX_EARLY],
         amounts=amounts,
         merchants=_merge_counts(survivor.merchants, absorbed.merchants, _MAX_MERCHANTS),
         contacts=_merge_entries(survivor.contacts, absorbed.contacts, _MAX_CONTACTS),
@@ -1423,56 +1482,24 @@ def merge_profiles(survivor: Profile, absorbed: Profile) -> Profile:
     )
 
 
-def _rejudge_baselines(
-    merged: Profile, other: Profile, side: Profile, records: list[TouchpointRecord]
-) -> dict[str, Profile]:
-    """What each history-needing rule judges ``side``'s cold events against on a merge.
+def _rejudge_baselines(merged: Profile, other: Profile) -> dict[str, Profile]:
+    """What each history-needing rule judges a side's cold events against on a merge.
 
-    * ``unusual_hour``: the joined hour histogram, less this side's activity at the hours
-      of its cold events (a night session must not make its own hour usual);
+    * ``unusual_hour``: the joined histogram as it stood at the event (``hours_before``);
     * ``unhappy_valuable``: the joined lifetime value;
-    * ``amount_outlier``: the joined amounts (``_judge_cold`` keeps those before the event);
+    * ``amount_outlier``: the joined payments before the event (``amounts_before``);
     * ``new_device_new_country_high_value``: the other side's devices and countries (the
       joined ones contain the event's own device and country).
 
-    Shallow copies under the survivor's id and the joined cool-downs: observers only read.
+    The other side goes under the survivor's id and the joined cool-downs (a shallow copy:
+    observers only read).
     """
-    cold_hours = {
-        local_hour(record["occurred_at"], _zone_of(side, record))
-        for record in records
-        if record["channel"] in _DIGITAL
-    }
-    hours = [
-        theirs + (0 if hour in cold_hours else own)
-        for hour, (theirs, own) in enumerate(zip(other.hours, side.hours, strict=True))
-    ]
-    survivor, cooldowns = merged.customer_id, merged.cooldowns
-    joined = dataclasses.replace(merged, hours=hours, customer_id=survivor, cooldowns=cooldowns)
-    theirs = dataclasses.replace(other, customer_id=survivor, cooldowns=cooldowns)
+    theirs = dataclasses.replace(other, customer_id=merged.customer_id, cooldowns=merged.cooldowns)
     return {
-        "unusual_hour": joined,
-        "unhappy_valuable": joined,
+        "unusual_hour": merged,
+        "unhappy_valuable": merged,
         "new_device_new_country_high_value": theirs,
-        "amount_outlier": joined,
-    }
-
-
-def _own_baselines(profile: Profile, records: list[TouchpointRecord]) -> dict[str, Profile]:
-    """What a profile's own cold events are judged against once its history has grown:
-    the profile itself, except that an hour of a cold event with no more activity than a
-    session (``_SESSION_EVENTS``) does not count as used (the event's own session)."""
-    hours = list(profile.hours)
-    for record in records:
-        if record["channel"] in _DIGITAL:
-            hour = local_hour(record["occurred_at"], _zone_of(profile, record))
-            if hours[hour] <= _SESSION_EVENTS:
-                hours[hour] = 0
-    shallow = dataclasses.replace(profile, hours=hours)  # observers only read
-    return {
-        "unusual_hour": shallow,
-        "unhappy_valuable": profile,
-        "new_device_new_country_high_value": profile,
-        "amount_outlier": profile,
+        "amount_outlier": merged,
     }
 
 
@@ -1548,7 +1575,7 @@ class Detector:
             # catch-up): judge the cold events again against the profile as it is now.
             # Events later in event time are not history for them, and cost nothing here.
             cold = _read_cold(profile.cold)
-            baselines = _own_baselines(profile, [record for record, _ in cold])
+            baselines = dict.fromkeys(_COLD_RULES, profile)
             pending = self._judge_cold(cold, baselines, profile.cooldowns, alerts, now_ms)
             profile.cold = [e for e in profile.cold if e[1]["event_id"] in pending]
         return profile, alerts
@@ -1556,13 +1583,15 @@ class Detector:
     def _short_of_history(self, name: str, baseline: Profile, record: TouchpointRecord) -> bool:
         rules = self.rules
         if name == "unusual_hour":
-            return sum(baseline.hours) < rules.unusual_hour.min_history
+            return hours_before(baseline, record["occurred_at"])[1] < rules.unusual_hour.min_history
         if name == "new_device_new_country_high_value":
             nddnc = rules.new_device_new_country_high_value
             return baseline.seen < nddnc.min_history or not baseline.countries
         if name == "amount_outlier":
             body = _payment(record)
-            history = [] if body is None else baseline.amounts.get(body["currency"], [])
+            if body is None:
+                return True
+            history = amounts_before(baseline, body["currency"], record["occurred_at"])
             return len(history) < rules.amount_outlier.min_history
         if name == "unhappy_valuable":
             return baseline.value_eur < rules.unhappy_valuable.min_value_eur
@@ -1587,13 +1616,6 @@ class Detector:
                 baseline = baselines.get(name)
                 if baseline is None or not config.enabled:
                     continue
-                if name == "amount_outlier":  # the payments before it in event time
-                    baseline = dataclasses.replace(
-                        baseline,
-                        amounts={
-                            c: [e for e in h if e[0] < ts] for c, h in baseline.amounts.items()
-                        },
-                    )
                 if self._short_of_history(name, baseline, record):
                     pending.add(record["event_id"])
                     continue
@@ -1614,9 +1636,9 @@ class Detector:
         rules = self.rules
         out: list[str] = []
         if record["channel"] in _DIGITAL and rules.unusual_hour.enabled:
-            if sum(profile.hours) < rules.unusual_hour.min_history:
-                hour = local_hour(record["occurred_at"], _zone_of(profile, record))
-                if not profile.hours[hour]:
+            hours, before = hours_before(profile, record["occurred_at"])
+            if before < rules.unusual_hour.min_history:
+                if not hours[local_hour(record["occurred_at"], _zone_of(profile, record))]:
                     out.append("unusual_hour")
         body = _payment(record)
         if body is not None:
@@ -1626,7 +1648,7 @@ class Detector:
                 if value is not None and value >= nddnc.min_amount_eur:
                     out.append("new_device_new_country_high_value")
             outlier = rules.amount_outlier
-            history = profile.amounts.get(body["currency"], ())
+            history = amounts_before(profile, body["currency"], record["occurred_at"])
             if outlier.enabled and len(history) < outlier.min_history:
                 if body["amount"] > max((e[1] for e in history), default=0.0):
                     out.append("amount_outlier")
@@ -1653,9 +1675,10 @@ class Detector:
         for side, other in ((absorbed, survivor), (survivor, absorbed)):
             if not side.cold:
                 continue
-            cold = _read_cold(side.cold)
-            baselines = _rejudge_baselines(merged, other, side, [record for record, _ in cold])
-            pending |= self._judge_cold(cold, baselines, merged.cooldowns, alerts, now_ms)
+            baselines = _rejudge_baselines(merged, other)
+            pending |= self._judge_cold(
+                _read_cold(side.cold), baselines, merged.cooldowns, alerts, now_ms
+            )
         merged.cold = [e for e in merged.cold if e[1]["event_id"] in pending]
         return merged, alerts
 

@@ -245,3 +245,62 @@ def test_a_profile_hand_over_judges_the_fragments_events_against_the_history() -
         ("unusual_hour", "c-survivor", ["s1"])
     ]
     assert [(r.rule, r.alerts) for r in out.alert_rows] == [("unusual_hour", 1)]  # counted
+
+
+def test_an_event_resolved_to_a_customer_whose_profile_moved_follows_it() -> None:
+    # Identity partitions learn of a merge at different times: after the absorbed
+    # customer's profile left for the survivor, an event still resolved to the absorbed id
+    # arrives. It must be judged against the survivor's history, not start a new profile
+    # of its own under an id nothing will ever merge again.
+    from streams.customer_stage import merge_item
+    from streams.detect import Profile
+    from tests.unit.test_detect import DAY, HOUR, T0, _day_person, only, rec
+
+    absorbed, survivor = "c-a0", "c-b0"  # partitions 0 and 1
+    stage = CustomerStage(2, lateness_ms=60_000, pane_events=10_000, detector=only("unusual_hour"))
+    store = Store()
+    known = Profile(survivor)
+    _day_person(known, "Europe/London")
+    store.data[f"prof|{survivor}"] = known.to_dict()
+    day = rec("page_view", ts=T0 - T0 % DAY + 12 * HOUR, event_id="d1")
+    for p in (0, 1):
+        stage.restore(p, store)
+    night = T0 - T0 % DAY + DAY + 2 * HOUR
+    out = stage.process(
+        {
+            0: [
+                (0, event_item(absorbed, day, anchor_key(day))),
+                (1, merge_item(survivor, absorbed, night)),
+            ]
+        },
+        store,
+        night,
+    )
+    store.apply(out)
+    [(key, handover)] = out.handovers
+    assert (key, handover["t"]) == (survivor, "p")
+    assert f"prof|{absorbed}" not in store.data and store.data[f"moved|{absorbed}"] == survivor
+
+    login = rec("login", ts=night, event_id="n1")
+    out = stage.process({0: [(2, event_item(absorbed, login, anchor_key(login)))]}, store, night)
+    store.apply(out)
+    assert out.alerts == [] and out.events == 1  # counted where it arrived
+    [(key, followed)] = out.handovers
+    assert (key, followed["t"], followed["c"]) == (survivor, "d", survivor)
+    assert f"prof|{absorbed}" not in store.data
+
+    out = stage.process({1: [(0, handover), (1, followed)]}, store, night)
+    store.apply(out)
+    assert [(a["rule"], a["customer_id"], a["event_ids"]) for a in out.alerts] == [
+        ("unusual_hour", survivor, ["n1"])
+    ]
+    assert out.events == 0  # not counted twice
+    profile = Profile.from_dict(store.data[f"prof|{survivor}"])
+    assert profile.seen == known.seen + 2
+
+    # A chain: the survivor is absorbed in turn; an event for the first id follows both.
+    store.apply(stage.process({1: [(2, merge_item("c-z", survivor, night))]}, store, night))
+    late = rec("page_view", ts=night + HOUR, event_id="n2")
+    out = stage.process({0: [(3, event_item(absorbed, late, anchor_key(late)))]}, store, night)
+    out = stage.process({1: [(3, out.handovers[0][1])]}, store, night)
+    assert [(k, h["t"], h["c"], h["n"]) for k, h in out.handovers] == [("c-z", "d", "c-z", 2)]

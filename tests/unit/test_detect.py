@@ -30,6 +30,7 @@ from streams.detect import (
     alert_row,
     fold,
     haversine_km,
+    hours_before,
     local_hour,
     merge_profiles,
 )
@@ -801,12 +802,63 @@ def test_a_night_event_that_arrives_before_its_history_is_judged_when_it_arrives
     ]
     alerts = run(detector, profile, history)
     assert [(a["rule"], a["event_ids"]) for a in alerts] == [("unusual_hour", ["n1"])]
-    assert profile.cold == []
+    # The login left; what stays are the customer's first events (each at an hour not used
+    # before it, with no history before it: only still earlier events could judge them).
+    assert [entry[0] for entry in profile.cold] == [e["occurred_at"] for e in history[:3]]
     # A customer who does use that hour (more than a session's worth) is not flagged.
     owl = Profile("CRM-2")
     run(detector, owl, [rec("login", ts=night, event_id="n2")])
     nights = [rec("page_view", ts=night - (i + 1) * DAY) for i in range(6)]
     assert run(detector, owl, nights + history) == []
+
+
+def test_what_came_after_an_event_is_no_baseline_for_it() -> None:
+    """Arrival order is not event time: a night login that reaches the stage after 40 days
+    of *later* daytime activity (a replay, a catch-up, a merge) had no history when it
+    happened, and is not flagged; one with the same history before it is."""
+    detector = only("unusual_hour")
+    night = T0 - T0 % DAY - 50 * DAY + 2 * HOUR  # 03:00 London, before all of the history
+    later = Profile("CRM-1")
+    _day_person(later, "Europe/London")
+    assert run(detector, later, [rec("login", ts=night, event_id="n1")]) == []
+    assert [entry[1]["event_id"] for entry in later.cold] == ["n1"]  # still short of history
+    # The same through a merge: a night fragment joined to a customer whose history is all
+    # after it.
+    cookie = Profile("anon-1")
+    run(detector, cookie, [rec("login", ts=night, event_id="n2")])
+    known = Profile("CRM-2")
+    _day_person(known, "Europe/London")
+    merged, alerts = detector.merge(known, cookie, T0)
+    assert alerts == [] and [e[1]["event_id"] for e in merged.cold] == ["n2"]
+    # History before the event counts however it arrives: 70 earlier events, then the night.
+    earlier = Profile("CRM-3")
+    _day_person(earlier, "Europe/London")
+    alerts = run(detector, earlier, [rec("login", ts=T0 - T0 % DAY + 2 * HOUR, event_id="n3")])
+    assert [a["event_ids"] for a in alerts] == [["n3"]]
+    assert alerts[0]["evidence"]["baseline_events"] == "70"
+
+
+def test_hours_before_is_the_histogram_as_it_stood() -> None:
+    profile = Profile("CRM-1")
+    day = T0 - T0 % DAY
+    for ts in (day + 9 * HOUR, day + 2 * DAY + 20 * HOUR, day + DAY + 9 * HOUR):  # not in order
+        fold(profile, rec("page_view", ts=ts, tz=None))
+    assert hours_before(profile, day + 3 * DAY) == (profile.hours, 3)
+    hours, count = hours_before(profile, day + DAY + 10 * HOUR)
+    assert count == 2 and hours[9] and not hours[20]
+    assert hours_before(profile, day + 9 * HOUR) == ([0] * 24, 0)  # strictly before
+    # Merged, and through JSON: the same answers.
+    other = Profile("anon-1")
+    fold(other, rec("page_view", ts=day - DAY + 20 * HOUR, tz=None))
+    merged = Profile.from_dict(orjson.loads(orjson.dumps(merge_profiles(profile, other).to_dict())))
+    hours, count = hours_before(merged, day + DAY + 10 * HOUR)
+    assert count == 3 and hours[20] and hours[9] and not any(hours[10:20])
+    # A profile stored before these fields dates its whole histogram at first_ms.
+    old = merged.to_dict()
+    del old["hour_first"], old["early"]
+    upgraded = Profile.from_dict(old)
+    assert hours_before(upgraded, merged.first_ms + 1)[1] == 4
+    assert hours_before(upgraded, merged.first_ms) == ([0] * 24, 0)
 
 
 def test_local_hour_handles_dst_half_hour_zones_and_bad_zones() -> None:
