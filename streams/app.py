@@ -478,8 +478,10 @@ class Pipeline:
                 shard.put(partition, key, value)
         await asyncio.gather(*(await shard.flush_async()))
 
-    async def _tick_customers(self) -> None:
-        """Deadline rules (an unresolved complaint) fire even when a customer goes quiet."""
+    async def _tick_customers(self, idle_ms: int = 60_000) -> None:
+        """Deadline rules (an unresolved complaint) fire even when a customer goes quiet:
+        by the event time a partition has reached while events flow, by the clock once it
+        has had nothing for ``idle_ms`` (``CustomerStage.deadline_clock``)."""
         for table in (self.dedupe_table, self.identity_table, self.customer_table):
             metrics.TABLE_KEYS.labels(table.name).set(len(table.data))
         data = StoredView(self.customer_table)
@@ -490,7 +492,7 @@ class Pipeline:
         )
         if partitions:
             async with self._customer_lock:
-                out = self.customer_stage.tick(partitions, data, now_ms)
+                out = self.customer_stage.tick(partitions, data, now_ms, idle_ms)
                 if out.state_puts or out.alerts:
                     await self._emit_customer_outputs(out)
 

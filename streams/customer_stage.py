@@ -179,6 +179,8 @@ class CustomerStage:
         self.lateness_ms = lateness_ms
         self.pane_events = pane_events
         self._states: dict[int, AggregatorState] = {}
+        # per partition: (latest event time, processing time it arrived): the deadline clock
+        self._event_clock: dict[int, tuple[int, int]] = {}
 
     def has_partition(self, partition: int) -> bool:
         return partition in self._states
@@ -187,6 +189,7 @@ class CustomerStage:
         self._states.pop(partition, None)
         self._seen.pop(partition, None)
         self._due.pop(partition, None)
+        self._event_clock.pop(partition, None)
 
     def restore(self, partition: int, data: Any) -> None:
         """Rebuild a partition's aggregator from its table entries (after assignment)."""
@@ -284,6 +287,7 @@ class CustomerStage:
             seen = self._seen.setdefault(partition, Deduplicator(self.dedupe_horizon_ms))
             fresh: list[str] = []
             pending: set[str] = set()
+            events_before = out.events
             late_before = state.late_events
             for position, item in entries:
                 kind = item["t"]
@@ -373,6 +377,8 @@ class CustomerStage:
                     raise_alerts(state, survivor_id, alerts)
             if to_judge:
                 judge(state, to_judge)
+            if out.events > events_before and state.max_ts is not None:
+                self._event_clock[partition] = (state.max_ts, now_ms)
             out.late_events += state.late_events - late_before
             rolling = now_ms - self._last_rolling.get(partition, 0) >= self.rolling_ms
             if rolling:
@@ -413,20 +419,34 @@ class CustomerStage:
     def _due_puts(self, partitions: set[int]) -> list[tuple[int, str, Any]]:
         return [(p, f"due|{p}", dict(self._due.get(p, {}))) for p in sorted(partitions)]
 
-    def tick(self, partitions: Sequence[int], data: Any, now_ms: int) -> CustomerOutputs:
+    def deadline_clock(self, partition: int, now_ms: int, idle_ms: int) -> int:
+        """The time deadline rules are judged at on ``partition``: the event time it has
+        reached while events flow (a catch-up replays days in minutes, and a complaint
+        whose resolving call-back is still in the backlog is not overdue), the processing
+        time once nothing has arrived for ``idle_ms`` (caught up: a quiet customer's
+        deadline passes by the clock)."""
+        seen = self._event_clock.get(partition)
+        if seen is None or now_ms - seen[1] >= idle_ms:
+            return now_ms
+        return min(now_ms, seen[0])
+
+    def tick(
+        self, partitions: Sequence[int], data: Any, now_ms: int, idle_ms: int = 60_000
+    ) -> CustomerOutputs:
         """Deadline-driven rules (e.g. complaint unresolved) of ``partitions``' customers
-        whose next deadline has passed; the others are not read."""
+        whose next deadline has passed (by ``deadline_clock``); the others are not read."""
         out = CustomerOutputs()
         changed: set[int] = set()
         for partition in partitions:
             if not self.has_partition(partition):
                 self.restore(partition, data)
-            due = [c for c, at in self._due.get(partition, {}).items() if at <= now_ms]
+            clock = self.deadline_clock(partition, now_ms, idle_ms)
+            due = [c for c, at in self._due.get(partition, {}).items() if at <= clock]
             for customer_id in due:
                 saved = data.get(f"prof|{customer_id}")
                 profile = None if saved is None else Profile.from_dict(saved)
                 if profile is not None:
-                    profile, alerts = self.detector.tick(profile, now_ms)
+                    profile, alerts = self.detector.tick(profile, now_ms, at_ms=clock)
                     out.alerts.extend(alerts)
                     out.state_puts.append((partition, f"prof|{customer_id}", profile.to_dict()))
                 if self._set_due(partition, customer_id, profile):

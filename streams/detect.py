@@ -1682,20 +1682,24 @@ class Detector:
         merged.cold = [e for e in merged.cold if e[1]["event_id"] in pending]
         return merged, alerts
 
-    def tick(self, profile: Profile, now_ms: int) -> tuple[Profile, list[Alert]]:
-        """Time-driven checks at ``now_ms`` (complaints past their target). Mutates."""
+    def tick(
+        self, profile: Profile, now_ms: int, at_ms: int | None = None
+    ) -> tuple[Profile, list[Alert]]:
+        """Time-driven checks (complaints past their target) at ``at_ms``, the deadline
+        clock (default ``now_ms``, the processing time alerts are stamped with). Mutates."""
         rule = self._complaints
         if rule is None or not profile.complaints:
             return profile, []
+        at = now_ms if at_ms is None else at_ms
         alerts: list[Alert] = []
         last = profile.cooldowns.get("complaint_unresolved")
-        alert = overdue_complaints(profile, now_ms, rule, now_ms)
+        alert = overdue_complaints(profile, at, rule, now_ms)
         if alert is not None and (
             last is None or abs(alert["occurred_at"] - last) >= rule.cooldown_ms
         ):
             profile.cooldowns["complaint_unresolved"] = alert["occurred_at"]
             alerts.append(alert)
-        self._drop_overdue(profile, now_ms)
+        self._drop_overdue(profile, at)
         return profile, alerts
 
     def next_tick_ms(self, profile: Profile) -> int | None:

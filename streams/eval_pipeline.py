@@ -30,9 +30,11 @@ different raw partitions and reach the customer stage in batch order, not event-
 order, and identity merges land after events that, in event time, came later. Live
 traffic reorders far less; the eval measures the harder case.
 
-The worker's deadline timer runs every 60 s; once everything is processed the eval
-runs that tick once itself (what the timer would do at its next minute) instead of
-waiting up to a minute for it.
+The worker's deadline timer runs every 60 s, judging deadlines by the event time each
+partition has reached while events flow (a timer firing mid-replay does not find a
+complaint overdue whose call-back is still in the backlog); once everything is processed
+the eval runs that tick once itself, by the clock (what the timer would do at its next
+minute) instead of waiting up to a minute for it.
 
 Rules come from ``RULES_FILE`` (the deployment's), copied into the eval's data dir
 without webhook subscribers: an eval never posts to a real webhook.
@@ -498,8 +500,9 @@ async def run_eval(
         deadline = t_produce + timeout
         landed, behind, settled = await _settled(pipeline, lag, count_sql, len(pairs), deadline)
         process_s = time.monotonic() - t_produce
-        # The deadline tick, as the worker's 60 s timer would run it at its next minute.
-        await asyncio.wait_for(pipeline._tick_customers(), timeout=30.0)
+        # The deadline tick, as the worker's 60 s timer would run it at its next minute,
+        # with everything processed (idle partitions: the deadline clock is the clock).
+        await asyncio.wait_for(pipeline._tick_customers(idle_ms=0), timeout=30.0)
         if settled:
             _, behind, settled = await _settled(
                 pipeline, lag, count_sql, len(pairs), time.monotonic() + 30.0

@@ -174,6 +174,42 @@ def test_the_tick_reads_only_customers_whose_deadline_passed_and_survives_a_rest
     assert restarted.tick([0], store, T0 + 200 * HOUR).alerts == []
 
 
+def test_deadlines_follow_the_event_time_a_catch_up_has_reached_then_the_clock() -> None:
+    # A catch-up replays days of events in seconds. A timer tick in the middle of it must
+    # not find the complaint overdue while its resolving call-back (30 h later in event
+    # time) is still in the backlog; once the partition is idle the clock decides.
+    from tests.unit.test_detect import HOUR, T0, contact, only
+
+    stage = CustomerStage(
+        1, lateness_ms=60_000, pane_events=10_000, detector=only("complaint_unresolved")
+    )
+    store = Store()
+    stage.restore(0, store)
+    wall = T0 + 30 * 24 * HOUR  # the backlog is a month old
+    complaint = contact("complaint", T0, case="A", complaint=True, resolved=False)
+    store.apply(
+        stage.process({0: [(0, event_item("c1", complaint, anchor_key(complaint)))]}, store, wall)
+    )
+    assert stage.deadline_clock(0, wall + 5_000, idle_ms=60_000) == T0  # events flow
+    assert stage.tick([0], store, wall + 5_000).alerts == []
+    callback = contact("call", T0 + 30 * HOUR, case="A", resolved=True)
+    store.apply(
+        stage.process(
+            {0: [(1, event_item("c1", callback, anchor_key(callback)))]}, store, wall + 10_000
+        )
+    )
+    assert stage.tick([0], store, wall + 80_000).alerts == []  # idle: the clock; resolved
+    # Unresolved, the idle partition's clock finds it overdue.
+    other = contact("complaint", T0 + HOUR, case="B", complaint=True, resolved=False)
+    store.apply(
+        stage.process({0: [(2, event_item("c2", other, anchor_key(other)))]}, store, wall + 90_000)
+    )
+    assert stage.tick([0], store, wall + 100_000).alerts == []  # events flowed 10 s ago
+    late = stage.tick([0], store, wall + 200_000)
+    assert [(a["rule"], a["customer_id"]) for a in late.alerts] == [("complaint_unresolved", "c2")]
+    assert late.alerts[0]["detected_at"] == wall + 200_000  # stamped with processing time
+
+
 def test_a_merge_notice_on_the_survivors_partition_leaves_the_absorbed_360_alone() -> None:
     # One worker owning both partitions (one store): the notice reaches the absorbed
     # customer's partition (0) and the survivor's (1). Only partition 0 may touch the
