@@ -478,7 +478,11 @@ class Pipeline:
                 shard.put(partition, key, value)
         await asyncio.gather(*(await shard.flush_async()))
 
-    async def _tick_customers(self, idle_ms: int = 60_000) -> None:
+    async def _tick_customers(self) -> None:
+        """The 60 s timer (no parameters: Faust passes the app to a timer that takes one)."""
+        await self.tick_customers(idle_ms=60_000)
+
+    async def tick_customers(self, idle_ms: int) -> None:
         """Deadline rules (an unresolved complaint) fire even when a customer goes quiet:
         by the event time a partition has reached while events flow, by the clock once it
         has had nothing for ``idle_ms`` (``CustomerStage.deadline_clock``)."""

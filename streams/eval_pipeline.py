@@ -502,7 +502,7 @@ async def run_eval(
         process_s = time.monotonic() - t_produce
         # The deadline tick, as the worker's 60 s timer would run it at its next minute,
         # with everything processed (idle partitions: the deadline clock is the clock).
-        await asyncio.wait_for(pipeline._tick_customers(idle_ms=0), timeout=30.0)
+        await asyncio.wait_for(pipeline.tick_customers(idle_ms=0), timeout=30.0)
         if settled:
             _, behind, settled = await _settled(
                 pipeline, lag, count_sql, len(pairs), time.monotonic() + 30.0
