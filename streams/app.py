@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -268,8 +268,8 @@ class Pipeline:
         )
         for partition, records in grouped.items():
             pending.extend(await self._send_envelopes(valid_topic, partition, records))
-        for out in result.valid:
-            metrics.VALID_EVENTS.labels(out.record["channel"]).inc()
+        for channel, count in Counter(out.record["channel"] for out in result.valid).items():
+            metrics.VALID_EVENTS.labels(channel).inc(count)
         for dead in result.dead:
             pending.append(
                 await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
@@ -364,6 +364,7 @@ class Pipeline:
         resolved: list[tuple[str, Any]] = []
         changes: list[tuple[str, Any]] = []
         pending = []
+        kinds: Counter[str] = Counter()  # counted once per batch: labels() is not free
         for out in outputs:
             if isinstance(out, Resolved):
                 customer = out.customer or ""
@@ -371,10 +372,10 @@ class Pipeline:
                 resolved.append(
                     (customer or out.event_id, event_item(customer, item["r"], item["a"]))
                 )
-                metrics.IDENTITY_OUTPUTS.labels("resolved").inc()
+                kinds["resolved"] += 1
                 continue
             changes.append((out.id, output_to_json(out)))
-            metrics.IDENTITY_OUTPUTS.labels(type(out).__name__.lower()).inc()
+            kinds[type(out).__name__.lower()] += 1
             if isinstance(out, Erased):  # the customer stage forgets them too
                 for customer in {out.customer, *out.customers}:
                     resolved.append((customer, {"t": "x", "c": customer}))
@@ -406,6 +407,8 @@ class Pipeline:
                             None,
                         )
                     )
+        for kind, count in kinds.items():
+            metrics.IDENTITY_OUTPUTS.labels(kind).inc(count)
         for p, items in group_by_partition(resolved, n).items():
             pending.extend(await self._send_envelopes(t.resolved, p, items))
         for p, items in group_by_partition(changes, n).items():
