@@ -13,7 +13,7 @@ RUN_DIR    := .local/run
 CUSTOMERS ?= 500
 RATE      ?=
 EVENTS    ?= 60000
-LATENCY_RATE ?= 1000
+LATENCY_RATE ?= 5000 1000
 
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -72,7 +72,7 @@ bench: install ## each stage vs its ceiling, alert latency, identity memory (rea
 	@rm -rf .local/bench && mkdir -p .local/bench
 	@LOCALKAFKA_RUN_DIR=$(abspath .local/bench)/kafka CLICKHOUSE_CHDB_PATH=$(abspath .local/bench)/chdb \
 	  DATA_DIR=$(abspath .local/bench)/faust WEB_PORT=0 \
-	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS) --latency-rate $(LATENCY_RATE)
+	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS) $(foreach r,$(LATENCY_RATE),--latency-rate $(r))
 
 .PHONY: eval
 eval: install ## labelled anomalies through the real pipeline: EVAL precision/recall per detector

@@ -347,9 +347,16 @@ def demo(customers: int, rate: float | None, timeout: float) -> None:
 
 @main.command()
 @click.option("--events", default=200_000, show_default=True)
-@click.option("--latency-rate", default=1000.0, show_default=True, help="events/s, steady")
+@click.option(
+    "--latency-rate",
+    multiple=True,
+    type=float,
+    default=(5000.0, 1000.0),
+    show_default=True,
+    help="events/s, steady; repeat for one alert_latency line per rate",
+)
 @click.option("--latency-seconds", default=10.0, show_default=True)
-def bench(events: int, latency_rate: float, latency_seconds: float) -> None:
+def bench(events: int, latency_rate: tuple[float, ...], latency_seconds: float) -> None:
     """Each stage's events/s against a ceiling measured in the same run (make bench)."""
     from streams.bench import run_bench
     from streams.runner import run_bounded
@@ -358,7 +365,10 @@ def bench(events: int, latency_rate: float, latency_seconds: float) -> None:
     _logging(settings, "WARNING")
     run_bounded(
         run_bench(
-            settings, events=events, latency_rate=latency_rate, latency_seconds=latency_seconds
+            settings,
+            events=events,
+            latency_rates=latency_rate,
+            latency_seconds=latency_seconds,
         )
     )
 
