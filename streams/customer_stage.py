@@ -73,6 +73,7 @@ def judge_item(customer_id: str, record: Any, hops: int = 1) -> dict[str, Any]:
 
 
 _MAX_HOPS = 8  # a chain of merges longer than this is judged where it stands
+_Judged = tuple[ResolvedEvent, Any, int]  # an event to judge, its record as JSON, its hops
 
 
 _MONEY_COLUMNS: dict[str, tuple[int, ...]] = {
@@ -256,7 +257,7 @@ class CustomerStage:
                 state.add_alert(alert["rule"], alert["severity"], alert["occurred_at"])
                 book.set_alert(customer, alert["rule"], True, now_ms)
 
-        def judge(state: AggregatorState, events: list[tuple[ResolvedEvent, Any, int]]) -> None:
+        def judge(state: AggregatorState, events: list[_Judged]) -> None:
             """The detectors over a run of events (event, record as JSON, hops), each
             customer's in event-time order (stable: equal times keep their arrival order).
             A batch is a slice of one partition, whose events can arrive out of event-time
@@ -281,9 +282,7 @@ class CustomerStage:
         seen_puts: list[tuple[int, str, Any]] = []
         for partition, entries in items.items():
             state = self._states[partition]
-            to_judge: list[
-                tuple[ResolvedEvent, Any, int]
-            ] = []  # judged before the next non-event item
+            to_judge: list[_Judged] = []  # judged before the next non-event item
             seen = self._seen.setdefault(partition, Deduplicator(self.dedupe_horizon_ms))
             fresh: list[str] = []
             pending: set[str] = set()
@@ -333,22 +332,19 @@ class CustomerStage:
                         # stamp the 360 with a position of the wrong partition and skip the
                         # absorbed customer's later events.)
                         book.apply_merge(notice, now_ms, position)
-                    if home and absorbed_id not in moved:
+                    if home and moved_to(absorbed_id) is None:  # (else: a replayed notice)
                         # Where the absorbed customer lived, it now points at the survivor
-                        # (events resolved to it before identity knew follow: ``moved_to``).
-                        if moved_to(absorbed_id) is None and (
-                            profiles.get(absorbed_id) is not None
-                            or data.get(f"prof|{absorbed_id}") is not None
-                        ):
-                            moving = profile(absorbed_id)
+                        # (events resolved to it before identity knew follow: ``moved_to``,
+                        # which has also loaded its profile if it has one).
+                        moving = profiles.get(absorbed_id)
+                        if moving is not None:
                             out.handovers.append(
                                 (survivor_id, {"t": "p", "s": survivor_id, "p": moving.to_dict()})
                             )
-                        if absorbed_id not in moved:
-                            moved[absorbed_id] = survivor_id
-                            profiles[absorbed_id] = None
-                            out.state_puts.append((partition, f"prof|{absorbed_id}", None))
-                            out.state_puts.append((partition, f"moved|{absorbed_id}", survivor_id))
+                        moved[absorbed_id] = survivor_id
+                        profiles[absorbed_id] = None
+                        out.state_puts.append((partition, f"prof|{absorbed_id}", None))
+                        out.state_puts.append((partition, f"moved|{absorbed_id}", survivor_id))
                     if handover is not None:
                         survivor = notice["survivor"]
                         if partition_for(survivor, self.partitions) == partition:
