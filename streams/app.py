@@ -1,12 +1,12 @@
 """The composition root: builds the Faust app, its topics, tables, agents and services.
 
-The whole topology reads top to bottom here::
+The topology (which topic feeds which agent, which table it keeps, what it writes) is
+declared in ``streams.topology`` and printed by ``touchpoints topology``; this module wires
+it: the ingest, identity and customers agents, their tables, the ClickHouse sink service
+(when ``SINK_ENABLED``), the webhook dispatcher and the HTTP views.
 
-    touchpoints.raw --[ingest agent]--> touchpoints.valid --[ClickHouse sink]--> touchpoints
-                          |  (dedupe table)                      (own consumer group)
-                          +-----------> touchpoints.dlq  ----[ClickHouse sink]--> dead_letters
-
-Agents are thin batch loops; the logic lives in pure steps (``streams.ingest``).
+Agents are thin batch loops; the logic lives in pure steps (``streams.ingest``,
+``streams.identity``, ``streams.customer_stage``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiohttp import web as aioweb
 from faust.types import TP
 from mode import Service
 
-from streams import metrics
+from streams import metrics, topology
 from streams.clickhouse import ClickHouse, connect
 from streams.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.customer_stage import (
@@ -60,7 +60,7 @@ from streams.identity import (
 from streams.ingest import IngestPolicy, IngestStage, from_json
 from streams.kafka import consumer_security
 from streams.operator import find_customer, identifier_key, timeline
-from streams.settings import TABLES, Settings
+from streams.settings import Settings
 from streams.sink import SinkService
 from streams.state import StoredView, TableShard
 from streams.webhooks import WebhookDispatcher, load_subscribers
@@ -176,27 +176,29 @@ class Pipeline:
         keep_buffers_on_resume(app)  # Faust empties them on every resume (a lost tail)
         self.app = app
         t = settings.topics
-        self.raw_topic = self._bytes_topic(t.raw)
+        stages = {s.name: s for s in topology.STAGES}
+        tables = {tb.stage: tb for tb in topology.TABLES}
+        self.raw_topic = self._bytes_topic(*map(t.of, stages["ingest"].inputs))
         self.dlq_topic = self._bytes_topic(t.dead_letter)
         # identity: LINK ops come from ingest (valid), the others from identity itself (ops)
-        self.identity_in = self._bytes_topic(t.valid, t.identity_ops)
-        self.resolved_topic = self._bytes_topic(t.resolved)
+        self.identity_in = self._bytes_topic(*map(t.of, stages["identity"].inputs))
+        self.resolved_topic = self._bytes_topic(*map(t.of, stages["customers"].inputs))
         self.dedupe_table = app.Table(
-            TABLES[0],  # "ingest-dedupe"
+            tables["ingest"].name,
             partitions=settings.topic_partitions,
             key_type=bytes,
             value_type=bytes,
             help="Event ids seen per raw partition, one entry per ingest batch.",
         )
         self.identity_table = app.Table(
-            TABLES[1],  # "identity"
+            tables["identity"].name,
             partitions=settings.topic_partitions,
             key_type=bytes,
             value_type=bytes,
             help="Identity graph: identifier -> customer label; customer -> members.",
         )
         self.customer_table = app.Table(
-            TABLES[2],  # "customers"
+            tables["customers"].name,
             partitions=settings.topic_partitions,
             key_type=bytes,
             value_type=bytes,

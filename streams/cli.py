@@ -293,6 +293,14 @@ def topics() -> None:
 
 
 @main.command()
+def topology() -> None:
+    """Print the declared topology: stages, consumer groups, tables, topics, sink routes."""
+    from streams.topology import render
+
+    click.echo(render())
+
+
+@main.command()
 def migrate() -> None:
     """Apply ClickHouse migrations (idempotent). With the embedded engine, stop workers first."""
     from streams.clickhouse import connect

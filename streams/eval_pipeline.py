@@ -74,6 +74,7 @@ from streams.generator import produce
 from streams.kafka import consumer_security
 from streams.runner import prepare, query, running
 from streams.settings import Settings
+from streams.topology import consumer_groups
 
 __all__ = ["DEFAULT_CUSTOMERS", "DEFAULT_SEED", "run_eval"]
 
@@ -127,22 +128,14 @@ class _Lag:
     """Messages the pipeline's consumer groups have not committed, per group and topic."""
 
     def __init__(self, settings: Settings) -> None:
-        t = settings.topics
         sec = consumer_security(settings)
         servers = settings.kafka_bootstrap_servers
         self.admin = AIOKafkaAdminClient(bootstrap_servers=servers, **sec)
         self.consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, **sec)
         self.partitions = settings.topic_partitions
-        self.groups: dict[str, list[str]] = {
-            settings.app_id: [t.raw, t.valid, t.identity_ops, t.resolved],
-            settings.sink_group_id: [
-                t.resolved,
-                t.dead_letter,
-                t.identity_changes,
-                t.aggregates,
-                t.alerts,
-            ],
-        }
+        self.groups = consumer_groups(
+            settings.topic_prefix, settings.app_id, settings.sink_group_id
+        )
 
     async def start(self) -> None:
         await self.admin.start()

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from streams.codec import AvroCodec, DecodeError
 from streams.dlq import DeadLetter, RawMessage, dead_letter
@@ -24,7 +24,9 @@ from streams.model import (
     TouchpointRecord,
 )
 from streams.normalise import normalise_country, normalise_identifiers
-from streams.settings import Settings
+
+if TYPE_CHECKING:  # typing only: the pure step never reads settings itself
+    from streams.settings import Settings
 
 __all__ = [
     "Accepted",

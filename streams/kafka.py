@@ -7,7 +7,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from streams.settings import TABLES, SecurityProtocol, Settings
+from streams.settings import SecurityProtocol, Settings
+from streams.topology import TABLES, TOPICS, Retention
 
 __all__ = [
     "TopicSpec",
@@ -56,55 +57,34 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic of the declared topology (``streams.topology``) and the tables' changelogs."""
     t = settings.topics
     n, rf = settings.topic_partitions, settings.topic_replication_factor
     min_isr = str(min(2, rf))
-    internal = {"retention.ms": str(settings.raw_retention_ms), "min.insync.replicas": min_isr}
-    compacted = {"cleanup.policy": "compact", "min.insync.replicas": min_isr}
-    # Every topic has the same partition count: Faust co-partitions them, so partition p
-    # of every internal topic and table changelog lands on the same worker.
-    extra = [
-        TopicSpec(t.identity_ops, n, rf, internal),
-        TopicSpec(t.resolved, n, rf, internal),
-        TopicSpec(t.identity_changes, n, rf, internal),
-        TopicSpec(t.aggregates, n, rf, internal),
-        TopicSpec(t.merges, n, rf, compacted),
-        TopicSpec(t.review, n, rf, internal),
-        TopicSpec(t.alerts, n, rf, internal),
-        TopicSpec(t.webhook_dead_letter, n, rf, internal),
-    ]
+    configs = {
+        Retention.RAW: {
+            "retention.ms": str(settings.raw_retention_ms),
+            "min.insync.replicas": min_isr,
+        },
+        Retention.DEAD_LETTER: {
+            "retention.ms": str(settings.dead_letter_retention_ms),
+            "min.insync.replicas": min_isr,
+        },
+        Retention.COMPACTED: {"cleanup.policy": "compact", "min.insync.replicas": min_isr},
+    }
     # The tables' changelogs, created with the rest: Faust declares them itself at start,
     # but concurrently with its first group join, and an assignment made before a new
     # changelog's metadata arrives leaves that table's partitions out ("Ignoring missing
     # topic"). Measured: about one eval run in five then stalled for good.
-    changelogs = [TopicSpec(settings.changelog_topic(table), n, rf, compacted) for table in TABLES]
-    return (
-        changelogs
-        + extra
-        + [
-            TopicSpec(
-                t.raw,
-                n,
-                rf,
-                {"retention.ms": str(settings.raw_retention_ms), "min.insync.replicas": min_isr},
-            ),
-            TopicSpec(
-                t.valid,
-                n,
-                rf,
-                {"retention.ms": str(settings.raw_retention_ms), "min.insync.replicas": min_isr},
-            ),
-            TopicSpec(
-                t.dead_letter,
-                n,
-                rf,
-                {
-                    "retention.ms": str(settings.dead_letter_retention_ms),
-                    "min.insync.replicas": min_isr,
-                },
-            ),
-        ]
-    )
+    changelogs = [
+        TopicSpec(settings.changelog_topic(table.name), n, rf, configs[Retention.COMPACTED])
+        for table in TABLES
+    ]
+    # Every topic has the same partition count: Faust co-partitions them, so partition p
+    # of every internal topic and table changelog lands on the same worker.
+    return changelogs + [
+        TopicSpec(t.of(topic.attr), n, rf, configs[topic.retention]) for topic in TOPICS
+    ]
 
 
 def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:

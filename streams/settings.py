@@ -13,6 +13,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams import topology
+from streams.topology import TopicNames
+
 __all__ = ["SecurityProtocol", "Settings", "TopicNames"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,23 +26,6 @@ class SecurityProtocol(StrEnum):
     SSL = "SSL"
     SASL_PLAINTEXT = "SASL_PLAINTEXT"
     SASL_SSL = "SASL_SSL"
-
-
-class TopicNames:
-    """Topic names derived from one prefix, so a test or tenant gets its own set."""
-
-    def __init__(self, prefix: str) -> None:
-        self.raw = f"{prefix}touchpoints.raw"
-        self.valid = f"{prefix}touchpoints.valid"
-        self.dead_letter = f"{prefix}touchpoints.dlq"
-        self.identity_ops = f"{prefix}identity.ops"
-        self.resolved = f"{prefix}touchpoints.resolved"
-        self.identity_changes = f"{prefix}identity.changes"
-        self.merges = f"{prefix}identity.merges"
-        self.review = f"{prefix}identity.review"
-        self.aggregates = f"{prefix}aggregates.rows"
-        self.alerts = f"{prefix}alerts"
-        self.webhook_dead_letter = f"{prefix}alerts.webhook-dlq"
 
 
 class Settings(BaseSettings):
@@ -183,8 +169,8 @@ class Settings(BaseSettings):
         return f"{self.app_id}-{table}-changelog"
 
 
-TABLES: tuple[str, ...] = ("ingest-dedupe", "identity", "customers")
-"""The worker's Faust tables, each backed by a compacted changelog topic."""
+TABLES: tuple[str, ...] = tuple(t.name for t in topology.TABLES)
+"""The worker's Faust tables (declared in ``streams.topology``), each with a compacted changelog."""
 
 
 def settings_table() -> str:

@@ -52,6 +52,7 @@ from streams.identity import (
 from streams.ingest import from_json
 from streams.kafka import consumer_security
 from streams.settings import Settings
+from streams.topology import SINK_ROUTES
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -231,16 +232,16 @@ def _alert_rows(codec: AvroCodec) -> RowMapper:
 
 
 def default_routes(settings: Settings) -> dict[str, RowMapper]:
-    """Which topic feeds which ClickHouse table(s)."""
-    t = settings.topics
+    """Which topic feeds which ClickHouse table(s): the topology's sink routes."""
     alerts = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
-    return {
-        t.resolved: _resolved_rows,
-        t.dead_letter: _dead_letter_rows,
-        t.identity_changes: _identity_rows,
-        t.aggregates: _aggregate_rows,
-        t.alerts: _alert_rows(alerts),
+    mappers: dict[str, RowMapper] = {
+        "resolved": _resolved_rows,
+        "dead_letter": _dead_letter_rows,
+        "identity_changes": _identity_rows,
+        "aggregates": _aggregate_rows,
+        "alerts": _alert_rows(alerts),
     }
+    return {settings.topics.of(route.topic): mappers[route.topic] for route in SINK_ROUTES}
 
 
 def erase_statements(database: str, customers: list[str]) -> list[str]:

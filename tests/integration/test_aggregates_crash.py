@@ -38,7 +38,7 @@ from streams.envelope import unpack
 from streams.generator import encode_events, generate, produce
 from streams.model import ResolvedEvent
 from streams.settings import Settings
-from tests.integration.test_identity_workers import (
+from tests.integration.harness import (
     KILL_POINT_TIMEOUT,
     READY_TIMEOUT,
     STOP_TIMEOUT,

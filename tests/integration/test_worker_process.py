@@ -20,7 +20,7 @@ from streams.runner import prepare
 from streams.samples import valid_template
 from streams.settings import Settings
 from streams.sink import SinkService
-from tests.integration.test_identity_workers import free_port, worker_env
+from tests.integration.harness import free_port, worker_env
 
 pytestmark = pytest.mark.integration
 
