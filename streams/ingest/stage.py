@@ -7,6 +7,7 @@ routes it. Nothing here raises for bad input.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,9 +56,11 @@ class Reason(StrEnum):
     CORRUPT_BODY = "corrupt_body"
     TRAILING_BYTES = "trailing_bytes"
     MISSING_EVENT_ID = "missing_event_id"
+    INVALID_EVENT_ID = "invalid_event_id"
     UNKNOWN_CHANNEL = "unknown_channel"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     PAYLOAD_MISMATCH = "payload_mismatch"
+    INVALID_IDENTIFIER = "invalid_identifier"
     MISSING_IDENTIFIERS = "missing_identifiers"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     TIMESTAMP_TOO_OLD = "timestamp_too_old"
@@ -90,6 +93,7 @@ class IngestPolicy:
     max_future_skew_ms: int = 300_000
     max_event_age_ms: int = 90 * 24 * 3600 * 1000
     default_phone_region: str = "GB"
+    max_identifier_chars: int = 256
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestPolicy:
@@ -100,6 +104,7 @@ class IngestPolicy:
             max_future_skew_ms=settings.max_future_skew_seconds * 1000,
             max_event_age_ms=settings.max_event_age_seconds * 1000,
             default_phone_region=settings.default_phone_region,
+            max_identifier_chars=settings.max_identifier_chars,
         )
 
 
@@ -107,7 +112,11 @@ _JSON_START: Final = (b"{", b"[", b" {", b"\n{")
 
 
 def ingest_message(
-    value: bytes | None, codec: AvroCodec, policy: IngestPolicy, now_ms: int
+    value: bytes | None,
+    codec: AvroCodec,
+    policy: IngestPolicy,
+    now_ms: int,
+    is_blocked: Callable[[str], bool] | None = None,
 ) -> Outcome:
     """Decode, validate and normalise one message."""
     if not value:
@@ -123,14 +132,68 @@ def ingest_message(
         raw: dict[str, Any] = codec.decode(value)
     except DecodeError as exc:
         return Rejected(Reason(exc.reason), exc.detail)
-    return validate(raw, policy, now_ms)
+    return validate(raw, policy, now_ms, is_blocked)
 
 
-def validate(raw: dict[str, Any], policy: IngestPolicy, now_ms: int) -> Outcome:
+_UNPRINTABLE: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Control characters (C0/C1, so terminal escapes), lone surrogates, line/paragraph
+separators: never part of an id. Format characters (``Cf``: zero-width space and joiner,
+BOM, bidi overrides) are invisible copy-paste debris and are stripped instead."""
+
+
+def strip_invisible(value: str) -> str:
+    """``value`` trimmed, without format (zero-width, bidi) characters."""
+    value = value.strip()
+    if value.isascii():
+        return value
+    return "".join(ch for ch in value if unicodedata.category(ch) != "Cf").strip()
+
+
+def id_problem(name: str, value: str, max_chars: int) -> str | None:
+    """Why ``value`` (already ``strip_invisible``-ed) cannot be an id, or None."""
+    if len(value) > max_chars:
+        return f"{name} has {len(value)} characters > limit {max_chars}"
+    if value.isascii() and value.isprintable():
+        return None
+    for ch in value:
+        if unicodedata.category(ch) in _UNPRINTABLE:
+            return f"{name} contains the control character U+{ord(ch):04X}"
+    return None
+
+
+def _timestamp_problem(name: str, value: int, policy: IngestPolicy, now_ms: int) -> Rejected | None:
+    if value > now_ms + policy.max_future_skew_ms:
+        return Rejected(
+            Reason.TIMESTAMP_IN_FUTURE,
+            f"{name} {value} is {(value - now_ms) // 1000}s ahead of now",
+        )
+    if value < now_ms - policy.max_event_age_ms:
+        return Rejected(
+            Reason.TIMESTAMP_TOO_OLD,
+            f"{name} {value} is {(now_ms - value) // 86_400_000} days old",
+        )
+    return None
+
+
+def validate(
+    raw: dict[str, Any],
+    policy: IngestPolicy,
+    now_ms: int,
+    is_blocked: Callable[[str], bool] | None = None,
+) -> Outcome:
+    """Validate and normalise a decoded record. ``is_blocked`` (the identity stage's
+    ``IdentityRules.is_blocked``): an event whose every identifier is blocked would be
+    dropped by identity, so it is ``missing_identifiers`` here, with the values named."""
     record: TouchpointRecord = raw  # type: ignore[assignment]  # decoded by the schema
     event_id = record["event_id"].strip()
     if not event_id:
         return Rejected(Reason.MISSING_EVENT_ID, "event_id is empty")
+    problem = id_problem("event_id", event_id, policy.max_identifier_chars)
+    if problem is None and not event_id.isascii():
+        if any(unicodedata.category(ch) == "Cf" for ch in event_id):
+            problem = "event_id contains an invisible (format) character"
+    if problem:
+        return Rejected(Reason.INVALID_EVENT_ID, problem)
     record["event_id"] = event_id
 
     channel = record["channel"].strip().lower()
@@ -153,17 +216,10 @@ def validate(raw: dict[str, Any], policy: IngestPolicy, now_ms: int) -> Outcome:
             Reason.PAYLOAD_MISMATCH, f"{channel}/{event_type} needs a {want} payload, got {got}"
         )
 
-    occurred = record["occurred_at"]
-    if occurred > now_ms + policy.max_future_skew_ms:
-        return Rejected(
-            Reason.TIMESTAMP_IN_FUTURE,
-            f"occurred_at {occurred} is {(occurred - now_ms) // 1000}s ahead of now",
-        )
-    if occurred < now_ms - policy.max_event_age_ms:
-        return Rejected(
-            Reason.TIMESTAMP_TOO_OLD,
-            f"occurred_at {occurred} is {(now_ms - occurred) // 86_400_000} days old",
-        )
+    for name in ("occurred_at", "received_at"):
+        late_or_early = _timestamp_problem(name, record[name], policy, now_ms)
+        if late_or_early is not None:
+            return late_or_early
 
     props = record["properties"]
     if len(props) > policy.max_properties:
@@ -189,11 +245,27 @@ def validate(raw: dict[str, Any], policy: IngestPolicy, now_ms: int) -> Outcome:
     ):  # fastavro names record branches of unions: ("touchpoints.Geo", {...})
         context["geo"] = geo[1]
     context["country"] = country
+    given: dict[str, Any] = record["identifiers"]  # type: ignore[assignment]
+    for kind in IDENTIFIER_KINDS:
+        value = given.get(kind)
+        if value:
+            value = given[kind] = strip_invisible(value)
+            problem = id_problem(f"identifiers.{kind}", value, policy.max_identifier_chars)
+            if problem:
+                return Rejected(Reason.INVALID_IDENTIFIER, problem)
     ids = normalise_identifiers(record["identifiers"], country or policy.default_phone_region)
     if not any(ids.values()):
         return Rejected(
             Reason.MISSING_IDENTIFIERS, "no usable identifier (all empty or junk after cleaning)"
         )
+    if is_blocked is not None:
+        keys = [f"{k}:{v}" for k in IDENTIFIER_KINDS if (v := ids[k])]  # type: ignore[literal-required]
+        if all(is_blocked(key) for key in keys):
+            shown = ", ".join(key[:80] for key in keys)
+            return Rejected(
+                Reason.MISSING_IDENTIFIERS,
+                f"only blocked identifiers ({shown}): identity would drop the event",
+            )
     record["identifiers"] = ids
     return Accepted(record)
 
@@ -377,7 +449,9 @@ class IngestStage:
         first_offset: dict[int, int] = {}
         for msg in messages:
             try:
-                outcome = ingest_message(msg.value, self.codec, self.policy, now_ms)
+                outcome = ingest_message(
+                    msg.value, self.codec, self.policy, now_ms, self.is_blocked
+                )
             except Exception as exc:  # noqa: BLE001 - never lose an event, never crash
                 outcome = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             if isinstance(outcome, Accepted) and self.dedupe_horizon_ms > 0:

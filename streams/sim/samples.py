@@ -60,6 +60,27 @@ def bad_samples(
     good = codec.encode(variant("base"))
     body = good[5:]
     no_ids = {k: None for k in ("anonymous_id", "email")}
+    # A union branch index of -1 (zig-zag 0x01) where the template has 1 (0x02, the string
+    # branch of `source`): lenient readers take it as the union's last branch.
+    source = b"\x02\x0eweb-sdk"
+    union_minus_one = good.replace(source, b"\x01" + source[1:], 1)
+    social = {
+        "channel": "social",
+        "event_type": "mention",
+        "identifiers": {"social_handle": "@sample"},
+    }
+    true, false = (
+        codec.encode(
+            variant(
+                "bool",
+                payload=("touchpoints.SocialEvent", {"platform": "x", "is_public": flag}),
+                **social,
+            )
+        )
+        for flag in (True, False)
+    )
+    at = next(i for i, (a, b) in enumerate(zip(true, false, strict=True)) if a != b)
+    boolean_two = true[:at] + b"\x02" + true[at + 1 :]
     samples = [
         ("empty", "empty_message", b""),
         ("two_bytes", "truncated_header", b"\x00\x00"),
@@ -127,6 +148,51 @@ def bad_samples(
                     payload=("touchpoints.ContactCentreEvent", {"csat": 9, "medium": "call"}),
                 )
             ),
+        ),
+        ("union_index_minus_one", "corrupt_body", union_minus_one),
+        ("boolean_byte_two", "corrupt_body", boolean_two),
+        (
+            "only_blocked_identifiers",
+            "missing_identifiers",
+            codec.encode(
+                variant(
+                    "blocked",
+                    identifiers={
+                        "device_id": "00000000-0000-0000-0000-000000000000",
+                        "anonymous_id": "anonymous",
+                    },
+                )
+            ),
+        ),
+        (
+            "terminal_escape_in_crm_id",
+            "invalid_identifier",
+            codec.encode(variant("esc", identifiers={"customer_id": "CRM-1\x1b[2J\x1b[31mroot"})),
+        ),
+        (
+            "zero_width_and_control_only_id",
+            "invalid_identifier",
+            codec.encode(variant("ctl", identifiers={"login_id": "\u200b\x00\u200d\x07"})),
+        ),
+        (
+            "identifier_10000_chars",
+            "invalid_identifier",
+            codec.encode(variant("longid", identifiers={"anonymous_id": "a" * 10_000})),
+        ),
+        (
+            "event_id_10000_chars",
+            "invalid_event_id",
+            codec.encode(variant("x", event_id="e" * 10_000)),
+        ),
+        (
+            "received_at_year_1",
+            "timestamp_too_old",
+            codec.encode(variant("rcv1", received_at=-62_135_596_800_000)),
+        ),
+        (
+            "received_at_int64_max",
+            "timestamp_in_future",
+            codec.encode(variant("rcvmax", received_at=2**63 - 1)),
         ),
         ("duplicate", "duplicate_event_id", codec.encode(duplicate_of)),
     ]

@@ -24,6 +24,8 @@ from typing import Any, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, load_schema
 
+from streams.wire.avro_strict import AvroStrictError, strict_checker
+
 __all__ = [
     "MAGIC_BYTE",
     "AvroCodec",
@@ -129,6 +131,7 @@ class AvroCodec:
         self._subject = subject
         self._reader = registry.latest(subject)
         self._header = _HEADER.pack(MAGIC_BYTE, self._reader.schema_id)
+        self._strict: dict[int, Any] = {}  # schema id -> compiled strict check
 
     @property
     def schema_id(self) -> int:
@@ -154,6 +157,7 @@ class AvroCodec:
             raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not registered")
         if writer.subject != self._subject:
             raise DecodeError("wrong_subject", f"schema id {schema_id} belongs to {writer.subject}")
+        self.check_strict(writer, data)
         buf = io.BytesIO(data)
         buf.seek(_HEADER.size)
         reader = None if writer.schema_id == self._reader.schema_id else self._reader.parsed
@@ -173,6 +177,24 @@ class AvroCodec:
                 "trailing_bytes", f"{len(data) - buf.tell()} bytes after the Avro record"
             )
         return cast(dict[str, Any], record)
+
+    def check_strict(self, writer: RegisteredSchema, data: bytes) -> None:
+        """Reject bytes fastavro would read leniently (``streams.wire.avro_strict``): a union or
+        enum index out of range, a boolean byte other than 0/1, bad lengths, overlong
+        numbers are ``corrupt_body``; a body that ends early ``truncated_body``; bytes
+        after the record ``trailing_bytes``."""
+        check = self._strict.get(writer.schema_id)
+        if check is None:
+            check = self._strict[writer.schema_id] = strict_checker(writer.schema)
+        try:
+            check(data, _HEADER.size)
+        except AvroStrictError as exc:
+            reason = {"truncated": "truncated_body", "trailing": "trailing_bytes"}.get(
+                exc.kind, "corrupt_body"
+            )
+            raise DecodeError(reason, exc.detail) from None
+        except RecursionError:
+            raise DecodeError("corrupt_body", "nesting too deep") from None
 
 
 _PROMOTIONS = {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.identity.graph import IdentityRules
 from streams.ingest.normalise import normalise_identifiers, normalise_phone
 from streams.ingest.stage import (
     Accepted,
@@ -28,12 +29,13 @@ CODEC = AvroCodec(
 NOW = int(time.time() * 1000)
 POLICY = IngestPolicy()
 SAMPLES = bad_samples(CODEC, NOW, duplicate_of=valid_template(NOW, "dup-1"))
+IS_BLOCKED = IdentityRules().is_blocked  # what the pipeline's ingest stage is given
 
 
 def test_the_catalogue_covers_at_least_15_kinds_and_every_stateless_reason() -> None:
     assert len(SAMPLES) >= 15
     covered = {s.reason for s in SAMPLES}
-    stateless = set(Reason) - {Reason.INTERNAL_ERROR, Reason.CORRUPT_BODY, Reason.WRONG_SUBJECT}
+    stateless = set(Reason) - {Reason.INTERNAL_ERROR, Reason.WRONG_SUBJECT}
     assert stateless <= covered
 
 
@@ -41,7 +43,7 @@ def test_the_catalogue_covers_at_least_15_kinds_and_every_stateless_reason() -> 
     "sample", [s for s in SAMPLES if s.name != "duplicate"], ids=lambda s: s.name
 )
 def test_bad_input_is_rejected_with_its_reason(sample) -> None:  # type: ignore[no-untyped-def]
-    outcome = ingest_message(sample.value, CODEC, POLICY, NOW)
+    outcome = ingest_message(sample.value, CODEC, POLICY, NOW, IS_BLOCKED)
     assert isinstance(outcome, Rejected), outcome
     assert outcome.reason == sample.reason
     assert outcome.detail
@@ -156,3 +158,94 @@ def test_dedupe_is_bounded_in_ids() -> None:
     dropped = d.expire(now_ms=10)
     assert dropped == ["0:0", "0:1", "0:2"]
     assert len(d) == 4
+
+
+def _with_ids(ids: dict[str, str | None], event_id: str = "ids-1") -> bytes:
+    record = valid_template(NOW, event_id)
+    record["identifiers"] = ids
+    return CODEC.encode(record)
+
+
+def test_invisible_characters_are_stripped_from_identifiers() -> None:
+    outcome = ingest_message(
+        _with_ids({"customer_id": "\u200bCRM-42\u200d", "email": "\ufeffa@b.example\u202e"}),
+        CODEC,
+        POLICY,
+        NOW,
+        IS_BLOCKED,
+    )
+    assert isinstance(outcome, Accepted), outcome
+    assert outcome.record["identifiers"]["customer_id"] == "CRM-42"
+    assert outcome.record["identifiers"]["email"] == "a@b.example"
+
+
+def test_an_id_of_only_zero_width_characters_is_no_identifier() -> None:
+    outcome = ingest_message(
+        _with_ids({"anonymous_id": "\u200b\u200c\u2060"}), CODEC, POLICY, NOW, IS_BLOCKED
+    )
+    assert isinstance(outcome, Rejected) and outcome.reason == Reason.MISSING_IDENTIFIERS
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("CRM-1\x1b[31m", "U+001B"),
+        ("a\x00b", "U+0000"),
+        ("line\u2028break", "U+2028"),
+        ("x" * 257, "257 characters > limit 256"),
+    ],
+)
+def test_control_characters_and_overlong_ids_are_refused_with_the_kind(
+    value: str, needle: str
+) -> None:
+    outcome = ingest_message(
+        _with_ids({"customer_id": value, "email": "ok@example.com"}), CODEC, POLICY, NOW
+    )
+    assert isinstance(outcome, Rejected) and outcome.reason == Reason.INVALID_IDENTIFIER
+    assert "identifiers.customer_id" in outcome.detail and needle in outcome.detail
+    assert "\x1b" not in outcome.detail  # the reason is safe to print on a terminal
+
+
+@pytest.mark.parametrize("event_id", ["e\x1b[0m", "e" * 257, "ev\u200b1"])
+def test_bad_event_ids_are_refused(event_id: str) -> None:
+    outcome = ingest_message(_with_ids({"email": "ok@example.com"}, event_id), CODEC, POLICY, NOW)
+    assert isinstance(outcome, Rejected) and outcome.reason == Reason.INVALID_EVENT_ID
+
+
+def test_a_blocked_identifier_next_to_a_usable_one_is_fine() -> None:
+    ids = {"device_id": "00000000-0000-0000-0000-000000000000", "email": "ok@example.com"}
+    outcome = ingest_message(_with_ids(ids), CODEC, POLICY, NOW, IS_BLOCKED)
+    assert isinstance(outcome, Accepted), outcome
+    assert anchor_key(outcome.record, IS_BLOCKED) == "email:ok@example.com"
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        {"anonymous_id": "anonymous"},
+        {"device_id": "00000000-0000-0000-0000-000000000000"},
+        {"email": "test@test.com", "phone": "+10000000000"},
+        {"anonymous_id": "Anonymous", "customer_id": "0"},
+    ],
+)
+def test_only_blocked_identifiers_is_missing_identifiers(ids: dict[str, str]) -> None:
+    outcome = ingest_message(_with_ids(ids), CODEC, POLICY, NOW, IS_BLOCKED)
+    assert isinstance(outcome, Rejected) and outcome.reason == Reason.MISSING_IDENTIFIERS
+    assert "blocked" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    ("received_at", "reason"),
+    [
+        (-62_135_596_800_000, Reason.TIMESTAMP_TOO_OLD),  # 0001-01-01
+        (2**63 - 1, Reason.TIMESTAMP_IN_FUTURE),
+        (-(2**63), Reason.TIMESTAMP_TOO_OLD),
+        (NOW + 3600_000, Reason.TIMESTAMP_IN_FUTURE),
+    ],
+)
+def test_received_at_is_bounded_like_occurred_at(received_at: int, reason: Reason) -> None:
+    record = valid_template(NOW, "rcv")
+    record["received_at"] = received_at
+    outcome = ingest_message(CODEC.encode(record), CODEC, POLICY, NOW)
+    assert isinstance(outcome, Rejected) and outcome.reason == reason
+    assert "received_at" in outcome.detail
