@@ -23,17 +23,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from streams.customers.aggregates import (
-    AGGREGATE_COLUMNS,
-    ALERT_COLUMNS,
-    CUSTOMER_360_COLUMNS,
-    AggregateRow,
-    AggregatorState,
-    AlertRow,
-    Customer360Book,
-    Customer360Row,
-    Row,
-)
+from streams.customers.aggregates import AggregatorState
+from streams.customers.c360 import Customer360Book
 from streams.customers.detect import Alert, Detector, Profile
 from streams.customers.items import (
     Item,
@@ -41,6 +32,15 @@ from streams.customers.items import (
     handover_item,
     judge_item,
     profile_item,
+)
+from streams.customers.rows import (
+    AGGREGATE_COLUMNS,
+    ALERT_COLUMNS,
+    CUSTOMER_360_COLUMNS,
+    AggregateRow,
+    AlertRow,
+    Customer360Row,
+    Row,
 )
 from streams.ingest.stage import DedupeBatch, Deduplicator, from_json
 from streams.wire import keys
