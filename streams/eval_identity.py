@@ -236,17 +236,18 @@ def resolve_offline(
 
 
 def format_identity(score: IdentityScore) -> list[str]:
-    """``EVAL identity precision=<p> recall=<r> recall_linkable=<l>``, then one
-    ``EVAL identity[<trap>] ...`` line per trap."""
+    """``EVAL identity precision=<p> recall=<r> recall_people=<q> ...``, then one
+    ``EVAL identity[<trap>] ...`` line per trap. ``recall`` is of what the evidence can
+    link (the outside judge's measure); ``recall_people`` is of every same-person pair."""
     o = score.overall
     lines = [
-        f"EVAL identity precision={o.precision:.4f} recall={o.recall:.4f} "
-        f"recall_linkable={o.recall_linkable:.4f} pairs={o.predicted_pairs} "
+        f"EVAL identity precision={o.precision:.4f} recall={o.recall_linkable:.4f} "
+        f"recall_people={o.recall:.4f} pairs={o.predicted_pairs} "
         f"unattributed_events={score.unattributed} households={score.households}"
     ]
     for trap, m in score.by_trap.items():
         lines.append(
-            f"EVAL identity[{trap}] precision={m.precision:.4f} recall={m.recall:.4f} "
-            f"recall_linkable={m.recall_linkable:.4f} people={m.people} events={m.events}"
+            f"EVAL identity[{trap}] precision={m.precision:.4f} recall={m.recall_linkable:.4f} "
+            f"recall_people={m.recall:.4f} people={m.people} events={m.events}"
         )
     return lines

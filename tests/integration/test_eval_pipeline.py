@@ -152,7 +152,7 @@ def test_identity_is_scored_pairwise_like_the_protocol_offline(
     number = r"\d\.\d{4}"
     lines = [line for line in report.splitlines() if line.startswith("EVAL identity")]
     assert re.match(
-        rf"EVAL identity precision={number} recall={number} recall_linkable={number} ", lines[0]
+        rf"EVAL identity precision={number} recall={number} recall_people={number} ", lines[0]
     ), lines
     traps = {re.match(r"EVAL identity\[(\w+)\]", line).group(1) for line in lines[1:]}  # type: ignore[union-attr]
     assert traps == {*TRAP_NAMES, "none"}, lines

@@ -86,7 +86,7 @@ def test_per_trap_counts_the_pairs_of_the_people_involved() -> None:
     none = score.by_trap["none"]  # person 2: one event, resolved to nobody
     assert none.people == 1 and none.predicted_pairs == 0 and none.true_pairs == 0
     lines = format_identity(score)
-    assert lines[0].startswith("EVAL identity precision=0.4000 recall=1.0000 ")
+    assert lines[0].startswith("EVAL identity precision=0.4000 recall=1.0000 recall_people=1.0000 ")
     assert any(line.startswith("EVAL identity[family_tablet] ") for line in lines)
 
 
