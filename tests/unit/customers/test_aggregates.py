@@ -13,31 +13,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.customers.aggregates import (
-    AGGREGATE_COLUMNS,
-    CUSTOMER_360_COLUMNS,
+from streams.customers.aggregates import AddOutcome, AggregatorState
+from streams.customers.c360 import Customer360Book, Customer360State
+from streams.customers.measures import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
     REPEAT_CONTACT_MS,
     SWITCH_AFTER_FAILURE_MS,
-    AddOutcome,
-    AggregateRow,
-    AggregatorState,
-    Customer360Book,
-    Customer360State,
     Measures,
-    combine,
-    count_new_customers,
-    dedupe_token,
     minute_of,
-    recompute,
-    rows_for_clickhouse,
     segment_of,
+)
+from streams.customers.recompute import count_new_customers, recompute
+from streams.customers.rows import (
+    AGGREGATE_COLUMNS,
+    CUSTOMER_360_COLUMNS,
+    AggregateRow,
+    combine,
+    dedupe_token,
+    rows_for_clickhouse,
 )
 from streams.wire.model import (
     COMMERCE,
     CONTACT,
+    IDENTIFIER_KINDS,
     MOBILE,
     SOCIAL,
     WEB,
@@ -55,17 +55,7 @@ LATE = 5 * MINUTE_MS
 
 
 def _ids(**kw: str) -> dict[str, str | None]:
-    kinds = (
-        "anonymous_id",
-        "device_id",
-        "customer_id",
-        "login_id",
-        "email",
-        "phone",
-        "social_handle",
-        "loyalty_id",
-    )
-    return {k: kw.get(k) for k in kinds}
+    return {k: kw.get(k) for k in IDENTIFIER_KINDS}
 
 
 _counter = iter(range(10**9))

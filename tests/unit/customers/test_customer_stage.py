@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from streams.customers.aggregates import AggregateRow
 from streams.customers.items import event_item
+from streams.customers.rows import AggregateRow
 from streams.customers.stage import POSITION_SCALE, CustomerOutputs, CustomerStage
 from streams.ingest.stage import anchor_key
 from tests.unit.customers.test_aggregates import ev, totals
