@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
-from streams.codec import AvroCodec, DecodeError
+from streams.codec import AvroCodec, DecodeError, SchemaUnavailableError
 from streams.dlq import DeadLetter, RawMessage, dead_letter
 from streams.model import (
     CATALOGUE,
@@ -51,6 +51,7 @@ class Reason(StrEnum):
     BAD_MAGIC_BYTE = "bad_magic_byte"
     UNKNOWN_SCHEMA_ID = "unknown_schema_id"
     WRONG_SUBJECT = "wrong_subject"
+    INCOMPATIBLE_SCHEMA = "incompatible_schema"
     TRUNCATED_BODY = "truncated_body"
     CORRUPT_BODY = "corrupt_body"
     TRAILING_BYTES = "trailing_bytes"
@@ -378,6 +379,8 @@ class IngestStage:
         for msg in messages:
             try:
                 outcome = ingest_message(msg.value, self.codec, self.policy, now_ms)
+            except SchemaUnavailableError:
+                raise  # not the message's fault: the batch waits and is retried whole
             except Exception as exc:  # noqa: BLE001 - never lose an event, never crash
                 outcome = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             if isinstance(outcome, Accepted) and self.dedupe_horizon_ms > 0:
