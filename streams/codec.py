@@ -32,6 +32,7 @@ __all__ = [
     "MAGIC_BYTE",
     "AvroCodec",
     "DecodeError",
+    "Encoder",
     "RegisteredSchema",
     "SchemaRegistry",
     "SchemaUnavailableError",
@@ -74,6 +75,13 @@ class RegisteredSchema:
     schema_id: int
     schema: dict[str, Any]  # expanded JSON form
     parsed: Any  # fastavro parsed form
+
+
+class Encoder(Protocol):
+    """Something that writes records in the Confluent wire format (``AvroCodec``, or a
+    registry-backed serializer); ``schema_id`` picks an older version of registry.json."""
+
+    def encode(self, record: dict[str, Any], schema_id: int | None = None) -> bytes: ...
 
 
 class WriterSchemas(Protocol):

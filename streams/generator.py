@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar, cast
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from streams.codec import AvroCodec
+from streams.codec import Encoder
 from streams.kafka import consumer_security
 from streams.model import (
     COMMERCE,
@@ -1624,7 +1624,7 @@ def generate(
 
 def encode_events(
     events: Sequence[GeneratedEvent],
-    codec: AvroCodec,
+    codec: Encoder,
     old_schema_fraction: float = 0.0,
     seed: int = 7,
 ) -> list[tuple[bytes, bytes]]:

@@ -19,6 +19,7 @@ What happens to a message, by what the registry says about its writer id:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -55,12 +56,14 @@ if TYPE_CHECKING:
     from streams.settings import Settings
 
 __all__ = [
+    "ConfluentEncoder",
     "OUTPUT_SUBJECTS",
     "PUBLIC_SUBJECTS",
     "RegistryWriters",
     "RemoteSchemas",
     "SubjectReport",
     "client_config",
+    "reader_codec",
     "record_name",
     "schema_text",
 ]
@@ -157,12 +160,16 @@ class RegistryWriters:
         for schema_id in sorted(schema_ids):
             if self._known(schema_id, subject):
                 continue
-            if self._lookup(schema_id, subject, final=False) is None:
-                unknown.append(schema_id)
+            try:
+                if self._lookup(schema_id, subject, final=False) is None:
+                    unknown.append(schema_id)
+            except DecodeError:
+                pass  # remembered: ``writer`` refuses it, the message is dead-lettered
         if unknown:
             self._sleep(self._confirm_unknown_s)
             for schema_id in unknown:
-                self._lookup(schema_id, subject, final=True)
+                with contextlib.suppress(DecodeError):
+                    self._lookup(schema_id, subject, final=True)
 
     def writer(self, schema_id: int, subject: str) -> RegisteredSchema:
         key = (schema_id, subject)
@@ -365,3 +372,41 @@ def _problems(level: Compatibility, theirs: Any, mine: Any, version: int) -> lis
             for p in backward_compatibility_problems(mine, theirs)
         ]
     return found
+
+
+def reader_codec(settings: Settings, ours: str) -> AvroCodec:
+    """A codec that reads one of our topics: ids of schemas/registry.json, or with
+    ``SCHEMA_REGISTRY_URL`` the registry's ids (``prefetch`` them off the event loop)."""
+    local = SchemaRegistry.from_dir(settings.schemas_dir)
+    if not settings.schema_registry_url:
+        return AvroCodec(local, ours)
+    return RemoteSchemas.from_settings(settings, local).input_codec(ours)
+
+
+class ConfluentEncoder:
+    """Writes our records as a real producer does: confluent-kafka's ``AvroSerializer``
+    (auto-registering each version of our subject under the strategy's subject, writing the
+    registry's id). ``encode(record, schema_id)`` takes the registry.json id of the version
+    to write with (None: the newest), so ``generator.encode_events`` can use it as is."""
+
+    def __init__(self, remote: RemoteSchemas, ours: str = TOUCHPOINT_SUBJECT) -> None:
+        from confluent_kafka.schema_registry.avro import AvroSerializer
+
+        topic = getattr(remote.topics, PUBLIC_SUBJECTS[ours])
+        self._ctx = SerializationContext(topic, MessageField.VALUE)
+        conf = {
+            "auto.register.schemas": True,
+            "subject.name.strategy": _STRATEGIES[remote.strategy],
+        }
+        self._by_local_id = {
+            v.schema_id: AvroSerializer(remote.client, schema_text(v.schema), conf=conf)
+            for v in remote.local.versions(ours)
+        }
+        self._newest = remote.local.latest(ours).schema_id
+
+    def encode(self, record: dict[str, Any], schema_id: int | None = None) -> bytes:
+        serialize = self._by_local_id[self._newest if schema_id is None else schema_id]
+        value = serialize(record, self._ctx)
+        if value is None:  # only for a None record
+            raise ValueError("nothing to encode")
+        return bytes(value)
