@@ -157,8 +157,15 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
     max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
     max_property_value_chars: int = Field(2048, ge=1, description="Longest property value.")
-    max_future_skew_seconds: int = Field(300, ge=0, description="occurred_at ahead of now.")
-    max_event_age_seconds: int = Field(90 * 24 * 3600, ge=60, description="occurred_at behind.")
+    max_future_skew_seconds: int = Field(
+        300, ge=0, description="occurred_at and received_at ahead of now."
+    )
+    max_event_age_seconds: int = Field(
+        90 * 24 * 3600, ge=60, description="occurred_at and received_at behind now."
+    )
+    max_identifier_chars: int = Field(
+        256, ge=16, le=4096, description="Longest event id and identifier (after trimming)."
+    )
     default_phone_region: str = Field("GB", description="Region for phones without +code.")
     dedupe_horizon_seconds: int = Field(
         3600,

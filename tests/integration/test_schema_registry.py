@@ -23,13 +23,13 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from streams.adapters.schema_registry import ConfluentEncoder, RemoteSchemas, schema_text
 from streams.cli import main
-from streams.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, SchemaRegistry
-from streams.dlq import parse_dead_letter_headers
-from streams.generator import GeneratedEvent, encode_events, generate
-from streams.runner import prepare, query, running, wait_for
-from streams.schema_registry import ConfluentEncoder, RemoteSchemas, schema_text
+from streams.runtime.runner import prepare, query, running, wait_for
 from streams.settings import Settings
+from streams.sim.generator import GeneratedEvent, encode_events, generate
+from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, SchemaRegistry
+from streams.wire.dlq import parse_dead_letter_headers
 
 pytestmark = pytest.mark.integration
 
