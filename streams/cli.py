@@ -371,7 +371,10 @@ def schemas_check() -> None:
     remote = _remote_schemas()
     failed = False
     for ours in PUBLIC_SUBJECTS:
-        report = remote.check(ours)
+        try:
+            report = remote.check(ours)
+        except Exception as exc:  # noqa: BLE001 - unreachable, refused credentials, ...
+            raise click.ClickException(f"no answer from the schema registry: {exc}") from exc
         head = f"{ours} -> subject {report.subject} ({report.versions} versions, {report.level})"
         if report.registered_id is not None:
             state = f"registered as id {report.registered_id}"
@@ -399,6 +402,7 @@ def schemas_register() -> None:
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     from streams.adapters.schema_registry import PUBLIC_SUBJECTS
+    from streams.wire.codec import SchemaUnavailableError
 
     remote = _remote_schemas()
     failed = False
@@ -410,6 +414,8 @@ def schemas_register() -> None:
             click.echo(f"{ours} -> subject {subject}: REFUSED: {exc.error_message}")
             failed = True
             continue
+        except SchemaUnavailableError as exc:
+            raise click.ClickException(str(exc)) from exc
         click.echo(f"{ours} -> subject {subject}: id {schema_id} ({remote.compatibility.value})")
     sys.exit(1 if failed else 0)
 

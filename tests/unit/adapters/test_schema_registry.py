@@ -225,3 +225,19 @@ def test_the_local_registry_refuses_as_before() -> None:
 
 def test_registered_text_is_one_spelling_per_schema() -> None:
     assert schema_text(OURS) == schema_text(json.loads(json.dumps(OURS, indent=2)))
+
+
+def test_schemas_check_says_when_the_registry_does_not_answer() -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    result = CliRunner().invoke(main, ["schemas", "check"], env={"SCHEMA_REGISTRY_URL": url})
+    assert result.exit_code == 1
+    assert "no answer from the schema registry" in result.output
