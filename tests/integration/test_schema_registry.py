@@ -269,8 +269,10 @@ def test_the_registry_going_away_mid_stream_loses_nothing_and_dead_letters_nothi
         await _produce(settings, first)
         async with running(settings) as pipeline:
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", len(first))
-            await asyncio.sleep(2.0)  # offsets of the first part committed (1 s interval)
-            committed_before = await _committed(settings)
+            deadline = time.monotonic() + 30.0  # the first part's offsets commit (1 s interval)
+            while (committed_before := await _committed(settings)) < len(first):
+                assert time.monotonic() < deadline, committed_before
+                await asyncio.sleep(0.5)
             assert committed_before == len(first)
             local_registry.stop()
             try:
