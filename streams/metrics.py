@@ -26,6 +26,7 @@ __all__ = [
     "EVENTS_CONSUMED",
     "EVENT_LAG_SECONDS",
     "INGEST_BATCH_SECONDS",
+    "INGEST_REPLAYED",
     "REGISTRY",
     "SINK_COMMITTED_OFFSET",
     "STAGE_FAILURES",
@@ -53,6 +54,12 @@ DEAD_LETTERS = Counter(
     "touchpoints_dead_letters_total",
     "Messages sent to the dead-letter topic, by reason.",
     ["reason"],
+    registry=REGISTRY,
+)
+INGEST_REPLAYED = Counter(
+    "touchpoints_ingest_replayed_events_total",
+    "Raw events read again at the offset they were first taken at (a batch replayed after a"
+    " crash or rebalance; its output was already delivered): skipped, not dead-lettered.",
     registry=REGISTRY,
 )
 INGEST_BATCH_SECONDS = Histogram(

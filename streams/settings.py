@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="On a rebalance, how long in-flight batches may finish."
     )
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
+    dead_letter_max_bytes: int = Field(
+        512 * 1024,
+        ge=4096,
+        description="A dead letter never exceeds this (keep it under the broker's"
+        " message.max.bytes): larger originals are truncated, with their size and SHA-256 in"
+        " headers.",
+    )
     max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
     max_property_value_chars: int = Field(2048, ge=1, description="Longest property value.")
     max_future_skew_seconds: int = Field(

@@ -285,7 +285,9 @@ def render() -> str:
         writers = "+".join(s.name for s in STAGES if t.attr in s.outputs)
         readers = "+".join(s.name for s in STAGES if t.attr in s.inputs)
         flow = f"{writers or '(outside)'} -> {readers or '(outside)'}"
-        lines.append(f"  {t.name:<{width}}  {t.retention.value:<11} {flow:<28} {t.outside}".rstrip())
+        lines.append(
+            f"  {t.name:<{width}}  {t.retention.value:<11} {flow:<28} {t.outside}".rstrip()
+        )
     lines.append("sink routes (topic -> ClickHouse tables)")
     for r in SINK_ROUTES:
         lines.append(f"  {topic(r.topic).name:<{width}}  -> {', '.join(r.tables)}")
