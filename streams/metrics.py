@@ -22,6 +22,7 @@ __all__ = [
     "IDENTITY_OUTPUTS",
     "IDENTITY_REFUSALS",
     "LATE_EVENTS",
+    "LOG_LINES_SUPPRESSED",
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENT_LAG_SECONDS",
@@ -159,6 +160,13 @@ CUSTOMER_DUPLICATES = Counter(
 )
 
 
+LOG_LINES_SUPPRESSED = Counter(
+    "touchpoints_log_lines_suppressed_total",
+    "Log lines held back by the repeat limit (LOG_REPEAT_LIMIT), by top-level logger"
+    " (aiokafka, faust, streams, ...); each window's are summarised in one line.",
+    ["logger"],
+    registry=REGISTRY,
+)
 STAGE_FAILURES = Counter(
     "touchpoints_stage_failures_total",
     "Batches that failed and are being retried (the partition waits), by stage.",

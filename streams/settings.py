@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text.")
     log_pii: bool = Field(False, description="Log identifiers unmasked (emails, phones).")
+    log_repeat_limit: int = Field(
+        5,
+        ge=0,
+        description="Lines of one kind (logger, level, message template) per window; the rest"
+        " are counted and summarised in one line (0 = no limit).",
+    )
+    log_repeat_window_seconds: float = Field(
+        10.0, gt=0, description="The window of LOG_REPEAT_LIMIT."
+    )
 
     @field_validator("identity_rules", "rules_file", mode="before")
     @classmethod
