@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import random
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from streams.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
