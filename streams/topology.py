@@ -1,9 +1,10 @@
 """The pipeline's topology, declared once: topics, tables, stages, consumer groups, sink routes.
 
 Everything else reads this module: topic names (``Settings.topics``), topic creation
-(``streams.kafka.topic_specs``), the Faust tables (``streams.app``), the ClickHouse sink's
-routes (``streams.sink.default_routes``), lag probes (eval, bench, tests), the README's
-topology section and ``touchpoints topology``. Pure data: no Faust, no settings import.
+(``streams.adapters.kafka.topic_specs``), the Faust tables (``streams.runtime.app``), the
+ClickHouse sink's routes (``streams.adapters.sink.default_routes``), lag probes (eval, bench,
+tests), the README's topology section and ``touchpoints topology``. Pure data: no Faust, no
+settings import.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ __all__ = [
 
 
 class Retention(StrEnum):
-    """Which retention policy a topic gets when we create it (``streams.kafka``)."""
+    """Which retention policy a topic gets when we create it (``streams.adapters.kafka``)."""
 
     RAW = "raw"  # RAW_RETENTION_MS
     DEAD_LETTER = "dead_letter"  # DEAD_LETTER_RETENTION_MS

@@ -1,5 +1,5 @@
 """Named classes of hostile input for the adversarial suite (issue 12), beyond
-``streams.samples``: framing, Avro that fastavro alone reads leniently, hostile strings,
+``streams.sim.samples``: framing, Avro that fastavro alone reads leniently, hostile strings,
 numbers and timestamps, blocked identifiers, sizes up to the broker's limit.
 
 Each class is one message with the ``dlq.reason`` it must get. ``fuzzed`` adds seeded
@@ -14,8 +14,8 @@ import random
 import struct
 from typing import Any
 
-from streams.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.samples import BadSample, bad_samples, valid_template
+from streams.sim.samples import BadSample, bad_samples, valid_template
+from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
 
 __all__ = ["Hostile", "fuzzed", "hostile_classes"]
 
@@ -48,7 +48,7 @@ def hostile_classes(
     duplicate_of: dict[str, Any],
     duplicate_key: bytes,
 ) -> list[Hostile]:
-    """The catalogue: ``streams.samples`` plus the classes below (names are unique)."""
+    """The catalogue: ``streams.sim.samples`` plus the classes below (names are unique)."""
     out: list[tuple[str, str, bytes | None, bytes | None]] = []
 
     def add(name: str, reason: str, value: bytes | None, key: bytes | None = None) -> None:

@@ -23,14 +23,14 @@ from typing import Any
 
 import yaml
 
-from streams.clickhouse import connect
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.ingest import Accepted, IngestPolicy, ingest_message
-from streams.model import IDENTIFIER_KINDS, TouchpointRecord
-from streams.runner import prepare
+from streams.adapters.clickhouse import connect
+from streams.adapters.sink import SinkService
+from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
+from streams.runtime.runner import prepare
 from streams.settings import Settings
-from streams.sink import SinkService
 from streams.topology import consumer_groups
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""The labelled eval through the real pipeline (streams.eval_pipeline), small: ~20 s.
+"""The labelled eval through the real pipeline (streams.sim.eval_pipeline), small: ~20 s.
 
 One run of 500 customers (90 labels, 10 per rule, ~19k events over 45 days of event time)
 on the session's broker and embedded ClickHouse, shared by the tests below. What they
@@ -49,10 +49,10 @@ from typing import Any
 
 import pytest
 
-from streams.detect import RULE_NAMES
-from streams.eval_pipeline import run_eval
-from streams.runner import run_bounded
+from streams.customers.detect import RULE_NAMES
+from streams.runtime.runner import run_bounded
 from streams.settings import Settings
+from streams.sim.eval_pipeline import run_eval
 
 pytestmark = pytest.mark.integration
 

@@ -29,13 +29,13 @@ from aiokafka import TopicPartition as AioTopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from streams import metrics
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.dlq import parse_dead_letter_headers
-from streams.generator import encode_events, generate
-from streams.identity import IdentityRules
-from streams.ingest import Accepted, IngestPolicy, Rejected, ingest_message
-from streams.runner import prepare, query, running, wait_for
+from streams.identity.graph import IdentityRules
+from streams.ingest.stage import Accepted, IngestPolicy, Rejected, ingest_message
+from streams.runtime.runner import prepare, query, running, wait_for
 from streams.settings import Settings
+from streams.sim.generator import encode_events, generate
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.dlq import parse_dead_letter_headers
 from tests.hostile_inputs import fuzzed, hostile_classes
 
 pytestmark = pytest.mark.integration

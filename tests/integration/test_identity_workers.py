@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.generator import GeneratedEvent, encode_events, generate, produce
-from streams.identity import IdentityRules, event_identifiers, offline_components
-from streams.ingest import anchor_key
+from streams.identity.graph import IdentityRules, event_identifiers, offline_components
+from streams.ingest.stage import anchor_key
 from streams.settings import Settings
+from streams.sim.generator import GeneratedEvent, encode_events, generate, produce
 from tests.integration.harness import (
     KILL_POINT_TIMEOUT,
     QUIESCE_TIMEOUT,

@@ -9,18 +9,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "streams"
 
-# Pure, typed steps: where the logic and most tests live.
+# Pure, typed steps (module paths under streams/): where the logic and most tests live.
 DOMAIN_CORES = {
-    "aggregates",
-    "codec",
-    "customer_stage",
-    "detect",
-    "dlq",
-    "envelope",
-    "identity",
-    "ingest",
-    "model",
-    "normalise",
+    "wire/model",
+    "wire/codec",
+    "wire/envelope",
+    "wire/dlq",
+    "ingest/stage",
+    "ingest/normalise",
+    "identity/graph",
+    "customers/aggregates",
+    "customers/detect",
+    "customers/stage",
     "topology",
 }
 FORBIDDEN_IN_CORES = {
@@ -32,14 +32,14 @@ FORBIDDEN_IN_CORES = {
     "chdb",
     "prometheus_client",
     "streams.settings",
-    "streams.clickhouse",
-    "streams.kafka",
+    "streams.adapters.clickhouse",
+    "streams.adapters.kafka",
     "streams.metrics",
-    "streams.app",
-    "streams.sink",
+    "streams.runtime.app",
+    "streams.adapters.sink",
 }
-# The runtime: the composition root, the patched Faust transport, the CLI that starts workers.
-FAUST_ALLOWED = {"app", "faust_transport", "cli"}
+# The runtime (composition root, fenced Faust patches) and the CLI that starts workers.
+FAUST_ALLOWED = {"runtime/app", "runtime/faust_patches", "cli"}
 
 
 def _runtime_imports(path: Path) -> set[str]:
@@ -96,11 +96,31 @@ def test_domain_cores_import_no_framework_client_or_settings() -> None:
 
 def test_only_the_runtime_imports_faust() -> None:
     importers = {
-        path.stem
+        path.relative_to(PACKAGE).with_suffix("").as_posix()
         for path in PACKAGE.rglob("*.py")
         if any(_matches(m, {"faust"}) for m in _runtime_imports(path))
     }
     assert importers <= FAUST_ALLOWED, (
         f"Faust imported outside the runtime: {importers - FAUST_ALLOWED}"
     )
-    assert "app" in importers, "the checker must see the composition root's Faust import"
+    assert "runtime/app" in importers, "the checker must see the composition root's Faust import"
+
+
+def test_domain_cores_live_in_their_subpackages_and_nothing_is_left_flat() -> None:
+    flat = {p.stem for p in PACKAGE.glob("*.py")}
+    assert flat == {"__init__", "cli", "logs", "metrics", "readme", "settings", "topology"}, (
+        "new modules belong in a subpackage (wire, ingest, identity, customers, adapters, "
+        "runtime, ops, sim)"
+    )
+
+
+def test_faust_patches_match_the_installed_upstream_versions() -> None:
+    from importlib.metadata import version
+
+    from streams.runtime.faust_patches import PATCHED_VERSIONS
+
+    installed = {name: version(name) for name in PATCHED_VERSIONS}
+    assert installed == PATCHED_VERSIONS, (
+        "Faust/aiokafka changed: re-read streams/runtime/faust_patches.py against the new "
+        "upstream code, then update PATCHED_VERSIONS"
+    )

@@ -16,19 +16,19 @@ from typing import Any
 
 import orjson
 
-from streams.aggregates import AggregateRow, combine, recompute
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.customer_stage import POSITION_SCALE, CustomerStage, event_item, merge_item
-from streams.detect import Alert
-from streams.dlq import RawMessage
-from streams.envelope import partition_for
-from streams.generator import encode_events, generate
-from streams.identity import IdentityRules, Merge, Resolved, Simulator, offline_components
-from streams.ingest import IngestPolicy, IngestStage, anchor_key, from_json
-from streams.model import IDENTIFIER_KINDS, ResolvedEvent, TouchpointRecord
-from streams.samples import bad_samples, valid_template
+from streams.customers.aggregates import AggregateRow, combine, recompute
+from streams.customers.detect import Alert
+from streams.customers.stage import POSITION_SCALE, CustomerStage, event_item, merge_item
+from streams.identity.graph import IdentityRules, Merge, Resolved, Simulator, offline_components
+from streams.ingest.stage import IngestPolicy, IngestStage, anchor_key, from_json
 from streams.settings import Settings
-from tests.unit.test_customer_stage import Store
+from streams.sim.generator import encode_events, generate
+from streams.sim.samples import bad_samples, valid_template
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.dlq import RawMessage
+from streams.wire.envelope import partition_for
+from streams.wire.model import IDENTIFIER_KINDS, ResolvedEvent, TouchpointRecord
+from tests.unit.customers.test_customer_stage import Store
 
 NOW = 1_765_000_000_000
 PARTITIONS = 4

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from streams import topology
-from streams.kafka import topic_specs
+from streams.adapters.kafka import topic_specs
+from streams.adapters.sink import default_routes
 from streams.settings import Settings
-from streams.sink import default_routes
 
 REPO = Path(__file__).resolve().parents[2]
 
