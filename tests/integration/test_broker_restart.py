@@ -2,8 +2,8 @@
 
 A broker of its own (``LocalKafka`` with ``keep_data``) serves one ``touchpoints worker``
 process (``SINK_ENABLED=false``) and the ClickHouse sink in this process. Generated
-journeys of ~120 people: the first half is produced and, while the worker is still
-processing it, the broker is stopped, stays down for ``OUTAGE_S`` and is started again
+journeys of ~120 people: the first half is produced at a steady rate and, while it is still
+being sent and processed, the broker is stopped, stays down for ``OUTAGE_S`` and is started again
 on its kept storage and ports (``localkafka stop --keep-data`` / ``start``). The second
 half is produced after the restart. When the pipeline is quiescent:
 
@@ -59,6 +59,7 @@ from localkafka import LocalKafka  # noqa: E402
 CUSTOMERS = 120
 SEED = 1203
 OUTAGE_S = 8.0
+FIRST_HALF_RATE = 120.0  # events/s: ~5 s of sending, so the broker stops mid-stream
 QUIESCE_TIMEOUT = 180.0
 MAX_OUTAGE_LOG_LINES = 150
 """ERROR/WARNING lines the worker may write while the broker is down: a handful of kinds
@@ -108,7 +109,9 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
                 worker.start()
                 await wait_ready([worker], READY_TIMEOUT)
                 timings["ready"] = time.monotonic() - t0
-                assert await asyncio.wait_for(produce(s, pairs[:half]), timeout=60) == half
+                # Paced: the producer is still sending (and the worker processing) when the
+                # broker goes away; its idempotent retries carry the batches over the outage.
+                first = asyncio.create_task(produce(s, pairs[:half], rate=FIRST_HALF_RATE))
 
                 async def part_landed() -> bool:
                     assert worker.alive, "the worker died before the broker stopped"
@@ -117,6 +120,7 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
 
                 assert await wait_until(part_landed, 60), "nothing reached ClickHouse"
                 facts["landed_at_stop"] = await sink.scalar("SELECT count() FROM {db}.touchpoints")
+                facts["producing_at_stop"] = not first.done()
                 log_at_stop = worker.log_path.stat().st_size
                 await asyncio.to_thread(broker.stop)
                 timings["broker_stopped"] = time.monotonic() - t0
@@ -128,6 +132,7 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
                 with worker.log_path.open("rb") as log:
                     log.seek(log_at_stop)
                     facts["outage_log"] = log.read().decode("utf-8", "replace")
+                assert await asyncio.wait_for(first, timeout=90) == half
 
                 assert await asyncio.wait_for(produce(s, pairs[half:]), timeout=90) == n - half
                 timings["all_produced"] = time.monotonic() - t0
@@ -157,7 +162,8 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
         summaries = [line for line in noisy if "suppressed" in line]
         print(f"timings (s since start): {timings}; events={n}")
         print(
-            f"landed when the broker stopped: {facts['landed_at_stop']}/{half};"
+            f"landed when the broker stopped: {facts['landed_at_stop']}/{half}"
+            f" (still producing: {facts['producing_at_stop']});"
             f" worker log during the {OUTAGE_S:g} s outage: {len(noisy)} ERROR/WARNING lines"
             f" ({len(summaries)} summaries)"
         )
