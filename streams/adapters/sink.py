@@ -39,6 +39,7 @@ from streams.adapters.kafka import consumer_security
 from streams.customers.aggregates import AGGREGATE_COLUMNS, ALERT_COLUMNS, CUSTOMER_360_COLUMNS
 from streams.customers.detect import ALERT_COLUMNS as DETECT_ALERT_COLUMNS
 from streams.customers.detect import Alert, alert_row
+from streams.customers.items import ItemKind
 from streams.customers.stage import decode_row
 from streams.identity.graph import (
     Erased,
@@ -106,7 +107,7 @@ def _resolved_rows(
     """Touchpoints, stamped with the customer they resolved to (merge notices skipped)."""
     assert value is not None
     for item in unpack(value):
-        if item["t"] != "e":
+        if item["t"] != ItemKind.EVENT:
             continue
         record = from_json(item["r"])
         row = touchpoint_row(record, item["a"], partition, offset, now_ms, item["c"])

@@ -102,6 +102,7 @@ __all__ = [
     "created_ms_of",
     "customer_id",
     "event_identifiers",
+    "is_household",
     "offline_components",
     "op_from_json",
     "op_to_json",
@@ -124,6 +125,11 @@ def customer_id(created_ms: int, anchor: str) -> str:
 
 def created_ms_of(customer: str) -> int:
     return int(customer[1:12], 16)
+
+
+def is_household(customer: str) -> bool:
+    """A shared identifier's own customer (``h`` + ...): it stands for no one person."""
+    return customer.startswith("h")
 
 
 def _kind(key: str) -> str:

@@ -35,12 +35,11 @@ from streams.adapters.kafka import consumer_security
 from streams.adapters.sink import SinkService
 from streams.adapters.webhooks import WebhookDispatcher, load_subscribers
 from streams.customers.detect import Detector, Rules
+from streams.customers.items import ItemKind, erased_item, event_item, merge_item
 from streams.customers.stage import (
     POSITION_SCALE,
     CustomerStage,
     encode_rows,
-    event_item,
-    merge_item,
 )
 from streams.identity.graph import (
     Erased,
@@ -62,6 +61,7 @@ from streams.ops.operator import find_customer, identifier_key, timeline
 from streams.runtime.faust_patches import keep_buffers_on_resume
 from streams.runtime.state import StoredView, TableShard
 from streams.settings import Settings
+from streams.wire import keys
 from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.dlq import RawMessage, shrink
 from streams.wire.envelope import group_by_partition, pack_chunks, partition_for, unpack
@@ -361,7 +361,7 @@ class Pipeline:
             outputs.extend(resolved)
             outputs.extend(o for o in fx.outputs if not isinstance(o, Resolved))
             first = min(e.message.offset for e in events if e.message.partition == partition)
-            key = f"res|{partition}|{first}"
+            key = keys.resolution(partition, first)
             entry = memory.remember(key, resolved, now_ms)
             if entry is not None:
                 stamps.put(partition, key, entry)
@@ -386,7 +386,7 @@ class Pipeline:
         if memory is None:
             memory = ResolutionMemory(self.settings.dedupe_horizon_seconds * 1000)
             view = StoredView(self.identity_table)
-            memory.restore(view.items_with_prefix(f"res|{partition}|"))
+            memory.restore(view.items_with_prefix(keys.resolution_prefix(partition)))
             self._resolutions[partition] = memory
         return memory
 
@@ -410,7 +410,7 @@ class Pipeline:
             kinds[type(out).__name__.lower()] += 1
             if isinstance(out, Erased):  # the customer stage forgets them too
                 for customer in {out.customer, *out.customers}:
-                    resolved.append((customer, {"t": "x", "c": customer}))
+                    resolved.append((customer, erased_item(customer)))
             if isinstance(out, Merge):
                 notice = merge_item(out.survivor, out.absorbed, out.ts)
                 resolved.append((out.absorbed, notice))
@@ -467,7 +467,7 @@ class Pipeline:
             entries.extend(
                 (base + i, item)
                 for i, item in enumerate(unpack(msg.value))
-                if item["t"] != "e" or item["c"]
+                if item["t"] != ItemKind.EVENT or item["c"]
             )
         for partition in items:
             if not stage.has_partition(partition):

@@ -87,7 +87,7 @@ from streams.customers.detect import (
 )
 from streams.identity.graph import event_identifiers, offline_components
 from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
-from streams.sim.generator import _COUNTRIES, GeneratedEvent, generate
+from streams.sim.generator import _COUNTRIES, GeneratedEvent, Traps, generate
 from streams.wire.codec import AvroCodec
 from streams.wire.model import (
     COMMERCE,
@@ -125,6 +125,7 @@ _MINUTE: Final = 60_000
 _HOUR: Final = 3_600_000
 _DAY: Final = 86_400_000
 DEFAULT_NOW_MS: Final = 1_760_000_000_000
+DEFAULT_TRAPS: Final = Traps()
 _CONTACTS: Final = frozenset({"call", "chat", "email", "complaint"})
 _COUNTRY: Final = {c.code: c for c in _COUNTRIES}
 
@@ -138,6 +139,7 @@ class StreamEvent:
     person: int
     key: bytes  # Kafka key its producing system would use
     anomalous: bool = False  # one of the events a label points at
+    trap: str = ""  # the identity trap it carries (``streams.sim.generator.Traps``), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,14 +470,22 @@ def normal_stream(
     now_ms: int = DEFAULT_NOW_MS,
     span_days: float = 45.0,
     events_per_customer: float = 45.0,
+    traps: Traps | None = None,
 ) -> tuple[list[GeneratedEvent], dict[str, int]]:
     """The post-processed background alone (no injections), and what was changed."""
-    _, events, notes = _background(customers, seed, now_ms, span_days, events_per_customer)
+    _, events, notes = _background(
+        customers, seed, now_ms, span_days, events_per_customer, traps or Traps.none()
+    )
     return events, dict(notes)
 
 
 def _background(
-    customers: int, seed: int, now_ms: int, span_days: float, events_per_customer: float
+    customers: int,
+    seed: int,
+    now_ms: int,
+    span_days: float,
+    events_per_customer: float,
+    traps: Traps,
 ) -> tuple[dict[int, _Person], list[GeneratedEvent], Counter[str]]:
     raw = generate(
         customers,
@@ -483,8 +493,10 @@ def _background(
         now_ms=now_ms - 6 * _HOUR,
         span_ms=int(span_days * _DAY),
         events_per_customer=events_per_customer,
+        traps=traps,
     )
     keys = {e.record["event_id"]: e.key for e in raw}
+    trap_of = {e.record["event_id"]: e.trap for e in raw if e.trap}
     rng = random.Random(seed * 7919 + 17)
     people = _people(raw, rng)
     notes: Counter[str] = Counter()
@@ -496,7 +508,7 @@ def _background(
     dropped = [e for e in raw if e.record["event_id"] not in kept]
     notes["events dropped in total"] = len(dropped)
     events = [
-        GeneratedEvent(r, p.index, keys.get(r["event_id"], _key(p)))
+        GeneratedEvent(r, p.index, keys.get(r["event_id"], _key(p)), trap_of.get(r["event_id"], ""))
         for p in people.values()
         for r in p.events
     ]
@@ -1021,10 +1033,19 @@ def labelled_stream(
     events_per_customer: float = 45.0,
     per_rule: int | None = None,
     rules: Rules | None = None,
+    traps: Traps | None = DEFAULT_TRAPS,
 ) -> LabelledStream:
-    """Normal background plus ``per_rule`` labelled scenarios per rule (default 2 %)."""
+    """Normal background plus ``per_rule`` labelled scenarios per rule (default 2 %).
+
+    The background carries the generator's identity ``traps`` (family tablets, shared
+    emails, the contact centre's number, junk values; ``None``: none), each event
+    tagged with its trap (``StreamEvent.trap``) for the pairwise identity score
+    (:mod:`streams.sim.eval_identity`).
+    """
     rules = rules or Rules.default()
-    people, background, notes = _background(customers, seed, now_ms, span_days, events_per_customer)
+    people, background, notes = _background(
+        customers, seed, now_ms, span_days, events_per_customer, traps or Traps.none()
+    )
     per_rule = per_rule if per_rule is not None else max(3, customers // 50)
     rng = random.Random(seed * 104729 + 3)
     injector = _Injector(rng, now_ms, rules)
@@ -1101,7 +1122,13 @@ def labelled_stream(
         notes[f"near misses injected: {name}"] = made
     kept = {r["event_id"] for p in people.values() for r in p.events}
     events = [
-        StreamEvent(e.record, people[e.person].customer_id, e.person, keys[e.record["event_id"]])
+        StreamEvent(
+            e.record,
+            people[e.person].customer_id,
+            e.person,
+            keys[e.record["event_id"]],
+            trap=e.trap,
+        )
         for e in background
         if e.record["event_id"] in kept
     ]

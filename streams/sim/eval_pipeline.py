@@ -61,6 +61,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from streams.adapters.clickhouse import connect
 from streams.adapters.kafka import consumer_security
 from streams.customers.detect import RULE_NAMES, Alert, Detector, Rules
+from streams.identity.graph import IdentityRules
 from streams.runtime.runner import prepare, query, running
 from streams.settings import Settings
 from streams.sim.eval_data import (
@@ -72,6 +73,7 @@ from streams.sim.eval_data import (
     labelled_stream,
     run_detector,
 )
+from streams.sim.eval_identity import PairScore, format_identity, score_identity
 from streams.sim.generator import produce
 from streams.topology import consumer_groups
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
@@ -95,6 +97,12 @@ _SHOWN: Final = 25  # examples of misses / false alerts kept in the metrics
 
 def _rules(settings: Settings) -> Rules:
     return Rules.from_yaml(settings.rules_file) if settings.rules_file else Rules.default()
+
+
+def _identity_rules(settings: Settings) -> IdentityRules:
+    if settings.identity_rules is None:
+        return IdentityRules()
+    return IdentityRules.from_mapping(yaml.safe_load(settings.identity_rules.read_text()) or {})
 
 
 def _eval_settings(
@@ -383,6 +391,15 @@ def _misses(
 # --------------------------------------------------------------------------- report
 
 
+def _pair_dict(score: PairScore) -> dict[str, Any]:
+    return {
+        **dataclasses.asdict(score),
+        "precision": score.precision,
+        "recall": score.recall,
+        "recall_linkable": score.recall_linkable,
+    }
+
+
 def _as_dict(report: EvalReport) -> dict[str, Any]:
     out = {rule: dataclasses.asdict(m) for rule, m in report.detectors.items()}
     out["overall"] = dataclasses.asdict(report.overall)
@@ -437,8 +454,11 @@ async def run_eval(
     ``report`` is text: the pipeline's ``EVAL <detector> precision=<p> recall=<r>
     false_per_10k=<f>`` lines then ``EVAL overall ...`` (the format of
     ``eval_data.format_report``), the same for the offline run as ``OFFLINE ...`` lines,
-    a side-by-side table (with the recall of the ``by_identity`` replays), ``MISSED`` and
-    ``FALSE`` lines counting ``rule:cause`` and one ``RUN ...`` line.
+    a side-by-side table (with the recall of the ``by_identity`` replays), the pairwise
+    identity score (``EVAL identity precision=<p> recall=<r> recall_linkable=<l> ...``
+    then one ``EVAL identity[<trap>]`` line per generator trap; see
+    :mod:`streams.sim.eval_identity`; also in ``metrics["identity"]["pairwise"]``), ``MISSED``
+    and ``FALSE`` lines counting ``rule:cause`` and one ``RUN ...`` line.
 
     ``timeout`` bounds the wait for the pipeline to process everything (if it does not
     settle, the report says ``settled=no`` and scores what arrived). ``keep`` leaves the
@@ -524,6 +544,13 @@ async def run_eval(
     judged = evaluate(replays["judged"], stream.labels, stream.normal_event_count)
     missed, false = _misses(stream, alerts, replays, back)
     identity = _identity_summary(stream, back)
+    pairwise = score_identity(stream.events, back.current, _identity_rules(settings))
+    identity["pairwise"] = {
+        "overall": _pair_dict(pairwise.overall),
+        "by_trap": {trap: _pair_dict(m) for trap, m in pairwise.by_trap.items()},
+        "unattributed_events": pairwise.unattributed,
+        "households": pairwise.households,
+    }
     total_s = time.monotonic() - started
     dead = sum(back.dead_letters.values())
     metrics: dict[str, Any] = {
@@ -575,6 +602,7 @@ async def run_eval(
         *format_report(result),
         *("OFFLINE" + line.removeprefix("EVAL") for line in format_report(offline)),
         *_side_by_side(result, offline, final, judged),
+        *format_identity(pairwise),
         f"MISSED {causes or 'none'}",
         f"FALSE {false_causes or 'none'}",
         f"RUN customers={customers} seed={seed} now_ms={stream.now_ms} events={len(pairs)} "

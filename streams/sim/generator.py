@@ -57,7 +57,9 @@ from streams.wire.model import (
 
 __all__ = [
     "CATEGORY_TARGETS",
+    "TRAP_NAMES",
     "GeneratedEvent",
+    "Traps",
     "category",
     "encode_events",
     "generate",
@@ -81,6 +83,49 @@ class GeneratedEvent:
     record: TouchpointRecord
     person: int
     key: bytes
+    trap: str = ""  # the identity trap this event carries (see ``Traps``), if any
+
+
+@dataclass(frozen=True, slots=True)
+class Traps:
+    """Identity traps: identifier values that real data shares between people.
+
+    * ``households``: share of people living in a household of 2-4 that shares a
+      family tablet (one app ``device_id``); each tablet session starts logged out and
+      half the registered members' sessions log in, so the tablet is seen with several
+      CRM ids and carries many device-only events of every member (``family_tablet``);
+    * ``shared_emails``: share of people in a couple sharing one email address, each
+      with their own CRM id: contact emails, chats, DMs and password resets of both
+      carry it (``shared_email``);
+    * ``centre_phone``: share of calls where the agent typed the contact centre's own
+      number into the caller's record (with the caller's CRM id) (``centre_phone``);
+    * ``junk``: share of events with a junk value in an empty identifier slot
+      (``null``, ``test@test.com``, an all-zero device id, ...) (``junk``).
+
+    ``GeneratedEvent.trap`` names the trap an event carries.
+    """
+
+    households: float = 0.06
+    shared_emails: float = 0.05
+    centre_phone: float = 0.05
+    junk: float = 0.01
+
+    @classmethod
+    def none(cls) -> Traps:
+        return cls(0.0, 0.0, 0.0, 0.0)
+
+
+TRAP_NAMES: Final = ("family_tablet", "shared_email", "centre_phone", "junk")
+_JUNK: Final[tuple[tuple[str, str], ...]] = (
+    ("anonymous_id", "undefined"),
+    ("anonymous_id", "null"),
+    ("email", "test@test.com"),
+    ("email", "n/a"),
+    ("phone", "+10000000000"),
+    ("device_id", "00000000-0000-0000-0000-000000000000"),
+    ("loyalty_id", "0"),
+    ("social_handle", "unknown"),
+)
 
 
 CATEGORY_TARGETS: Final[dict[str, float]] = {
@@ -501,6 +546,7 @@ class _App:
     user_agent: str
     app_version: str
     logged_in: bool = False
+    shared: bool = False  # a family tablet (Traps.households)
 
 
 @dataclass(slots=True)
@@ -527,6 +573,7 @@ class _Person:
     apps: list[_App]
     affinity: tuple[float, ...]
     mood: float = 0.0  # < 0 after a bad experience
+    shared_email: bool = False  # the email is a couple's (Traps.shared_emails)
 
 
 @dataclass(slots=True)
@@ -539,9 +586,20 @@ class _Journeys:
     """Builds people and their sessions; one instance per ``generate`` call."""
 
     def __init__(
-        self, rng: random.Random, customers: int, now_ms: int, span_ms: int, per_customer: float
+        self,
+        rng: random.Random,
+        customers: int,
+        now_ms: int,
+        span_ms: int,
+        per_customer: float,
+        traps: Traps | None = None,
     ) -> None:
         self.rng = rng
+        self.traps = traps or Traps.none()
+        self.trap = ""  # the trap the events emitted now carry
+        self.email_shared = False  # the person whose sessions are built shares their email
+        self.trap_of: dict[str, str] = {}  # event id -> trap
+        self.centre_phones: dict[str, str] = {}  # country -> the contact centre's number
         self.rnd = rng.random
         self.bits = rng.getrandbits
         self.customers = customers
@@ -613,10 +671,13 @@ class _Journeys:
 
     # ---------------------------------------------------------------- people
 
-    def person(self, index: int) -> _Person:
+    def person(self, index: int, home: tuple[_Country, _City] | None = None) -> _Person:
+        """A new person; ``home``: where they live (a household's members live together)."""
         rnd = self.rnd
         country = self.weighted(_COUNTRIES, _COUNTRY_WEIGHTS)
         city = self.pick(country.cities)
+        if home is not None:
+            country, city = home
         first = self.pick(country.first_names)
         last = self.pick(country.last_names)
         n = f"{self.suffixes[index]:0{self.suffix_width}d}"
@@ -696,6 +757,14 @@ class _Journeys:
             apps=apps,
             affinity=affinity,
         )
+
+    def centre_phone(self, p: _Person) -> str:
+        """The contact centre's own number in the caller's country (E.164)."""
+        number = self.centre_phones.get(p.country.code)
+        if number is None:
+            nsn = self.phone_number(p.country, p.country.cities[0])
+            number = self.centre_phones[p.country.code] = f"+{p.country.calling_code}{nsn}"
+        return number
 
     def phone_number(self, country: _Country, city: _City) -> str:
         """A unique national significant number from the country's pools."""
@@ -811,6 +880,14 @@ class _Journeys:
             "properties": properties,
             "consent": self.consent,
         }
+        trap = self.trap or ("shared_email" if self.email_shared and ids.get("email") else "")
+        if self.traps.junk and self.rnd() < self.traps.junk:
+            kind, value = self.pick(_JUNK)
+            if not ids.get(kind):
+                record["identifiers"] = {**ids, kind: value}  # type: ignore[misc]
+                trap = trap or "junk"
+        if trap:
+            self.trap_of[record["event_id"]] = trap
         self.session.events.append((record, lag, key))
         self.counts[cat] += 1
         self.total += 1
@@ -1009,6 +1086,15 @@ class _Journeys:
 
     def app_session(self, p: _Person) -> None:
         a = p.apps[0] if len(p.apps) == 1 or self.rnd() < 0.75 else p.apps[1]
+        if a.shared:  # the family tablet: whoever used it last logged out
+            a.logged_in = False
+            self.trap = "family_tablet"
+        try:
+            self.app_session_on(p, a)
+        finally:
+            self.trap = ""
+
+    def app_session_on(self, p: _Person, a: _App) -> None:
         ctx = self.app_context(p, a, self.app_ip(p))
         sid = self.hex(16)
         if self.rnd() < 0.25:
@@ -1241,6 +1327,11 @@ class _Journeys:
                 else p.phone_typed
             )
             ids = _ids(phone=phone, customer_id=p.customer_id if verified else None)
+            if self.traps.centre_phone and self.rnd() < self.traps.centre_phone:
+                # The agent typed the centre's own number into the caller's record.
+                phone = self.centre_phone(p)
+                ids = _ids(phone=phone, customer_id=p.customer_id)
+                self.trap = "centre_phone"
             key = f"phone:{phone}".encode()
             source = "genesys"
             wait = _clamp(self.rng.lognormvariate(4.5, 0.8), 3, 3600)
@@ -1337,6 +1428,7 @@ class _Journeys:
             )  # fmt: skip
             if good:
                 p.mood = 0.0
+        self.trap = ""
         return resolved
 
     def cc_session(self, p: _Person) -> None:
@@ -1453,8 +1545,32 @@ class _Journeys:
     def build(self) -> list[GeneratedEvent]:
         sigma = 0.55
         mu = math.log(max(self.per_customer * 0.8, 0.5)) - sigma * sigma / 2
+        traps = self.traps
+        tablet: _App | None = None
+        tablet_left = 0
+        home: tuple[_Country, _City] | None = None
+        partner: _Person | None = None
         for index in range(self.customers):
-            p = self.person(index)
+            p = self.person(index, home if tablet_left > 0 else None)
+            if traps.households:
+                if tablet_left == 0 and self.rnd() < traps.households / 3:
+                    tablet = self.app(p.country)
+                    tablet.shared = True
+                    tablet_left = self.randint(2, 4)
+                    home = (p.country, p.city)
+                if tablet is not None and tablet_left > 0:
+                    p.apps.append(tablet)
+                    p.affinity = (p.affinity[0], max(p.affinity[1], 1.2), *p.affinity[2:])
+                    tablet_left -= 1
+            if traps.shared_emails:
+                if partner is not None:  # the second of a couple: the first one's email
+                    p.email, p.email_forms = partner.email, partner.email_forms
+                    p.shared_email = True
+                    partner = None
+                elif self.rnd() < traps.shared_emails / 2:
+                    partner = p
+                    p.shared_email = True
+            self.email_shared = p.shared_email
             self.consent = p.consent
             budget = max(1.0, self.rng.lognormvariate(mu, sigma))
             sessions: list[_Session] = []
@@ -1491,7 +1607,8 @@ class _Journeys:
                 rec["occurred_at"] = occurred
                 received = occurred + lag
                 rec["received_at"] = received if received < now else now
-                out.append(GeneratedEvent(rec, person, key))
+                trap = self.trap_of.get(rec["event_id"], "")
+                out.append(GeneratedEvent(rec, person, key, trap))
             t += int(s.duration * scale)
 
 
@@ -1605,6 +1722,7 @@ def generate(
     now_ms: int,
     span_ms: int = 2 * 3600 * 1000,
     events_per_customer: float = 12.0,
+    traps: Traps | None = None,
 ) -> list[GeneratedEvent]:
     """Synthetic journeys of ``customers`` people, sorted by ``occurred_at``.
 
@@ -1617,7 +1735,9 @@ def generate(
         raise ValueError("span_ms must be > 0")
     if not events_per_customer > 0:
         raise ValueError("events_per_customer must be > 0")
-    journeys = _Journeys(random.Random(seed), customers, now_ms, span_ms, events_per_customer)
+    journeys = _Journeys(
+        random.Random(seed), customers, now_ms, span_ms, events_per_customer, traps
+    )
     with _gc_paused():
         return journeys.build()
 

@@ -18,7 +18,8 @@ import orjson
 
 from streams.customers.aggregates import AggregateRow, combine, recompute
 from streams.customers.detect import Alert
-from streams.customers.stage import POSITION_SCALE, CustomerStage, event_item, merge_item
+from streams.customers.items import event_item, merge_item
+from streams.customers.stage import POSITION_SCALE, CustomerStage
 from streams.identity.graph import IdentityRules, Merge, Resolved, Simulator, offline_components
 from streams.ingest.stage import IngestPolicy, IngestStage, anchor_key, from_json
 from streams.settings import Settings

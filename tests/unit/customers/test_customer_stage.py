@@ -6,7 +6,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from streams.customers.aggregates import AggregateRow
-from streams.customers.stage import POSITION_SCALE, CustomerOutputs, CustomerStage, event_item
+from streams.customers.items import event_item
+from streams.customers.stage import POSITION_SCALE, CustomerOutputs, CustomerStage
 from streams.ingest.stage import anchor_key
 from tests.unit.customers.test_aggregates import ev, totals
 
@@ -215,7 +216,7 @@ def test_a_merge_notice_on_the_survivors_partition_leaves_the_absorbed_360_alone
     # customer's partition (0) and the survivor's (1). Only partition 0 may touch the
     # absorbed 360 entry, whose positions are partition 0's; a later event for the absorbed
     # id (a replay keeps its first customer) must still count.
-    from streams.customers.stage import merge_item
+    from streams.customers.items import merge_item
 
     absorbed, survivor = "c-a0", "c-b0"
     stage = CustomerStage(2, lateness_ms=60_000, pane_events=10_000)
@@ -289,7 +290,7 @@ def test_an_event_resolved_to_a_customer_whose_profile_moved_follows_it() -> Non
     # arrives. It must be judged against the survivor's history, not start a new profile
     # of its own under an id nothing will ever merge again.
     from streams.customers.detect import Profile
-    from streams.customers.stage import merge_item
+    from streams.customers.items import merge_item
     from tests.unit.customers.test_detect import DAY, HOUR, T0, _day_person, only, rec
 
     absorbed, survivor = "c-a0", "c-b0"  # partitions 0 and 1

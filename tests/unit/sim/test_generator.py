@@ -19,12 +19,15 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 import streams.sim.generator as generator
+from streams.identity.graph import IdentityRules
 from streams.ingest.normalise import normalise_identifiers
 from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
 from streams.settings import SecurityProtocol, Settings
 from streams.sim.generator import (
     CATEGORY_TARGETS,
+    TRAP_NAMES,
     GeneratedEvent,
+    Traps,
     category,
     encode_events,
     generate,
@@ -195,6 +198,54 @@ def test_identifiers_belong_to_exactly_one_person(events: list[GeneratedEvent]) 
     assert not shared, list(shared.items())[:3]
     kinds = {kind for kind, _ in owners}
     assert kinds == set(IDENTIFIER_KINDS)
+
+
+@pytest.fixture(scope="module")
+def trapped() -> list[GeneratedEvent]:
+    return generate(CUSTOMERS, seed=7, now_ms=NOW, span_ms=20 * 24 * HOUR, traps=Traps())
+
+
+def test_without_traps_the_stream_is_unchanged(events: list[GeneratedEvent]) -> None:
+    assert generate(CUSTOMERS, seed=7, now_ms=NOW, traps=Traps.none()) == events
+    assert not any(e.trap for e in events)
+
+
+def test_traps_share_exactly_the_values_they_name(
+    trapped: list[GeneratedEvent], codec: AvroCodec
+) -> None:
+    """Each trap shares identifier values between people as described, and only those."""
+    owners: dict[tuple[str, str], set[int]] = defaultdict(set)
+    trap_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    policy = IngestPolicy()
+    for e in trapped:
+        outcome = ingest_message(codec.encode(e.record), codec, policy, NOW)  # type: ignore[arg-type]
+        assert isinstance(outcome, Accepted), outcome
+        for kind, value in outcome.record["identifiers"].items():
+            if value:
+                owners[(kind, value)].add(e.person)
+                trap_of[(kind, value)].add(e.trap)
+    assert {e.trap for e in trapped} == {"", *TRAP_NAMES}
+    shared = {k: v for k, v in owners.items() if len(v) > 1}
+    kinds = Counter(kind for kind, _ in shared)
+    # Family tablets (device ids), couples' emails, the centre's numbers, junk that
+    # survives normalisation (test@test.com, +10000000000, all-zero device ids).
+    assert kinds["device_id"] >= 3 and kinds["email"] >= 3 and kinds["phone"] >= 2, kinds
+    rules = IdentityRules()
+    for key, people in shared.items():
+        traps = trap_of[key] - {""}
+        assert traps, (key, people)  # nothing is shared by accident
+        if traps == {"junk"}:  # what ingest keeps of junk, identity blocks
+            assert rules.is_blocked(f"{key[0]}:{key[1]}"), key
+        if key[0] == "device_id" and "junk" not in traps:
+            assert traps == {"family_tablet"} and 2 <= len(people) <= 4, (key, people)
+        if key[0] == "email" and "junk" not in traps:
+            assert "shared_email" in traps and len(people) == 2, (key, people)
+    centre = [k for k, t in trap_of.items() if "centre_phone" in t and k[0] == "phone"]
+    assert max(len(owners[k]) for k in centre) >= 3, [owners[k] for k in centre]
+    # Every centre-number call carries the caller's own CRM id.
+    for e in trapped:
+        if e.trap == "centre_phone":
+            assert e.record["identifiers"]["customer_id"], e.record
 
 
 def test_phones_vary_in_format_but_mean_one_number_per_person(
