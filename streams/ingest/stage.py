@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 from streams.ingest.normalise import normalise_country, normalise_identifiers
-from streams.wire.codec import AvroCodec, DecodeError
+from streams.wire.codec import AvroCodec, DecodeError, SchemaUnavailableError
 from streams.wire.dlq import DEFAULT_MAX_DEAD_LETTER_BYTES, DeadLetter, RawMessage, dead_letter
 from streams.wire.model import (
     CATALOGUE,
@@ -53,6 +53,7 @@ class Reason(StrEnum):
     BAD_MAGIC_BYTE = "bad_magic_byte"
     UNKNOWN_SCHEMA_ID = "unknown_schema_id"
     WRONG_SUBJECT = "wrong_subject"
+    INCOMPATIBLE_SCHEMA = "incompatible_schema"
     TRUNCATED_BODY = "truncated_body"
     CORRUPT_BODY = "corrupt_body"
     TRAILING_BYTES = "trailing_bytes"
@@ -489,6 +490,8 @@ class IngestStage:
                 outcome = ingest_message(
                     msg.value, self.codec, self.policy, now_ms, self.is_blocked
                 )
+            except SchemaUnavailableError:
+                raise  # not the message's fault: the batch waits and is retried whole
             except Exception as exc:  # noqa: BLE001 - never lose an event, never crash
                 outcome = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             if isinstance(outcome, Accepted) and self.dedupe_horizon_ms > 0:
