@@ -27,6 +27,7 @@ __all__ = [
     "EVENT_LAG_SECONDS",
     "INGEST_BATCH_SECONDS",
     "REGISTRY",
+    "SCHEMA_REGISTRY_LOOKUPS",
     "SINK_COMMITTED_OFFSET",
     "STAGE_FAILURES",
     "TABLE_KEYS",
@@ -152,6 +153,13 @@ CUSTOMER_DUPLICATES = Counter(
 )
 
 
+SCHEMA_REGISTRY_LOOKUPS = Counter(
+    "touchpoints_schema_registry_lookups_total",
+    "Writer schema ids asked of the Schema Registry (each id once, then cached), by outcome:"
+    " found, unknown_schema_id, wrong_subject, incompatible_schema, unavailable.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 STAGE_FAILURES = Counter(
     "touchpoints_stage_failures_total",
     "Batches that failed and are being retried (the partition waits), by stage.",
