@@ -28,6 +28,8 @@ def _logging(settings: Settings, level: str | None = None) -> None:
         level or settings.log_level,
         json_format=settings.log_format == "json",
         pii=settings.log_pii,
+        repeat_limit=settings.log_repeat_limit,
+        repeat_window_s=settings.log_repeat_window_seconds,
     )
 
 
@@ -35,7 +37,11 @@ def _logging_dict(settings: Settings) -> dict[str, object]:
     from streams.logs import logging_dict
 
     return logging_dict(
-        settings.log_level, json_format=settings.log_format == "json", pii=settings.log_pii
+        settings.log_level,
+        json_format=settings.log_format == "json",
+        pii=settings.log_pii,
+        repeat_limit=settings.log_repeat_limit,
+        repeat_window_s=settings.log_repeat_window_seconds,
     )
 
 

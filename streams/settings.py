@@ -155,6 +155,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="On a rebalance, how long in-flight batches may finish."
     )
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
+    dead_letter_max_bytes: int = Field(
+        512 * 1024,
+        ge=4096,
+        description="A dead letter never exceeds this (keep it under the broker's"
+        " message.max.bytes): larger originals are truncated, with their size and SHA-256 in"
+        " headers.",
+    )
     max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
     max_property_value_chars: int = Field(2048, ge=1, description="Longest property value.")
     max_future_skew_seconds: int = Field(
@@ -204,6 +211,15 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text.")
     log_pii: bool = Field(False, description="Log identifiers unmasked (emails, phones).")
+    log_repeat_limit: int = Field(
+        5,
+        ge=0,
+        description="Lines of one kind (logger, level, message template) per window; the rest"
+        " are counted and summarised in one line (0 = no limit).",
+    )
+    log_repeat_window_seconds: float = Field(
+        10.0, gt=0, description="The window of LOG_REPEAT_LIMIT."
+    )
 
     @field_validator("identity_rules", "rules_file", mode="before")
     @classmethod

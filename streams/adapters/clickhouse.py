@@ -267,6 +267,6 @@ def dead_letter_row(value: bytes | None, headers: list[tuple[str, bytes]] | None
         meta.get("dlq.reason", "unknown"),
         meta.get("dlq.detail", ""),
         int(meta.get("dlq.failed_at", "0")),
-        len(original),
+        int(meta.get("dlq.original.size", len(original))),
         original[: 64 * 1024],
     ]

@@ -25,6 +25,7 @@ import faust
 import orjson
 import yaml
 from aiohttp import web as aioweb
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.types import TP
 from mode import Service
 
@@ -69,12 +70,14 @@ from streams.wire.codec import (
     SchemaRegistry,
     SchemaUnavailableError,
 )
-from streams.wire.dlq import RawMessage
+from streams.wire.dlq import RawMessage, shrink
 from streams.wire.envelope import group_by_partition, pack_chunks, partition_for, unpack
 
 __all__ = ["Pipeline", "create_app"]
 
 log = logging.getLogger(__name__)
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
 def _credentials(settings: Settings) -> Any:
@@ -301,15 +304,19 @@ class Pipeline:
             pending.extend(await self._send_envelopes(valid_topic, partition, records))
         for channel, count in Counter(out.record["channel"] for out in result.valid).items():
             metrics.VALID_EVENTS.labels(channel).inc(count)
+        dead_sent = [
+            (dead, await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers))
+            for dead in result.dead
+        ]
         for dead in result.dead:
-            pending.append(
-                await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
-            )
             metrics.DEAD_LETTERS.labels(dead.reason).inc()
+        if result.replayed:
+            metrics.INGEST_REPLAYED.inc(result.replayed)
         # Output delivered BEFORE the de-duplication state that vouches for it: a crash in
         # between replays the batch as new events (downstream is idempotent) instead of
         # refusing them as duplicates of events that never left. Both before the ack.
         await asyncio.gather(*pending)
+        await self._deliver_dead_letters(dlq_topic, dead_sent)
         shard = TableShard(self.dedupe_table, self.app.producer)
         for partition, key, value in result.state_puts:
             shard.put(partition, key, value)
@@ -319,6 +326,29 @@ class Pipeline:
         metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
         self._export_lag("ingest", messages)
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _deliver_dead_letters(self, topic: str, sent: list[tuple[Any, Any]]) -> None:
+        """Wait for the dead letters; one the broker refuses as too large (its limit is below
+        ``DEAD_LETTER_MAX_BYTES``) goes again cut to a few KiB, so no message can hold its
+        batch — and every partition of this worker — back for good."""
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        again = []
+        for (dead, _), outcome in zip(sent, results, strict=True):
+            if isinstance(outcome, _TOO_LARGE):
+                log.warning(
+                    "dead letter of %d bytes refused by the broker (%s); sending it truncated",
+                    dead.size,
+                    type(outcome).__name__,
+                )
+                small = shrink(dead, 4096)
+                again.append(
+                    await self.app.producer.send(
+                        topic, small.key, small.value, None, None, small.headers
+                    )
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        await asyncio.gather(*again)
 
     async def _identity_agent(self, stream: Any) -> None:
         settings = self.settings
