@@ -30,7 +30,7 @@ from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.dlq import RawMessage
 from streams.wire.envelope import partition_for
 from streams.wire.model import IDENTIFIER_KINDS, ResolvedEvent, TouchpointRecord
-from tests.unit.customers.test_customer_stage import Store
+from tests.unit.customers.store import Store
 
 NOW = 1_765_000_000_000
 PARTITIONS = 4
