@@ -937,17 +937,16 @@ class IdentityNode:
             if c.pending != op.survivor:
                 _defer(c, op, cid, st)
             return
-        members, absorbed = _flat(c.members), tuple(c.absorbed)
         c.pending = op.survivor
-        c.lock_seq = _lock_number(c.lock_seq, op.survivor, members, absorbed)
+        c.lock_seq = _lock_number(c.lock_seq, op.survivor, _flat(c.members), tuple(c.absorbed))
         st.put(cid, c)
         fx.ops.append(
             ProposeOp(
                 op.survivor,
                 cid,
                 c.lock_seq,
-                members,
-                absorbed,
+                _flat(c.members),
+                tuple(c.absorbed),
                 op.via,
                 op.event_id,
                 op.ts,
