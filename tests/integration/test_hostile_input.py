@@ -276,3 +276,46 @@ def test_hostile_input_is_dead_lettered_good_events_land_once_and_nothing_stalls
         f" good events {len(expected_good)}, dead letters {len(facts['dlq'])}, lag {facts['lag']}"
     )
     assert not problems, "\n".join(problems)
+
+
+def test_a_dead_letter_the_broker_refuses_goes_again_truncated_and_blocks_nothing(
+    settings: Settings,
+) -> None:
+    """DEAD_LETTER_MAX_BYTES set above the broker's message.max.bytes (a misconfiguration):
+    the dead letter of a message just under the broker's limit is refused with
+    MessageSizeTooLargeError; it goes again cut to 4 KiB instead of failing its batch (and
+    every partition of the worker) for good."""
+    registry = SchemaRegistry.from_dir(settings.schemas_dir)
+    codec = AvroCodec(registry, TOUCHPOINT_SUBJECT)
+    now = int(time.time() * 1000)
+    s = settings.model_copy(update={"dead_letter_max_bytes": 4 * 1024 * 1024})
+    events = generate(5, seed=77, now_ms=now)
+    good = encode_events(events, codec, seed=77)
+    near = next(
+        c
+        for c in hostile_classes(codec, registry, now, dict(events[0].record), b"k")
+        if c.name == "near_broker_limit"
+    )
+    traffic = [(f"good-{i}", k, v) for i, (k, v) in enumerate(good)]
+    traffic.insert(len(traffic) // 2, (near.name, near.key, near.value))
+    db = s.clickhouse_database
+    failures_before = metrics.STAGE_FAILURES.labels("ingest")._value.get()
+
+    async def scenario() -> list[Any]:
+        prepare(s)
+        await _produce(s, traffic)
+        async with running(s) as pipeline:
+            assert await wait_for(
+                pipeline, f"SELECT count() FROM {db}.touchpoints_v", len(good)
+            ) == len(good)
+            assert await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", 1) == 1
+            assert not pipeline.failing
+        return await _read_topic(s, s.topics.dead_letter)
+
+    dlq = asyncio.run(scenario())
+    assert len(dlq) == 1
+    meta = parse_dead_letter_headers(dlq[0].headers)
+    assert meta["dlq.reason"] == "oversize_message" and meta["dlq.truncated"] == "true"
+    assert meta["dlq.original.sha256"] == hashlib.sha256(near.value).hexdigest()
+    assert len(dlq[0].value) < 4096 and near.value.startswith(dlq[0].value)
+    assert metrics.STAGE_FAILURES.labels("ingest")._value.get() == failures_before
