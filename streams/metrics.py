@@ -29,6 +29,7 @@ __all__ = [
     "INGEST_BATCH_SECONDS",
     "INGEST_REPLAYED",
     "REGISTRY",
+    "SCHEMA_REGISTRY_LOOKUPS",
     "SINK_COMMITTED_OFFSET",
     "STAGE_FAILURES",
     "TABLE_KEYS",
@@ -160,6 +161,13 @@ CUSTOMER_DUPLICATES = Counter(
 )
 
 
+SCHEMA_REGISTRY_LOOKUPS = Counter(
+    "touchpoints_schema_registry_lookups_total",
+    "Writer schema ids asked of the Schema Registry (each id once, then cached), by outcome:"
+    " found, unknown_schema_id, wrong_subject, incompatible_schema, unavailable.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 LOG_LINES_SUPPRESSED = Counter(
     "touchpoints_log_lines_suppressed_total",
     "Log lines held back by the repeat limit (LOG_REPEAT_LIMIT), by top-level logger"

@@ -39,6 +39,7 @@ from confluent_kafka.schema_registry import (
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from streams import metrics
 from streams.settings import Compatibility, SubjectNameStrategy
 from streams.wire.codec import (
     ALERT_SUBJECT,
@@ -203,8 +204,10 @@ class RegistryWriters:
                 if not final:
                     return None
                 self._refuse(schema_id, subject, "unknown_schema_id", "not in the registry")
+            metrics.SCHEMA_REGISTRY_LOOKUPS.labels("unavailable").inc()
             raise SchemaUnavailableError(f"schema id {schema_id}: registry answered {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - transport errors of any kind: no answer
+            metrics.SCHEMA_REGISTRY_LOOKUPS.labels("unavailable").inc()
             raise SchemaUnavailableError(
                 f"schema id {schema_id}: registry unreachable ({type(exc).__name__}: {exc})"
             ) from exc
@@ -227,10 +230,12 @@ class RegistryWriters:
         found = RegisteredSchema(subject, max(mine), schema_id, raw, parsed)
         with self._lock:
             self._found[(schema_id, subject)] = found
+        metrics.SCHEMA_REGISTRY_LOOKUPS.labels("found").inc()
         return found
 
     def _refuse(self, schema_id: int, subject: str, reason: str, why: str) -> NoReturn:
         error = DecodeError(reason, f"schema id {schema_id} {why} (subject {subject})")
+        metrics.SCHEMA_REGISTRY_LOOKUPS.labels(reason).inc()
         with self._lock:
             self._refused[(schema_id, subject)] = (self._clock() + self._negative_ttl_s, error)
             self._refused.move_to_end((schema_id, subject))

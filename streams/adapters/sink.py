@@ -37,10 +37,10 @@ from streams.adapters.clickhouse import (
 )
 from streams.adapters.kafka import consumer_security
 from streams.adapters.schema_registry import reader_codec
-from streams.customers.aggregates import AGGREGATE_COLUMNS, ALERT_COLUMNS, CUSTOMER_360_COLUMNS
 from streams.customers.detect import ALERT_COLUMNS as DETECT_ALERT_COLUMNS
 from streams.customers.detect import Alert, alert_row
 from streams.customers.items import ItemKind
+from streams.customers.rows import AGGREGATE_COLUMNS, ALERT_COLUMNS, CUSTOMER_360_COLUMNS
 from streams.customers.stage import decode_row
 from streams.identity.graph import (
     Erased,

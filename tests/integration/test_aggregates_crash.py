@@ -33,7 +33,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.customers.aggregates import Measures, recompute
+from streams.customers.measures import Measures
+from streams.customers.recompute import recompute
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate, produce
 from streams.wire.envelope import unpack

@@ -14,6 +14,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from pydantic import SecretStr
 
+from streams import metrics
 from streams.adapters.schema_registry import (
     RegistryWriters,
     RemoteSchemas,
@@ -166,13 +167,22 @@ def test_an_unknown_id_is_confirmed_then_dead_lettered_and_remembered_for_a_whil
     assert codec.decode(values[0])["event_id"] == "tpl-0001"
 
 
+def _lookups(outcome: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "touchpoints_schema_registry_lookups_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
 def test_an_id_of_another_subject_is_wrong_subject() -> None:
     client = FakeClient()
     client.add(7, OURS, "orders-value")
     codec = _remote(client).input_codec(TOUCHPOINT_SUBJECT)
+    before = _lookups("wrong_subject")
     outcome = ingest_message(_message(7), codec, IngestPolicy(), NOW)
     assert isinstance(outcome, Rejected) and outcome.reason is Reason.WRONG_SUBJECT
     assert "orders-value" in outcome.detail
+    assert _lookups("wrong_subject") == before + 1
 
 
 def test_a_schema_the_reader_cannot_read_is_incompatible_schema() -> None:
@@ -206,8 +216,10 @@ def test_no_answer_is_unavailable_never_a_dead_letter(failure: Exception) -> Non
     codec = _remote(client).input_codec(TOUCHPOINT_SUBJECT)
     stage = IngestStage(codec, IngestPolicy(), dedupe_horizon_ms=0)
     message = RawMessage("touchpoints.raw", 0, 0, b"k", _message(5), None)
+    before = _lookups("unavailable")
     with pytest.raises(SchemaUnavailableError):
         codec.prefetch([message.value])
+    assert _lookups("unavailable") == before + 1
     with pytest.raises(SchemaUnavailableError):  # the batch fails whole: nothing dead-lettered
         stage.process([message], NOW)
     client.down = None  # the registry is back: the same message decodes
