@@ -34,6 +34,7 @@ from streams.ingest.stage import Accepted, IngestPolicy, Rejected, ingest_messag
 from streams.runtime.runner import prepare, query, running, wait_for
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate
+from streams.sim.samples import valid_template
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.dlq import parse_dead_letter_headers
 from tests.hostile_inputs import fuzzed, hostile_classes
@@ -319,3 +320,52 @@ def test_a_dead_letter_the_broker_refuses_goes_again_truncated_and_blocks_nothin
     assert meta["dlq.original.sha256"] == hashlib.sha256(near.value).hexdigest()
     assert len(dlq[0].value) < 4096 and near.value.startswith(dlq[0].value)
     assert metrics.STAGE_FAILURES.labels("ingest")._value.get() == failures_before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 12 item 4, not built: ingest de-duplicates per raw partition; first-wins"
+    " across partitions needs state keyed by event id (README, Known issues)",
+)
+def test_one_event_id_on_two_partitions_first_wins_in_clickhouse_and_aggregates(
+    settings: Settings,
+) -> None:
+    """The decided rule: the first copy of an event id wins. A second copy on another raw
+    partition, with other identifiers, must neither add a row to ``touchpoints_v`` nor be
+    counted in the aggregates. Today it does both (the copies anchor on different
+    identifiers and resolve to different customers)."""
+    registry = SchemaRegistry.from_dir(settings.schemas_dir)
+    codec = AvroCodec(registry, TOUCHPOINT_SUBJECT)
+    now = int(time.time() * 1000)
+    first = valid_template(now, "same-id-1")
+    first["identifiers"] = {"email": "first@example.com"}
+    second = valid_template(now, "same-id-1")
+    second["identifiers"] = {"email": "second@example.com"}
+    db = settings.clickhouse_database
+
+    async def send(record: dict[str, Any], partition: int) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                settings.topics.raw, codec.encode(record), key=b"k", partition=partition
+            )
+        finally:
+            await producer.stop()
+
+    async def scenario() -> tuple[Any, Any]:
+        prepare(settings)
+        async with running(settings) as pipeline:
+            await send(first, 0)
+            assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints_v", 1) == 1
+            await send(second, 1)
+            await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints_v", 2, timeout=20)
+            await asyncio.sleep(6)  # past the aggregates' rolling flush
+            rows = await query(pipeline, f"SELECT email FROM {db}.touchpoints_v")
+            counted = await query(pipeline, f"SELECT sum(events) FROM {db}.customer_360_v")
+        return rows, counted
+
+    rows, counted = asyncio.run(scenario())
+    assert rows == [("first@example.com",)], rows
+    assert counted == [(1,)], counted
