@@ -28,7 +28,7 @@ from aiohttp import web as aioweb
 from faust.types import TP
 from mode import Service
 
-from streams import metrics
+from streams import gc_tuning, metrics
 from streams.clickhouse import ClickHouse, connect
 from streams.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.customer_stage import (
@@ -95,6 +95,7 @@ class Pipeline:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        gc_tuning.tune(settings)
         self.registry = SchemaRegistry.from_dir(settings.schemas_dir)
         self.codec = AvroCodec(self.registry, TOUCHPOINT_SUBJECT)
         self.identity_rules = (
@@ -597,6 +598,8 @@ class Pipeline:
                 self._resolutions.pop(tp.partition, None)
 
     async def _on_rebalanced(self, app: Any, **kwargs: Any) -> None:
+        """Recovery is over: what is alive now is long-lived (``streams.gc_tuning``)."""
+        gc_tuning.freeze(self.settings)
         self.ready = True
 
     async def _healthz(self, request: Any) -> aioweb.Response:
