@@ -169,6 +169,13 @@ class _Deployment:
         return [*([self.sink] if self.sink else []), *self.workers]
 
     async def start(self, timeout: float = 180.0) -> None:
+        try:
+            await self._start(timeout)
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
+
+    async def _start(self, timeout: float) -> None:
         for process in self.processes:
             process.start()
 

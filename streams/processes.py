@@ -11,6 +11,7 @@ CPU time and memory come from the kernel's own accounting (``/proc/<pid>/stat`` 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -52,6 +53,16 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux), so a crashed
+    demo or bench leaves no worker behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Spawned:
     """One ``touchpoints <command>`` child process with its own HTTP port and log file."""
 
@@ -75,6 +86,7 @@ class Spawned:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_end_with_parent,  # noqa: PLW1509 - only prctl, before exec
             )
         return self
 
