@@ -21,7 +21,7 @@ COPY streams/ streams/
 RUN pip install --upgrade pip \
  && pip install . "faust-streaming[rocksdict]" \
  && touchpoints --help > /dev/null \
- && python -c "import rocksdict, streams.app"
+ && python -c "import rocksdict, streams.runtime.app"
 
 # --- runtime: the virtualenv, the schemas, a non-root user ---------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -54,8 +54,8 @@ def worker() -> None:
     ClickHouse sink runs apart (`touchpoints sink`) unless SINK_ENABLED=true."""
     import faust
 
-    from streams.app import Pipeline
-    from streams.runner import prepare
+    from streams.runtime.app import Pipeline
+    from streams.runtime.runner import prepare
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def sink() -> None:
     /metrics, /healthz, /readyz on WEB_PORT."""
     from mode import Worker
 
-    from streams.sink_app import SinkProcess
+    from streams.runtime.sink_app import SinkProcess
 
     settings = _settings()
     Worker(
@@ -125,7 +125,7 @@ def dlq() -> None:
 @click.option("--limit", default=20, show_default=True)
 def dlq_show(limit: int) -> None:
     """Print the newest dead letters with their reasons (reads the dead-letter topic)."""
-    from streams.dlq_tools import show_dead_letters
+    from streams.ops.dlq_tools import show_dead_letters
 
     for line in asyncio.run(show_dead_letters(_settings(), limit=limit)):
         click.echo(line)
@@ -139,7 +139,7 @@ def dlq_replay(reason: tuple[str, ...], dry_run: bool) -> None:
 
     Uses its own consumer group, so each dead letter is replayed once.
     """
-    from streams.dlq_tools import replay_dead_letters
+    from streams.ops.dlq_tools import replay_dead_letters
 
     sent, skipped = asyncio.run(
         replay_dead_letters(_settings(), reasons=set(reason), dry_run=dry_run)
@@ -156,7 +156,7 @@ def _identifier_options(fun: Any) -> Any:
 
 
 def _identifier_from(options: dict[str, Any]) -> str | None:
-    from streams.operator import identifier_key
+    from streams.ops.operator import identifier_key
 
     for name, value in options.items():
         if value and name != "customer":
@@ -176,9 +176,9 @@ def timeline(limit: int, as_json: bool, **options: Any) -> None:
     """
     import orjson
 
-    from streams.clickhouse import connect
-    from streams.operator import find_customer
-    from streams.operator import timeline as read_timeline
+    from streams.adapters.clickhouse import connect
+    from streams.ops.operator import find_customer
+    from streams.ops.operator import timeline as read_timeline
 
     settings = _settings()
     client = connect(settings)
@@ -214,7 +214,7 @@ def erase(yes: bool, **options: Any) -> None:
     Identifiers of an erased customer are tombstoned: later events carrying them do not
     bring the old data back.
     """
-    from streams.operator import erase_op, request
+    from streams.ops.operator import erase_op, request
 
     customer = options.get("customer")
     identifier = _identifier_from(options)
@@ -232,7 +232,7 @@ def erase(yes: bool, **options: Any) -> None:
 @click.option("--quarantine", is_flag=True, help="Also stop it linking (shared device, kiosk).")
 def split(identifier: str, quarantine: bool) -> None:
     """Move IDENTIFIER (kind:value) off its customer onto a new one (undo a wrong merge)."""
-    from streams.operator import identifier_key, request, split_op
+    from streams.ops.operator import identifier_key, request, split_op
 
     kind, _, value = identifier.partition(":")
     key = identifier_key(kind, value)
@@ -251,7 +251,7 @@ def alerts() -> None:
 @click.option("--min-severity", default="info", show_default=True)
 def alerts_tail(from_beginning: bool, rule: tuple[str, ...], min_severity: str) -> None:
     """Print alerts as they arrive on the alerts topic (Ctrl-C to stop)."""
-    from streams.alerts_tail import tail
+    from streams.ops.alerts_tail import tail
 
     try:
         asyncio.run(tail(_settings(), from_beginning, set(rule), min_severity, click.echo))
@@ -269,8 +269,8 @@ def alerts_tail(from_beginning: bool, rule: tuple[str, ...], min_severity: str) 
 @click.option("--seed", default=7, show_default=True)
 def eval_(customers: int, seed: int) -> None:
     """Labelled anomalies through the real pipeline: precision/recall per detector (make eval)."""
-    from streams.eval_pipeline import run_eval
-    from streams.runner import run_bounded
+    from streams.runtime.runner import run_bounded
+    from streams.sim.eval_pipeline import run_eval
 
     settings = _settings()
     _logging(settings, "WARNING")
@@ -282,7 +282,7 @@ def eval_(customers: int, seed: int) -> None:
 @main.command()
 def topics() -> None:
     """Create the pipeline's topics if missing (idempotent)."""
-    from streams.kafka import create_topics, topic_specs
+    from streams.adapters.kafka import create_topics, topic_specs
 
     settings = _settings()
     created = create_topics(settings)
@@ -292,10 +292,18 @@ def topics() -> None:
 
 
 @main.command()
+def topology() -> None:
+    """Print the declared topology: stages, consumer groups, tables, topics, sink routes."""
+    from streams.topology import render
+
+    click.echo(render())
+
+
+@main.command()
 def migrate() -> None:
     """Apply ClickHouse migrations (idempotent). With the embedded engine, stop workers first."""
-    from streams.clickhouse import connect
-    from streams.clickhouse import migrate as run_migrations
+    from streams.adapters.clickhouse import connect
+    from streams.adapters.clickhouse import migrate as run_migrations
 
     settings = _settings()
     client = connect(settings)
@@ -310,9 +318,9 @@ def migrate() -> None:
 @click.option("--old-schema-fraction", default=0.05, show_default=True)
 def generate(customers: int, rate: float | None, seed: int, old_schema_fraction: float) -> None:
     """Produce realistic multi-channel journeys into the raw topic."""
-    from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-    from streams.generator import encode_events, produce
-    from streams.generator import generate as make_events
+    from streams.sim.generator import encode_events, produce
+    from streams.sim.generator import generate as make_events
+    from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 
     settings = _settings()
     codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
@@ -337,8 +345,8 @@ def generate(customers: int, rate: float | None, seed: int, old_schema_fraction:
 def demo(customers: int, rate: float | None, timeout: float, workers: int) -> None:
     """Set up, run the workers, the sink and the generator, then show what happened
     (make run)."""
-    from streams.demo import run_demo
-    from streams.runner import run_bounded
+    from streams.runtime.runner import run_bounded
+    from streams.sim.demo import run_demo
 
     settings = _settings()
     _logging(settings, "WARNING")
@@ -380,8 +388,8 @@ def bench(
 ) -> None:
     """CPU per event and rate of 1 and 2 workers against a ceiling, alert latency,
     memory over a long run (make bench)."""
-    from streams.bench import run_bench
-    from streams.runner import run_bounded
+    from streams.runtime.runner import run_bounded
+    from streams.sim.bench import run_bench
 
     settings = _settings()
     _logging(settings, "WARNING")

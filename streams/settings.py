@@ -13,6 +13,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams import topology
+from streams.topology import TopicNames
+
 __all__ = ["SecurityProtocol", "Settings", "TopicNames"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,23 +26,6 @@ class SecurityProtocol(StrEnum):
     SSL = "SSL"
     SASL_PLAINTEXT = "SASL_PLAINTEXT"
     SASL_SSL = "SASL_SSL"
-
-
-class TopicNames:
-    """Topic names derived from one prefix, so a test or tenant gets its own set."""
-
-    def __init__(self, prefix: str) -> None:
-        self.raw = f"{prefix}touchpoints.raw"
-        self.valid = f"{prefix}touchpoints.valid"
-        self.dead_letter = f"{prefix}touchpoints.dlq"
-        self.identity_ops = f"{prefix}identity.ops"
-        self.resolved = f"{prefix}touchpoints.resolved"
-        self.identity_changes = f"{prefix}identity.changes"
-        self.merges = f"{prefix}identity.merges"
-        self.review = f"{prefix}identity.review"
-        self.aggregates = f"{prefix}aggregates.rows"
-        self.alerts = f"{prefix}alerts"
-        self.webhook_dead_letter = f"{prefix}alerts.webhook-dlq"
 
 
 class Settings(BaseSettings):
@@ -112,8 +98,15 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
     max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
     max_property_value_chars: int = Field(2048, ge=1, description="Longest property value.")
-    max_future_skew_seconds: int = Field(300, ge=0, description="occurred_at ahead of now.")
-    max_event_age_seconds: int = Field(90 * 24 * 3600, ge=60, description="occurred_at behind.")
+    max_future_skew_seconds: int = Field(
+        300, ge=0, description="occurred_at and received_at ahead of now."
+    )
+    max_event_age_seconds: int = Field(
+        90 * 24 * 3600, ge=60, description="occurred_at and received_at behind now."
+    )
+    max_identifier_chars: int = Field(
+        256, ge=16, le=4096, description="Longest event id and identifier (after trimming)."
+    )
     default_phone_region: str = Field("GB", description="Region for phones without +code.")
     dedupe_horizon_seconds: int = Field(
         3600,
@@ -191,8 +184,8 @@ class Settings(BaseSettings):
         return f"{self.app_id}-{table}-changelog"
 
 
-TABLES: tuple[str, ...] = ("ingest-dedupe", "identity", "customers")
-"""The worker's Faust tables, each backed by a compacted changelog topic."""
+TABLES: tuple[str, ...] = tuple(t.name for t in topology.TABLES)
+"""The worker's Faust tables (declared in ``streams.topology``), each with a compacted changelog."""
 
 
 def settings_table() -> str:

@@ -10,8 +10,8 @@ from the raw touchpoints:
 * ``cx_minute`` against SQL over ``touchpoints_v`` grouped by minute, channel, event type,
   country and segment (``segment_of`` written in SQL): events, unique customers, orders,
   revenue, payments, checkouts, CSAT, NPS, sentiment, contacts, complaints, FCR;
-* ``cx_partials FINAL`` merged per bucket (``streams.aggregates.combine``'s job, done here on
-  the rows ClickHouse keeps) against ``streams.aggregates.recompute`` over the same events,
+* ``cx_partials FINAL`` merged per bucket (``streams.customers.aggregates.combine``'s job, done here on
+  the rows ClickHouse keeps) against ``streams.customers.aggregates.recompute`` over the same events,
   every measure except the two that depend on merge history (see ``_HISTORY_DEPENDENT``);
 * ``cx_hour`` equals the sum of its minutes, ``cx_day`` the sum of its hours, and unique
   customers per hour equal the distinct customers of the hour's touchpoints.
@@ -33,12 +33,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.aggregates import Measures, recompute
-from streams.envelope import unpack
-from streams.generator import encode_events, generate, produce
-from streams.model import ResolvedEvent
+from streams.customers.aggregates import Measures, recompute
 from streams.settings import Settings
-from tests.integration.test_identity_workers import (
+from streams.sim.generator import encode_events, generate, produce
+from streams.wire.envelope import unpack
+from streams.wire.model import ResolvedEvent
+from tests.integration.harness import (
     KILL_POINT_TIMEOUT,
     READY_TIMEOUT,
     STOP_TIMEOUT,

@@ -24,7 +24,8 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from streams.aggregates import (
+from streams.adapters.clickhouse import ClickHouse, migrate
+from streams.customers.aggregates import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
@@ -40,9 +41,8 @@ from streams.aggregates import (
     recompute,
     rows_for_clickhouse,
 )
-from streams.clickhouse import ClickHouse, migrate
-from streams.generator import generate
-from streams.model import ResolvedEvent
+from streams.sim.generator import generate
+from streams.wire.model import ResolvedEvent
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The labelled eval through the real pipeline (streams.eval_pipeline), small: ~20 s.
+"""The labelled eval through the real pipeline (streams.sim.eval_pipeline), small: ~20 s.
 
 One run of 500 customers (90 labels, 10 per rule, ~19k events over 45 days of event time)
 on the session's broker and embedded ClickHouse, shared by the tests below. What they
@@ -49,10 +49,13 @@ from typing import Any
 
 import pytest
 
-from streams.detect import RULE_NAMES
-from streams.eval_pipeline import run_eval
-from streams.runner import run_bounded
+from streams.customers.detect import RULE_NAMES
+from streams.runtime.runner import run_bounded
 from streams.settings import Settings
+from streams.sim.eval_data import labelled_stream
+from streams.sim.eval_identity import resolve_offline, score_identity
+from streams.sim.eval_pipeline import run_eval
+from streams.sim.generator import TRAP_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +141,24 @@ def test_alerts_are_the_labelled_ones_for_most_rules(
     assert metrics["pipeline"]["overall"]["recall"] >= 0.85, recall
     assert sum(1 for r in recall.values() if r >= 0.75) >= 7, recall
     assert lost_in_pipeline <= 6, by_cause
+
+
+def test_identity_is_scored_pairwise_like_the_protocol_offline(
+    evaluated: tuple[dict[str, Any], str],
+) -> None:
+    """``EVAL identity`` lines, and the pipeline's grouping scores as the protocol's
+    simulator scores the same stream (interleavings differ: a small tolerance)."""
+    metrics, report = evaluated
+    number = r"\d\.\d{4}"
+    lines = [line for line in report.splitlines() if line.startswith("EVAL identity")]
+    assert re.match(
+        rf"EVAL identity precision={number} recall={number} recall_people={number} ", lines[0]
+    ), lines
+    traps = {re.match(r"EVAL identity\[(\w+)\]", line).group(1) for line in lines[1:]}  # type: ignore[union-attr]
+    assert traps == {*TRAP_NAMES, "none"}, lines
+    pipeline = metrics["identity"]["pairwise"]["overall"]
+    stream = labelled_stream(CUSTOMERS, seed=SEED, now_ms=metrics["now_ms"])
+    offline = score_identity(stream.events, resolve_offline(stream.events)).overall
+    assert pipeline["true_pairs"] == offline.true_pairs
+    assert abs(pipeline["precision"] - offline.precision) <= 0.01, (pipeline, offline)
+    assert abs(pipeline["recall_linkable"] - offline.recall_linkable) <= 0.01, (pipeline, offline)

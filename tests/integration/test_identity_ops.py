@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.operator import erase_op, request, split_op
-from streams.runner import prepare, query, running, wait_for
-from streams.samples import valid_template
+from streams.ops.operator import erase_op, request, split_op
+from streams.runtime.runner import prepare, query, running, wait_for
 from streams.settings import Settings
+from streams.sim.samples import valid_template
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from streams.clickhouse import ClickHouse, connect
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.dlq import parse_dead_letter_headers
-from streams.generator import encode_events, generate
-from streams.runner import prepare, query, running, wait_for
-from streams.samples import bad_samples, valid_template
+from streams.adapters.clickhouse import ClickHouse, connect
+from streams.runtime.runner import prepare, query, running, wait_for
 from streams.settings import Settings
+from streams.sim.generator import encode_events, generate
+from streams.sim.samples import bad_samples, valid_template
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.dlq import parse_dead_letter_headers
 
 pytestmark = pytest.mark.integration
 
@@ -246,7 +246,7 @@ def test_dedupe_state_survives_a_restart(settings: Settings) -> None:
 
 def test_dead_letters_replay_byte_for_byte_after_a_fix(settings: Settings) -> None:
     """Rejected under a too-strict limit; after the limit is fixed, a replay ingests them."""
-    from streams.dlq_tools import replay_dead_letters
+    from streams.ops.dlq_tools import replay_dead_letters
 
     codec = _codec(settings)
     now = int(time.time() * 1000)

@@ -21,10 +21,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams import metrics
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.runner import prepare, query, running, wait_for
-from streams.samples import valid_template
+from streams.runtime.runner import prepare, query, running, wait_for
 from streams.settings import Settings
+from streams.sim.samples import valid_template
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from streams.detect import Alert
-from streams.webhooks import (
+from streams.adapters.webhooks import (
     ALERT_ID_HEADER,
     ATTEMPT_HEADER,
     SIGNATURE_HEADER,
@@ -29,6 +28,7 @@ from streams.webhooks import (
     WebhookDispatcher,
     verify_signature,
 )
+from streams.customers.detect import Alert
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.clickhouse import connect
-from streams.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.runner import prepare
-from streams.samples import valid_template
+from streams.adapters.clickhouse import connect
+from streams.adapters.sink import SinkService
+from streams.runtime.runner import prepare
 from streams.settings import Settings
-from streams.sink import SinkService
-from tests.integration.test_identity_workers import free_port, worker_env
+from streams.sim.samples import valid_template
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from tests.integration.harness import free_port, worker_env
 
 pytestmark = pytest.mark.integration
 

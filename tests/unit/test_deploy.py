@@ -6,7 +6,7 @@ Prometheus rules, the Grafana dashboard and the Dockerfile.
   KEDA and Prometheus Operator resources against models generated from their CRDs
   (``cloudcoil-models-*``, unknown fields fail too); Strimzi ``KafkaTopic`` structurally.
 * The manifests must agree with the code: every environment variable is a ``Settings`` field,
-  topics match ``streams.kafka.topic_specs``, probes hit the worker's HTTP port, the CLI
+  topics match ``streams.adapters.kafka.topic_specs``, probes hit the worker's HTTP port, the CLI
   subcommands exist, metric names exist in ``streams.metrics``.
 * ``promtool`` checks and unit-tests the rules (Debian package ``prometheus``).
 """
@@ -29,8 +29,8 @@ import yaml
 from pydantic import SecretStr
 
 from streams import metrics
+from streams.adapters.kafka import topic_specs
 from streams.cli import main as cli
-from streams.kafka import topic_specs
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -802,7 +802,9 @@ def test_dashboard_clickhouse_panel_counts_events_per_minute_by_channel() -> Non
     assert re.search(r"toStartOfMinute\(occurred_at\)", sql)
     assert re.search(r"GROUP BY .*channel", sql)
     assert target["editorType"] == "sql"
-    schema = "\n".join(p.read_text() for p in (REPO / "streams" / "migrations").glob("*.sql"))
+    schema = "\n".join(
+        p.read_text() for p in (REPO / "streams" / "adapters" / "migrations").glob("*.sql")
+    )
     assert re.search(r"VIEW IF NOT EXISTS \{db\}\.touchpoints_v", schema)
     for column in ("occurred_at", "channel"):
         assert re.search(rf"^\s+{column}\s", schema, re.M), column

@@ -1,0 +1,272 @@
+"""ClickHouse: one client factory, versioned migrations, and row mapping.
+
+``connect`` gives a clickhouse-connect client either to a server over HTTP(S)
+(``CLICKHOUSE_URL``) or to the embedded engine (chdb) at a local path. Both
+speak the same client API. The embedded engine can be open in one process
+only, so exactly one process of a deployment runs the sink (``SINK_ENABLED``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+import orjson
+
+from streams.settings import Settings
+from streams.wire.dlq import parse_dead_letter_headers
+from streams.wire.model import TouchpointRecord
+
+__all__ = [
+    "ClickHouse",
+    "Migration",
+    "TOUCHPOINT_COLUMNS",
+    "DEAD_LETTER_COLUMNS",
+    "connect",
+    "dead_letter_row",
+    "load_migrations",
+    "migrate",
+    "touchpoint_row",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ClickHouse(Protocol):
+    """The part of clickhouse-connect's client we use (server and chdb alike)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any: ...
+    def query(self, *args: Any, **kwargs: Any) -> Any: ...
+    def insert(self, *args: Any, **kwargs: Any) -> Any: ...
+    def close(self) -> None: ...
+
+
+def connect(settings: Settings) -> ClickHouse:
+    import clickhouse_connect
+
+    if settings.clickhouse_url:
+        client: ClickHouse = clickhouse_connect.get_client(
+            dsn=settings.clickhouse_url,
+            username=settings.clickhouse_username,
+            password=settings.clickhouse_password.get_secret_value(),
+            verify=settings.clickhouse_verify_tls,
+        )
+    else:
+        settings.clickhouse_chdb_path.mkdir(parents=True, exist_ok=True)
+        client = clickhouse_connect.get_client(
+            interface="chdb", path=str(settings.clickhouse_chdb_path.resolve())
+        )
+    return client
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    checksum: str
+
+
+def load_migrations() -> list[Migration]:
+    out: list[Migration] = []
+    folder = resources.files("streams.adapters") / "migrations"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        text = entry.read_text()
+        body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+        # A statement ends with ';' at the end of a line (comments may contain ';').
+        statements = tuple(s.strip() for s in re.split(r";[ \t]*(?:\n|$)", body) if s.strip())
+        version = int(entry.name.split("_", 1)[0])
+        checksum = hashlib.sha256(text.encode()).hexdigest()[:16]
+        out.append(Migration(version, entry.name, statements, checksum))
+    return out
+
+
+def migrate(client: ClickHouse, database: str) -> list[str]:
+    """Apply pending migrations in order; idempotent. Returns the names applied."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        "(version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) "
+        "ENGINE = MergeTree ORDER BY version "
+        "COMMENT 'Migrations applied to this database (managed by touchpoints migrate)'"
+    )
+    done = {
+        int(row[0]): row[1]
+        for row in client.query(
+            f"SELECT version, checksum FROM {database}.schema_migrations"
+        ).result_rows
+    }
+    applied: list[str] = []
+    for migration in load_migrations():
+        if migration.version in done:
+            if done[migration.version] != migration.checksum:
+                log.warning("migration %s changed after it was applied", migration.name)
+            continue
+        for statement in migration.statements:
+            client.command(statement.replace("{db}", database))
+        client.insert(
+            f"{database}.schema_migrations",
+            [[migration.version, migration.name, migration.checksum]],
+            column_names=["version", "name", "checksum"],
+        )
+        applied.append(migration.name)
+        log.info("applied migration %s", migration.name)
+    return applied
+
+
+TOUCHPOINT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "channel",
+    "event_type",
+    "occurred_at",
+    "received_at",
+    "ingested_at",
+    "source",
+    "identity_key",
+    "customer_id_at_ingest",
+    "anonymous_id",
+    "device_id",
+    "customer_id",
+    "login_id",
+    "email",
+    "phone",
+    "social_handle",
+    "loyalty_id",
+    "country",
+    "lat",
+    "lon",
+    "city",
+    "ip",
+    "user_agent",
+    "payload_type",
+    "session_id",
+    "success",
+    "error_code",
+    "amount",
+    "currency",
+    "order_id",
+    "transaction_id",
+    "merchant",
+    "payment_status",
+    "medium",
+    "queue",
+    "wait_seconds",
+    "handle_seconds",
+    "resolved",
+    "is_complaint",
+    "csat",
+    "nps",
+    "sentiment",
+    "payload",
+    "properties",
+    "consent",
+    "kafka_partition",
+    "kafka_offset",
+)
+
+_PAYLOAD_KIND = {
+    "touchpoints.WebEvent": "web",
+    "touchpoints.MobileEvent": "mobile",
+    "touchpoints.SocialEvent": "social",
+    "touchpoints.ContactCentreEvent": "contact_centre",
+    "touchpoints.CommerceEvent": "commerce",
+}
+
+
+def touchpoint_row(
+    record: TouchpointRecord,
+    identity_key: str,
+    partition: int,
+    offset: int,
+    ingested_ms: int,
+    customer_id: str = "",
+) -> list[Any]:
+    """One ``touchpoints`` row, in ``TOUCHPOINT_COLUMNS`` order."""
+    ids = record["identifiers"]
+    ctx = record["context"]
+    geo = ctx["geo"]
+    kind, body = record["payload"] or ("", {})
+    p: dict[str, Any] = body  # type: ignore[assignment]
+    amount = p.get("amount")
+    return [
+        record["event_id"],
+        record["channel"],
+        record["event_type"],
+        record["occurred_at"],
+        record["received_at"],
+        ingested_ms,
+        record["source"] or "",
+        identity_key,
+        customer_id,
+        ids["anonymous_id"] or "",
+        ids["device_id"] or "",
+        ids["customer_id"] or "",
+        ids["login_id"] or "",
+        ids["email"] or "",
+        ids["phone"] or "",
+        ids["social_handle"] or "",
+        ids["loyalty_id"] or "",
+        ctx["country"] or "",
+        geo["lat"] if geo else None,
+        geo["lon"] if geo else None,
+        (geo["city"] if geo else None) or "",
+        ctx["ip"] or "",
+        ctx["user_agent"] or "",
+        _PAYLOAD_KIND.get(kind, ""),
+        p.get("session_id") or "",
+        p.get("success"),
+        p.get("error_code") or "",
+        None if amount is None else round(float(amount), 4),
+        p.get("currency") or "",
+        p.get("order_id") or "",
+        p.get("transaction_id") or "",
+        p.get("merchant") or "",
+        p.get("status") or "",
+        p.get("medium") or "",
+        p.get("queue") or "",
+        p.get("wait_seconds"),
+        p.get("handle_seconds"),
+        p.get("resolved"),
+        p.get("is_complaint"),
+        p.get("csat"),
+        p.get("nps"),
+        p.get("sentiment"),
+        orjson.dumps(body).decode() if kind else "",
+        record["properties"],
+        record["consent"] or "",
+        partition,
+        offset,
+    ]
+
+
+DEAD_LETTER_COLUMNS: tuple[str, ...] = (
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "reason",
+    "detail",
+    "failed_at",
+    "size_bytes",
+    "original",
+)
+
+
+def dead_letter_row(value: bytes | None, headers: list[tuple[str, bytes]] | None) -> list[Any]:
+    meta = parse_dead_letter_headers(headers)
+    original = value or b""
+    return [
+        meta.get("dlq.source.topic", ""),
+        int(meta.get("dlq.source.partition", "0")),
+        int(meta.get("dlq.source.offset", "0")),
+        meta.get("dlq.reason", "unknown"),
+        meta.get("dlq.detail", ""),
+        int(meta.get("dlq.failed_at", "0")),
+        len(original),
+        original[: 64 * 1024],
+    ]

@@ -1,0 +1,442 @@
+"""The ClickHouse sink: a Kafka consumer group that batches rows and commits after insert.
+
+Shape (after quix-streams' sinks): ``ClickHouseSink`` collects rows per table
+(``add``), and ``flush`` writes each table's rows in one insert. The
+``SinkService`` consumes the pipeline's output topics with its own consumer
+group, flushes by size or time, and commits a partition's offsets only after
+the rows they cover are in ClickHouse. A failed insert is retried with backoff,
+never skipped: the partition simply does not advance. On rebalance it flushes
+before giving partitions up. Writes are idempotent (ReplacingMergeTree keys +
+insert de-duplication tokens), so the at-least-once replay after a crash
+creates no duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from mode import Service
+
+from streams import metrics
+from streams.adapters.clickhouse import (
+    DEAD_LETTER_COLUMNS,
+    TOUCHPOINT_COLUMNS,
+    ClickHouse,
+    dead_letter_row,
+    migrate,
+    touchpoint_row,
+)
+from streams.adapters.kafka import consumer_security
+from streams.customers.aggregates import AGGREGATE_COLUMNS, ALERT_COLUMNS, CUSTOMER_360_COLUMNS
+from streams.customers.detect import ALERT_COLUMNS as DETECT_ALERT_COLUMNS
+from streams.customers.detect import Alert, alert_row
+from streams.customers.items import ItemKind
+from streams.customers.stage import decode_row
+from streams.identity.graph import (
+    Erased,
+    IdentityUpdate,
+    Merge,
+    Refusal,
+    output_from_json,
+    output_to_json,
+)
+from streams.ingest.stage import from_json
+from streams.settings import Settings
+from streams.topology import SINK_ROUTES
+from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.envelope import unpack
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "ClickHouseSink",
+    "RowMapper",
+    "SinkService",
+    "TableBatch",
+    "default_routes",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TableBatch:
+    table: str
+    columns: tuple[str, ...]
+    rows: list[list[Any]] = field(default_factory=list)
+    spans: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, row: list[Any], topic: str, partition: int, offset: int) -> None:
+        self.rows.append(row)
+        first, _ = self.spans.get((topic, partition), (offset, offset))
+        self.spans[(topic, partition)] = (first, offset)
+
+    def token(self) -> str:
+        """Same source span -> same token: an identical replay is dropped by ClickHouse."""
+        span = ",".join(f"{t}/{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.spans.items()))
+        return hashlib.sha256(f"{self.table}|{span}".encode()).hexdigest()
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.spans.clear()
+
+
+RowMapper = Callable[
+    [bytes | None, bytes | None, list[tuple[str, bytes]] | None, int, int, int],
+    Iterable[tuple[str, list[Any]]],
+]
+"""(key, value, headers, partition, offset, now_ms) -> (table, row) pairs."""
+
+
+def _resolved_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    """Touchpoints, stamped with the customer they resolved to (merge notices skipped)."""
+    assert value is not None
+    for item in unpack(value):
+        if item["t"] != ItemKind.EVENT:
+            continue
+        record = from_json(item["r"])
+        row = touchpoint_row(record, item["a"], partition, offset, now_ms, item["c"])
+        yield "touchpoints", row
+
+
+def _identity_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    assert value is not None
+    for item in unpack(value):
+        out = output_from_json(item)
+        if isinstance(out, IdentityUpdate):
+            if out.customer is not None:  # erased identifiers are deleted, not rewritten
+                kind = out.identifier.split(":", 1)[0]
+                yield "identity_map", [out.identifier, kind, out.customer, out.ts, out.version, 0]
+        elif isinstance(out, Merge):
+            yield (
+                "customer_merges",
+                [
+                    out.id,
+                    out.survivor,
+                    out.absorbed,
+                    out.via,
+                    out.event_id,
+                    list(out.identifiers),
+                    out.ts,
+                ],
+            )
+        elif isinstance(out, Refusal):
+            evidence = orjson.dumps(output_to_json(out)).decode()
+            customers = [c for c in (*out.customers, out.survivor, out.absorbed) if c]
+            yield (
+                "identity_refusals",
+                [
+                    out.id,
+                    out.reason,
+                    out.identifier or "",
+                    sorted(set(customers)),
+                    out.event_id,
+                    evidence,
+                    out.ts,
+                ],
+            )
+        elif isinstance(out, Erased):
+            yield ERASE, [sorted({out.customer, *out.customers})]
+
+
+def _aggregate_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    assert value is not None
+    for item in unpack(value):
+        yield decode_row(item)
+
+
+def _dead_letter_rows(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> Iterable[tuple[str, list[Any]]]:
+    yield "dead_letters", dead_letter_row(value, headers)
+
+
+ERASE = "__erase__"
+"""Pseudo-table: rows are lists of customer ids whose data is deleted after the inserts."""
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "touchpoints": TOUCHPOINT_COLUMNS,
+    "dead_letters": DEAD_LETTER_COLUMNS,
+    "identity_map": ("identifier", "kind", "customer_id", "updated_at", "version", "erased"),
+    "customer_merges": (
+        "merge_id",
+        "survivor",
+        "absorbed",
+        "via_identifier",
+        "event_id",
+        "identifiers",
+        "merged_at",
+    ),
+    "identity_refusals": (
+        "refusal_id",
+        "reason",
+        "identifier",
+        "customers",
+        "event_id",
+        "evidence",
+        "refused_at",
+    ),
+    "cx_partials": AGGREGATE_COLUMNS,
+    "alert_partials": ALERT_COLUMNS,
+    "customer_360": CUSTOMER_360_COLUMNS,
+    "alerts": DETECT_ALERT_COLUMNS,
+}
+
+
+def _alert_rows(codec: AvroCodec) -> RowMapper:
+    def rows(
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int,
+        offset: int,
+        now_ms: int,
+    ) -> Iterable[tuple[str, list[Any]]]:
+        assert value is not None
+        yield "alerts", alert_row(cast(Alert, codec.decode(value)))
+
+    return rows
+
+
+def default_routes(settings: Settings) -> dict[str, RowMapper]:
+    """Which topic feeds which ClickHouse table(s): the topology's sink routes."""
+    alerts = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
+    mappers: dict[str, RowMapper] = {
+        "resolved": _resolved_rows,
+        "dead_letter": _dead_letter_rows,
+        "identity_changes": _identity_rows,
+        "aggregates": _aggregate_rows,
+        "alerts": _alert_rows(alerts),
+    }
+    return {settings.topics.of(route.topic): mappers[route.topic] for route in SINK_ROUTES}
+
+
+def erase_statements(database: str, customers: list[str]) -> list[str]:
+    """Delete everything of these customers (GDPR erasure), table by table."""
+    ids = ", ".join("'" + c.replace("\\", "\\\\").replace("'", "\\'") + "'" for c in customers)
+    db = database
+    identifiers = f"SELECT identifier FROM {db}.identity_map WHERE customer_id IN ({ids})"
+    return [
+        f"DELETE FROM {db}.touchpoints WHERE customer_id_at_ingest IN ({ids})"
+        f" OR identity_key IN ({identifiers})",
+        f"DELETE FROM {db}.identity_refusals WHERE hasAny(customers, [{ids}])",
+        f"DELETE FROM {db}.customer_merges WHERE survivor IN ({ids}) OR absorbed IN ({ids})",
+        f"DELETE FROM {db}.customer_360 WHERE customer_id IN ({ids})",
+        f"DELETE FROM {db}.alerts WHERE customer_id IN ({ids})",
+        f"DELETE FROM {db}.identity_map WHERE customer_id IN ({ids})",
+    ]
+
+
+class ClickHouseSink:
+    """Rows per table; ``flush`` runs in the ClickHouse thread (blocking client)."""
+
+    def __init__(
+        self,
+        client: ClickHouse,
+        database: str,
+        routes: dict[str, RowMapper],
+        columns: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self.client = client
+        self.database = database
+        self.routes = routes
+        self.batches = {
+            table: TableBatch(table, cols) for table, cols in (columns or TABLE_COLUMNS).items()
+        }
+        self.erasures: list[list[str]] = []
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(len(b.rows) for b in self.batches.values()) + len(self.erasures)
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        now_ms: int,
+    ) -> None:
+        batches = self.batches
+        for table, row in self.routes[topic](key, value, headers, partition, offset, now_ms):
+            if table == ERASE:
+                self.erasures.append(row[0])
+            else:
+                batches[table].add(row, topic, partition, offset)
+
+    def flush(self) -> int:
+        written = 0
+        for batch in self.batches.values():
+            if not batch.rows:
+                continue
+            started = time.perf_counter()
+            self.client.insert(
+                f"{self.database}.{batch.table}",
+                batch.rows,
+                column_names=list(batch.columns),
+                settings={"insert_deduplication_token": batch.token()},
+            )
+            metrics.CLICKHOUSE_INSERT_SECONDS.labels(batch.table).observe(
+                time.perf_counter() - started
+            )
+            metrics.CLICKHOUSE_ROWS.labels(batch.table).inc(len(batch.rows))
+            written += len(batch.rows)
+            batch.clear()
+        for customers in self.erasures:  # after the inserts: nothing inserted survives them
+            for statement in erase_statements(self.database, customers):
+                self.client.command(statement)
+        self.erasures.clear()
+        return written
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: SinkService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.service.flush_and_commit()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("sink assigned %d partitions", len(assigned))
+
+
+class SinkService(Service):
+    """Consumes the output topics into ClickHouse. Start it in exactly one process
+    per embedded database, or in every worker when ClickHouse is a server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_factory: Callable[[], ClickHouse],
+        executor: ThreadPoolExecutor,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.client_factory = client_factory
+        self.executor = executor
+        self.routes = default_routes(settings)
+        self.topics = sorted(self.routes)
+        self.sink: ClickHouseSink | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}
+        self._last_flush = time.monotonic()
+        self._flush_lock = asyncio.Lock()
+        self.healthy = True
+
+    async def on_start(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = await loop.run_in_executor(self.executor, self.client_factory)
+        await loop.run_in_executor(
+            self.executor, migrate, client, self.settings.clickhouse_database
+        )
+        self.sink = ClickHouseSink(client, self.settings.clickhouse_database, self.routes)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.settings.sink_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.sink_batch_rows,
+            **consumer_security(self.settings),
+        )
+        self.consumer.subscribe(self.topics, listener=_FlushOnRevoke(self))
+        await self.consumer.start()
+        self.add_future(self._consume())
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            try:
+                await self.flush_and_commit()
+            finally:
+                await self.consumer.stop()
+
+    async def _consume(self) -> None:
+        assert self.consumer is not None and self.sink is not None
+        consumer, sink = self.consumer, self.sink
+        settings = self.settings
+        while not self.should_stop:
+            batches = await consumer.getmany(timeout_ms=200, max_records=settings.sink_batch_rows)
+            now_ms = int(time.time() * 1000)
+            for tp, messages in batches.items():
+                for m in messages:
+                    sink.add(tp.topic, tp.partition, m.offset, m.key, m.value, m.headers, now_ms)
+                self._positions[tp] = next_offset = messages[-1].offset + 1
+                metrics.EVENTS_CONSUMED.labels(tp.topic).inc(len(messages))
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    metrics.CONSUMER_LAG.labels("sink", tp.topic, str(tp.partition)).set(
+                        max(0, highwater - next_offset)
+                    )
+            due = time.monotonic() - self._last_flush >= settings.sink_flush_seconds
+            if sink.pending_rows >= settings.sink_batch_rows or (due and self._positions):
+                await self.flush_and_commit()
+
+    async def flush_and_commit(self) -> None:
+        """Insert what is pending, then commit exactly the offsets it covers."""
+        async with self._flush_lock:
+            sink, consumer = self.sink, self.consumer
+            if sink is None or consumer is None:
+                return
+            self._last_flush = time.monotonic()
+            if not self._positions:
+                return
+            positions = dict(self._positions)
+            delay = 0.5
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    await loop.run_in_executor(self.executor, sink.flush)
+                    self.healthy = True
+                    break
+                except Exception as exc:  # retry; the offsets do not move meanwhile
+                    self.healthy = False
+                    metrics.CLICKHOUSE_INSERT_FAILURES.inc()
+                    if self.should_stop and delay > 4:
+                        # Shutting down with ClickHouse away: keep the offsets where they
+                        # are; the next owner of these partitions replays the batch.
+                        log.error("ClickHouse still failing at shutdown (%s); not committing", exc)
+                        return
+                    log.warning("ClickHouse insert failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            await consumer.commit(positions)
+            for tp, offset in positions.items():
+                metrics.SINK_COMMITTED_OFFSET.labels(tp.topic, str(tp.partition)).set(offset)
+                if self._positions.get(tp) == offset:
+                    del self._positions[tp]

@@ -1,0 +1,204 @@
+"""FENCED: every override of Faust's and aiokafka's private internals lives here, and only here.
+
+Patched upstream versions: faust-streaming 0.15.3, aiokafka 0.14.0 (``PATCHED_VERSIONS``;
+pyproject pins ``<0.16`` / ``<0.15``). A test fails when the installed versions differ, so
+an upgrade re-reads this module against the new upstream code before it ships.
+
+A Faust transport whose consumer hands messages to streams a fetch batch at a time.
+
+faust-streaming 0.15's consumer loop wraps *every* message in
+``wait_first(callback(message), suspend_flow.wait())`` so that a rebalance can
+interrupt a callback blocked on a full stream buffer. That is two task
+creations and an ``asyncio.wait`` per message: measured here, it caps a no-op
+agent at ~7,000 messages/s while aiokafka itself delivers 300,000+/s.
+
+This consumer keeps the same semantics at batch granularity: one
+``wait_first(deliver(batch), suspend_flow.wait())`` per ``getmany`` result. A
+rebalance cancels the rest of the batch exactly as Faust cancels the one
+message (the undelivered messages are not acked, so they are fetched again).
+Offsets, gaps, acks and commits are Faust's own code paths.
+
+The rebalance races closed here all lost messages in the two-worker kill test
+(``tests/integration/test_identity_workers.py``):
+
+* a message fetched before a rebalance never moves the read offset after it (the
+  re-fetched copy would be dropped as already read);
+* a partition without a committed offset is rewound after a rebalance
+  (``seek_to_committed``);
+* acks of an earlier generation are not recorded, and the ack bookkeeping restarts from
+  the committed offsets after each seek;
+* resuming flow does not clear the stream buffers (``KeepBuffersOnResume``);
+* an offset is committed only when the acked run starts exactly at the committed offset,
+  and a commit that failed does not move the committed offset we keep in memory.
+
+Registered as the ``tpkafka://`` transport (entry point ``faust.transports``);
+``streams.runtime.app`` uses it (``broker=tpkafka://...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode.utils.queues import FlowControlEvent
+
+PATCHED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+"""The upstream releases whose private internals this module overrides (checked by a test)."""
+
+__all__ = ["BatchingConsumer", "KeepBuffersOnResume", "Transport", "keep_buffers_on_resume"]
+
+
+class KeepBuffersOnResume(FlowControlEvent):
+    """Faust's flow control, except that ``resume()`` does not empty the stream buffers.
+
+    Faust empties every stream buffer on *each* resume. Recovery resumes the stream
+    partitions, then seeks them to their committed offsets, then resumes flow: messages
+    fetched from the sought position while the seek was being awaited are in the buffers
+    with their read offsets recorded, and the resume throws them away. Nothing fetches
+    them again (measured: the tail of a partition never processed, its lag stuck, while
+    the consumer's fetch position is at the end). Keeping them is safe: they belong to
+    the current generation, and a copy fetched again is only a duplicate for stages that
+    are idempotent. The buffers are still emptied on revoke (``flow_control.clear()``),
+    and the seek that follows every revoke fetches what they held again.
+    """
+
+    def resume(self) -> None:
+        self._suspend.clear()
+        self._resume.set()
+
+
+def keep_buffers_on_resume(app: Any) -> None:
+    """Install ``KeepBuffersOnResume`` as ``app.flow_control``; before any stream exists."""
+    if "flow_control" in app.__dict__:
+        raise RuntimeError("flow control is already in use: install it right after App()")
+    app.flow_control = KeepBuffersOnResume(loop=app.loop)
+
+
+class BatchingConsumer(faust_aiokafka.Consumer):
+    async def seek_to_committed(self) -> Mapping[TP, int]:  # pragma: no cover - via Faust
+        """Seek to the committed offsets, and rewind partitions that have none.
+
+        aiokafka's ``seek_to_committed`` skips a partition whose committed offset is
+        missing or 0, leaving its fetch position where it was. After a rebalance that keeps
+        such a partition here, the messages fetched in the old generation and dropped with
+        the stream buffers are then never read again, and later acks commit past them
+        (Faust guards that only for a non-zero committed offset). Measured here: identity
+        ops lost, customers left unmerged. No committed offset means nothing is durably
+        processed, so such a partition starts again from the beginning (our
+        ``auto_offset_reset``); changelogs are left to table recovery.
+        """
+        committed = await super().seek_to_committed()
+        # Acks recorded before this point belong to an earlier assignment (batches that
+        # finished during the revoke): forget them, so what is committed next is exactly
+        # what is processed again from the committed offset. Faust consumes its ack list
+        # *before* a commit succeeds, so a commit failed by the rebalance otherwise leaves
+        # a hole at the head that blocks the partition for good (measured: lag that never
+        # drains, read offsets at the end).
+        for tp in committed:
+            ftp = TP(tp.topic, tp.partition)
+            self._acked.pop(ftp, None)
+            self._acked_index.pop(ftp, None)
+            self._gap.pop(ftp, None)
+        rewind = {
+            tp
+            for tp, offset in committed.items()
+            if not offset and not tp.topic.endswith("-changelog")
+        }
+        if rewind:
+            thread = self._thread
+            consumer = thread._ensure_consumer()
+            await thread.call_thread(
+                consumer.seek_to_beginning, *faust_aiokafka.ensure_aiokafka_TPset(rewind)
+            )
+        return committed
+
+    def _new_offset(self, tp: TP) -> int | None:  # pragma: no cover - via Faust
+        """Faust's next offset to commit, without its off-by-one: Faust commits past the
+        committed offset when the acked run starts one *after* it (``min(acked) -
+        committed > 1``), i.e. with the message at the committed offset never acked."""
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed and not self._gap[tp] and min(acked) > committed:
+            return None
+        return super()._new_offset(tp)
+
+    async def _commit_offsets(  # pragma: no cover - via Faust
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        """Faust's commit, except that a failed commit (a rebalance in between) leaves the
+        committed offsets we keep in memory as they were: Faust records them anyway, and
+        then refuses the acks of the messages it reads again as already committed."""
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        did_commit = bool(await super()._commit_offsets(offsets, start_new_transaction))
+        if not did_commit:
+            for tp, offset in before.items():
+                if self._committed_offset.get(tp) == offsets[tp]:
+                    self._committed_offset[tp] = offset
+        return did_commit
+
+    def ack(self, message: Any) -> bool:  # pragma: no cover - via Faust
+        """Record an ack only for a message of the current assignment: a batch fetched
+        before a rebalance may finish after it, and its offsets are read again from the
+        committed offset (acking them now could commit past messages not yet re-read)."""
+        if message.generation_id != self.app.consumer_generation_id:
+            return False
+        return bool(super().ack(message))
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via Faust
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        app = self.app
+
+        async def deliver(batch: list[tuple[Any, Any]]) -> None:
+            for n, (tp, message) in enumerate(batch):
+                if n and not n % 500:
+                    await asyncio.sleep(0)  # let health checks and timers run
+                if message.generation_id != app.consumer_generation_id:
+                    # A rebalance happened since the fetch: the partitions were sought back
+                    # to their committed offsets, and the rest is fetched again. Moving the
+                    # read offset past it now would drop the re-fetched messages as "already
+                    # read" -- measured: lost events and lag that never drains.
+                    return
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is None or offset >= r_offset:
+                    gap = offset - (r_offset or 0)
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    commit_every = self._commit_every
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    await callback(message)
+                    if message.generation_id != app.consumer_generation_id:
+                        return  # the rebalance came while the message was being handed over
+                    set_read_offset(tp, offset)
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                batch = [item async for item in getmany(timeout=1.0)]
+                await self.sleep(0)
+                if batch and not self.should_stop:
+                    await self.wait_first(deliver(batch), self.suspend_flow.wait())
+                unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = BatchingConsumer
