@@ -39,3 +39,4 @@ def freeze(settings: Settings) -> None:
     if settings.gc_freeze:
         gc.collect()
         gc.freeze()
+

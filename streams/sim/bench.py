@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.adapters.kafka import consumer_security
 from streams.identity.graph import IdentityNode, IdentityRules, JsonState, LinkOp
@@ -299,24 +299,31 @@ async def _alert_latency(
                 latencies.append((arrived - max(known)) * 1000)
 
     deployment = _Deployment(settings, 1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        linger_ms=1,
+        **consumer_security(settings),
+    )
+    await producer.start()  # one producer for the run: starting one per chunk lags the rate
     try:
         await deployment.start()
         collector = asyncio.create_task(collect())
         await asyncio.sleep(1.0)
         started = time.time()
         step = 1.0 / rate
-        chunk = max(1, int(rate / 20))
+        chunk = max(1, int(rate / 100))  # every 10 ms
+        deliveries = []
         for i in range(0, len(events), chunk):
             target = started + i * step
             await asyncio.sleep(max(0.0, target - time.time()))
-            batch = events[i : i + chunk]
-            pairs = []
-            for e in batch:
+            for e in events[i : i + chunk]:
                 record: dict[str, Any] = dict(e.record)
                 record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
-                pairs.append((e.key, codec.encode(record)))
+                value = codec.encode(record)
                 sent_at[str(record["event_id"])] = time.time()
-            await produce(settings, pairs)
+                deliveries.append(await producer.send(settings.topics.raw, value, key=e.key))
+        await asyncio.gather(*deliveries)
         produced_rate = len(events) / max(time.time() - started, 1e-9)
         deadline = time.monotonic() + 180
         while await asyncio.to_thread(deployment.customer_events) < len(events):
@@ -326,6 +333,7 @@ async def _alert_latency(
         await asyncio.sleep(1.0)
         collector.cancel()
     finally:
+        await producer.stop()
         await asyncio.to_thread(deployment.stop)
         await consumer.stop()
     if not latencies:
