@@ -7,6 +7,7 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 KAFKA_HOME ?= .local/kafka
+REGISTRY_HOME ?= .local/registry
 WITH_KAFKA := PYTHON=$(PY) LOCALKAFKA_HOME=$(abspath $(KAFKA_HOME)) deploy/local/with-kafka.sh
 RUN_DIR    := .local/run
 
@@ -43,6 +44,10 @@ $(KAFKA_HOME)/libs/.complete: deploy/local/kafka/pom.xml
 	$(PY) deploy/local/localkafka.py install --workdir $(KAFKA_HOME)
 	@touch $@
 
+.PHONY: registry
+registry: $(STAMP) ## build the Schema Registry the tests run (Apicurio, from Maven Central; cached)
+	$(PY) deploy/local/localregistry.py install --workdir $(REGISTRY_HOME)
+
 .PHONY: run
 run: install ## start Kafka, WORKERS worker processes + the sink (embedded ClickHouse), generator; summary
 	@rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)
@@ -54,7 +59,7 @@ run: install ## start Kafka, WORKERS worker processes + the sink (embedded Click
 	    --workers $(WORKERS)
 
 .PHONY: test
-test: install ## unit + integration tests (starts a real Kafka broker and embedded ClickHouse itself)
+test: install registry ## unit + integration tests (starts a real Kafka broker, Schema Registry, embedded ClickHouse)
 	$(PY) -m pytest -q
 
 .PHONY: unit

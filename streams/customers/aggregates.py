@@ -111,7 +111,6 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, cast
 
-from streams.customers.c360 import Customer360Book, Customer360State
 from streams.customers.measures import (
     _CHECKOUT_FIRST_STEP,
     _FAILURE_TYPES,
@@ -119,35 +118,22 @@ from streams.customers.measures import (
     _SELF_SERVICE,
     _STATE_FORMAT,
     CONTACT_TYPES,
-    DAY_MS,
     DEFAULT_LATENESS_MS,
     DEFAULT_PANE_EVENTS,
-    HOUR_MS,
     MAX_DURATIONS,
     MINUTE_MS,
     REPEAT_CONTACT_MS,
-    SEGMENTS,
     SWITCH_AFTER_FAILURE_MS,
     BucketKey,
-    Measures,
     _amount_e4,
     _nps_class,
     _Partial,
-    minute_of,
     segment_of,
 )
 from streams.customers.memory import PartialKey, _Contact, _Memory
-from streams.customers.recompute import count_new_customers, recompute
 from streams.customers.rows import (
-    AGGREGATE_COLUMNS,
-    ALERT_COLUMNS,
-    CUSTOMER_360_COLUMNS,
     AggregateRow,
     AlertRow,
-    Customer360Row,
-    combine,
-    dedupe_token,
-    rows_for_clickhouse,
 )
 from streams.wire.model import (
     COMMERCE,
@@ -160,35 +146,8 @@ from streams.wire.model import (
 )
 
 __all__ = [
-    "ALERT_COLUMNS",
-    "AGGREGATE_COLUMNS",
-    "CONTACT_TYPES",
-    "CUSTOMER_360_COLUMNS",
-    "DAY_MS",
-    "DEFAULT_LATENESS_MS",
-    "DEFAULT_PANE_EVENTS",
-    "HOUR_MS",
-    "MAX_DURATIONS",
-    "MINUTE_MS",
-    "REPEAT_CONTACT_MS",
-    "SEGMENTS",
-    "SWITCH_AFTER_FAILURE_MS",
     "AddOutcome",
-    "AggregateRow",
     "AggregatorState",
-    "AlertRow",
-    "BucketKey",
-    "Customer360Book",
-    "Customer360Row",
-    "Customer360State",
-    "Measures",
-    "combine",
-    "count_new_customers",
-    "dedupe_token",
-    "minute_of",
-    "recompute",
-    "rows_for_clickhouse",
-    "segment_of",
 ]
 
 

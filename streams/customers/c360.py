@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, cast
 
@@ -176,60 +176,24 @@ class Customer360State:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, sharing nothing with the live state."""
-        return {
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "events": self.events,
-            "channels": self.channels[:],
-            "identifier_hashes": self.identifier_hashes[:],
-            "orders": self.orders,
-            "payments": self.payments,
-            "lifetime_value": self.lifetime_value.copy(),
-            "contacts": self.contacts,
-            "complaints": self.complaints,
-            "last_csat": self.last_csat,
-            "last_csat_at": self.last_csat_at,
-            "last_nps": self.last_nps,
-            "last_nps_at": self.last_nps_at,
-            "sentiment_count": self.sentiment_count,
-            "sentiment_sum": self.sentiment_sum,
-            "recent_sentiments": [p[:] for p in self.recent_sentiments],
-            "open_alerts": self.open_alerts[:],
-            "segment": self.segment,
-            "merged_into": self.merged_into,
-            "version": self.version,
-            "last_offset": self.last_offset,
-            "updated_at": self.updated_at,
-        }
+        return {name: _copied(getattr(self, name)) for name in _C360_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Customer360State:
         """The inverse of ``to_dict`` (copies: the saved entry is never mutated)."""
-        return cls(
-            first_seen=data["first_seen"],
-            last_seen=data["last_seen"],
-            events=data["events"],
-            channels=list(data["channels"]),
-            identifier_hashes=list(data["identifier_hashes"]),
-            orders=data["orders"],
-            payments=data["payments"],
-            lifetime_value=dict(data["lifetime_value"]),
-            contacts=data["contacts"],
-            complaints=data["complaints"],
-            last_csat=data["last_csat"],
-            last_csat_at=data["last_csat_at"],
-            last_nps=data["last_nps"],
-            last_nps_at=data["last_nps_at"],
-            sentiment_count=data["sentiment_count"],
-            sentiment_sum=data["sentiment_sum"],
-            recent_sentiments=[list(p) for p in data["recent_sentiments"]],
-            open_alerts=list(data["open_alerts"]),
-            segment=data["segment"],
-            merged_into=data["merged_into"],
-            version=data["version"],
-            last_offset=data["last_offset"],
-            updated_at=data["updated_at"],
-        )
+        return cls(**{name: _copied(data[name]) for name in _C360_FIELDS})
+
+
+_C360_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Customer360State))
+
+
+def _copied(value: Any) -> Any:
+    """Lists (of lists) and maps copied, scalars as they are: no state shared."""
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, dict):
+        return dict(value)
+    return value
 
 
 class Customer360Book:

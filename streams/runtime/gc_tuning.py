@@ -39,4 +39,3 @@ def freeze(settings: Settings) -> None:
     if settings.gc_freeze:
         gc.collect()
         gc.freeze()
-
