@@ -191,6 +191,11 @@ class Pipeline:
             # idempotent, so we wait for in-flight batches ourselves (``_on_revoked``) and
             # leave the last acked offsets to be re-read by the next owner.
             stream_wait_empty=False,
+            # No leader election is used (timers run on every worker, per partition), and
+            # Faust declares its leader topic concurrently with the first group join, the
+            # race that once left the changelogs out of an assignment ("Ignoring missing
+            # topic: <app>-__assignor-__leader" was seen in a stalled make run).
+            topic_disable_leader=True,
             broker_commit_interval=1.0,
             broker_session_timeout=settings.kafka_session_timeout_seconds,
             broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_seconds / 3),
