@@ -1,0 +1,409 @@
+"""The agents: thin batch loops around the pure steps (ingest, identity, customers) that
+deliver each batch's output before its state (through ``PipelineProtocol``)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter, defaultdict
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from streams import metrics
+from streams.customers.items import ItemKind, erased_item, event_item, merge_item
+from streams.customers.stage import (
+    POSITION_SCALE,
+    encode_rows,
+)
+from streams.identity.graph import (
+    Erased,
+    Merge,
+    Refusal,
+    ResolutionMemory,
+    Resolved,
+    op_from_json,
+    op_to_json,
+    ops_for_event,
+    output_to_json,
+    state_from_json,
+    state_to_json,
+)
+from streams.ingest.stage import from_json
+from streams.runtime.parts import log
+from streams.runtime.protocol import PipelineProtocol
+from streams.runtime.state import StoredView, TableShard
+from streams.wire import keys
+from streams.wire.codec import (
+    ALERT_SUBJECT,
+    AvroCodec,
+    SchemaUnavailableError,
+)
+from streams.wire.dlq import RawMessage
+from streams.wire.envelope import group_by_partition, partition_for, unpack
+
+
+class PipelineAgents(PipelineProtocol):
+    async def _ingest_agent(self, stream: Any) -> None:
+        settings = self.settings
+        async for events in stream.noack_take(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            await self._guarded("ingest", self._ingest_batch, events, stream)
+
+    async def _ingest_batch(self, events: list[Any]) -> None:
+        settings = self.settings
+        producer = self.app.producer
+        valid_topic, dlq_topic = settings.topics.valid, settings.topics.dead_letter
+        started = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = started
+        messages = [
+            RawMessage(
+                e.message.topic,
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.message.value,
+                int(e.message.timestamp * 1000) if e.message.timestamp else None,
+            )
+            for e in events
+        ]
+        for partition in {m.partition for m in messages}:
+            if not self.stage.has_partition(partition):
+                self.stage.restore(partition, self._dedupe_entries(partition))
+        if self.remote_schemas is not None:
+            # Writer schemas fetched off the loop; raises SchemaUnavailableError while the registry
+            # does not answer: ``_guarded`` retries the batch, nothing is acked or dead-lettered.
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.codec.prefetch, [m.value for m in messages]
+            )
+        now_ms = int(time.time() * 1000)
+        result = self.stage.process(messages, now_ms)
+        pending = []
+        # Valid records travel in envelopes, one per destination partition (by anchor).
+        grouped = group_by_partition(
+            ((out.anchor, {"a": out.anchor, "r": out.record}) for out in result.valid),
+            settings.topic_partitions,
+        )
+        for partition, records in grouped.items():
+            pending.extend(await self._send_envelopes(valid_topic, partition, records))
+        for channel, count in Counter(out.record["channel"] for out in result.valid).items():
+            metrics.VALID_EVENTS.labels(channel).inc(count)
+        dead_sent = [
+            (dead, await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers))
+            for dead in result.dead
+        ]
+        for dead in result.dead:
+            metrics.DEAD_LETTERS.labels(dead.reason).inc()
+        if result.replayed:
+            metrics.INGEST_REPLAYED.inc(result.replayed)
+        # Output delivered BEFORE the de-duplication state that vouches for it: a crash in
+        # between replays the batch as new events (downstream is idempotent) instead of
+        # refusing them as duplicates of events that never left. Both before the ack.
+        await asyncio.gather(*pending)
+        await self._deliver_dead_letters(dlq_topic, dead_sent)
+        shard = TableShard(self.dedupe_table, self.app.producer)
+        for partition, key, value in result.state_puts:
+            shard.put(partition, key, value)
+        for partition, key in result.state_deletes:
+            shard.delete(partition, key)
+        await asyncio.gather(*(await shard.flush_async()))
+        metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
+        self._export_lag("ingest", messages)
+        metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _identity_agent(self, stream: Any) -> None:
+        settings = self.settings
+        async for events in stream.noack_take(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            await self._guarded("identity", self._identity_batch, events, stream)
+
+    async def _identity_batch(self, events: list[Any]) -> None:
+        """LINK ops from ingest + protocol ops from itself -> state, new ops, outputs."""
+        settings, t = self.settings, self.settings.topics
+        n = settings.topic_partitions
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        by_partition: dict[int, list[Any]] = defaultdict(list)
+        refusals: list[Refusal] = []
+        for e in events:
+            msg = e.message
+            ops = by_partition[msg.partition]
+            if msg.topic == t.valid:
+                for item in unpack(msg.value):  # {"a": anchor, "r": record}
+                    link, refused = ops_for_event(
+                        from_json(item["r"]), self.identity_rules, carry_event=False
+                    )
+                    ops.extend(replace(op, event=item) for op in link)
+                    refusals.extend(refused)
+            else:
+                ops.extend(op_from_json(item) for item in unpack(msg.value))
+        shard = TableShard(self.identity_table, self.app.producer)
+        stamps = TableShard(self.identity_table, self.app.producer)
+        out_ops: list[tuple[str, Any]] = []
+        outputs: list[Any] = list(refusals)
+        for partition, ops in by_partition.items():
+            view = _IdentityView(shard, n, partition)
+            fx = self.identity.handle_batch(ops, view, now_ms)
+            out_ops.extend((op.routing_key, op_to_json(op)) for op in fx.ops)
+            memory = self._resolution_memory(partition)
+            resolved = [memory.stamp(o) for o in fx.outputs if isinstance(o, Resolved)]
+            outputs.extend(resolved)
+            outputs.extend(o for o in fx.outputs if not isinstance(o, Resolved))
+            first = min(e.message.offset for e in events if e.message.partition == partition)
+            key = keys.resolution(partition, first)
+            entry = memory.remember(key, resolved, now_ms)
+            if entry is not None:
+                stamps.put(partition, key, entry)
+            for old in memory.expire(now_ms):
+                stamps.delete(partition, old)
+        # The events' customers land first: whatever replays this batch later (a crash
+        # here, or ingest re-sending the events) stamps them with the same customers
+        # (ResolutionMemory), even against state that has moved on.
+        await asyncio.gather(*(await stamps.flush_async()))
+        pending = []
+        for p, items in group_by_partition(out_ops, n).items():
+            pending.extend(await self._send_envelopes(t.identity_ops, p, items))
+        pending += await self._send_identity_outputs(outputs)
+        # Ops and outputs delivered BEFORE the state that assumes them: a crash in
+        # between replays the batch (idempotent) instead of stranding a locked customer.
+        await asyncio.gather(*pending)
+        await asyncio.gather(*(await shard.flush_async()))
+        metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _resolution_memory(self, partition: int) -> ResolutionMemory:
+        memory = self._resolutions.get(partition)
+        if memory is None:
+            memory = ResolutionMemory(self.settings.dedupe_horizon_seconds * 1000)
+            view = StoredView(self.identity_table)
+            memory.restore(view.items_with_prefix(keys.resolution_prefix(partition)))
+            self._resolutions[partition] = memory
+        return memory
+
+    async def _send_identity_outputs(self, outputs: list[Any]) -> list[Any]:
+        t, n = self.settings.topics, self.settings.topic_partitions
+        producer = self.app.producer
+        resolved: list[tuple[str, Any]] = []
+        changes: list[tuple[str, Any]] = []
+        pending = []
+        kinds: Counter[str] = Counter()  # counted once per batch: labels() is not free
+        for out in outputs:
+            if isinstance(out, Resolved):
+                customer = out.customer or ""
+                item = out.event  # {"a": anchor, "r": record} from the valid topic
+                resolved.append(
+                    (customer or out.event_id, event_item(customer, item["r"], item["a"]))
+                )
+                kinds["resolved"] += 1
+                continue
+            changes.append((out.id, output_to_json(out)))
+            kinds[type(out).__name__.lower()] += 1
+            if isinstance(out, Erased):  # the customer stage forgets them too
+                for customer in {out.customer, *out.customers}:
+                    resolved.append((customer, erased_item(customer)))
+            if isinstance(out, Merge):
+                notice = merge_item(out.survivor, out.absorbed, out.ts)
+                resolved.append((out.absorbed, notice))
+                if partition_for(out.survivor, n) != partition_for(out.absorbed, n):
+                    resolved.append((out.survivor, notice))
+                pending.append(
+                    await producer.send(
+                        t.merges,
+                        out.absorbed.encode(),
+                        orjson.dumps(output_to_json(out)),
+                        None,
+                        None,
+                        None,
+                    )
+                )
+            elif isinstance(out, Refusal):
+                metrics.IDENTITY_REFUSALS.labels(out.reason.split(":")[0]).inc()
+                if out.for_review:
+                    pending.append(
+                        await producer.send(
+                            t.review,
+                            (out.identifier or "").encode(),
+                            orjson.dumps(output_to_json(out)),
+                            None,
+                            None,
+                            None,
+                        )
+                    )
+        for kind, count in kinds.items():
+            metrics.IDENTITY_OUTPUTS.labels(kind).inc(count)
+        for p, items in group_by_partition(resolved, n).items():
+            pending.extend(await self._send_envelopes(t.resolved, p, items))
+        for p, items in group_by_partition(changes, n).items():
+            pending.extend(await self._send_envelopes(t.identity_changes, p, items))
+        return pending
+
+    async def _customer_agent(self, stream: Any) -> None:
+        settings = self.settings
+        async for events in stream.noack_take(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            await self._guarded("customers", self._customer_batch, events, stream)
+
+    async def _customer_batch(self, events: list[Any]) -> None:
+        """Resolved events and merge notices -> rolling aggregates and the customer 360."""
+        stage = self.customer_stage
+        data = StoredView(self.customer_table)  # str keys, decoded values
+        now_ms = int(time.time() * 1000)
+        items: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+        for e in events:
+            msg = e.message
+            entries = items[msg.partition]
+            base = msg.offset * POSITION_SCALE
+            entries.extend(
+                (base + i, item)
+                for i, item in enumerate(unpack(msg.value))
+                if item["t"] != ItemKind.EVENT or item["c"]
+            )
+        for partition in items:
+            if not stage.has_partition(partition):
+                stage.restore(partition, data)
+        async with self._customer_lock:
+            out = stage.process(items, data, now_ms)
+            await self._emit_customer_outputs(out)
+
+    async def _emit_customer_outputs(self, out: Any) -> None:
+        """Alerts first (delivered), then rows and state: a crash in between replays the
+        batch and re-raises the same alert ids rather than losing an alert to a cooldown."""
+        settings, t = self.settings, self.settings.topics
+        metrics.CUSTOMER_EVENTS.inc(out.events)
+        metrics.CUSTOMER_DUPLICATES.inc(out.duplicates)
+        if out.alerts:
+            producer = self.app.producer
+            sent = []
+            alert_codec = await self._output_codec()
+            for alert in out.alerts:
+                value = alert_codec.encode(dict(alert))
+                key = alert["customer_id"].encode()
+                sent.append(await producer.send(t.alerts, key, value, None, None, None))
+                metrics.ALERTS.labels(alert["rule"], alert["severity"]).inc()
+            await asyncio.gather(*sent)
+            if self.webhooks is not None:
+                for alert in out.alerts:
+                    self.webhooks.enqueue(alert)
+        metrics.LATE_EVENTS.inc(out.late_events)
+        n = settings.topic_partitions
+        pending = []
+        for p, handovers in group_by_partition(out.handovers, n).items():
+            pending.extend(await self._send_envelopes(t.resolved, p, handovers))
+        rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
+        if rows:
+            pending.extend(await self._send_envelopes(t.aggregates, 0, rows))
+        # Rows and hand-overs delivered BEFORE the state that records them as written: a
+        # crash in between replays the batch into the same row keys and versions.
+        await asyncio.gather(*pending)
+        shard = TableShard(self.customer_table, self.app.producer)
+        for partition, key, value in out.state_puts:
+            if value is None:
+                shard.delete(partition, key)
+            else:
+                shard.put(partition, key, value)
+        await asyncio.gather(*(await shard.flush_async()))
+
+    async def _output_codec(self) -> AvroCodec:
+        """The alerts codec; with a registry, registers ALERT_SUBJECT first (once, off the
+        loop). Raises ``SchemaUnavailableError`` while the registry does not answer."""
+        if self.alert_codec is None:
+            async with self._register_lock:
+                if self.alert_codec is None:
+                    remote = self.remote_schemas
+                    assert remote is not None  # noqa: S101 - alert_codec is None only then
+                    loop = asyncio.get_running_loop()
+                    codec = await loop.run_in_executor(None, remote.output_codec, ALERT_SUBJECT)
+                    log.info(
+                        "registered %s as schema id %d",
+                        remote.subject(ALERT_SUBJECT),
+                        codec.schema_id,
+                    )
+                    self.alert_codec = codec
+        return self.alert_codec
+
+    async def _register_output_schemas(self) -> None:
+        """At start-up: our output schemas into the registry, so consumers can read alerts
+        before the first one is raised. Retries while the registry does not answer; a
+        refusal (an incompatible change) is logged and raised again at the first alert."""
+        delay = 0.5
+        while True:
+            try:
+                await self._output_codec()
+                return
+            except SchemaUnavailableError as exc:
+                log.warning("schema registry: %s; retrying in %.1fs", exc, delay)
+            except Exception:
+                log.exception("schema registry refused our output schema")
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _tick_customers(self) -> None:
+        """The 60 s timer (no parameters: Faust passes the app to a timer that takes one)."""
+        await self.tick_customers(idle_ms=60_000)
+
+    async def tick_customers(self, idle_ms: int) -> None:
+        """Deadline rules (an unresolved complaint) fire even when a customer goes quiet:
+        by the event time a partition has reached while events flow, by the clock once it
+        has had nothing for ``idle_ms`` (``CustomerStage.deadline_clock``)."""
+        for table in (self.dedupe_table, self.identity_table, self.customer_table):
+            metrics.TABLE_KEYS.labels(table.name).set(len(table.data))
+        data = StoredView(self.customer_table)
+        now_ms = int(time.time() * 1000)
+        resolved = self.settings.topics.resolved
+        partitions = sorted(
+            tp.partition for tp in self.app.consumer.assignment() if tp.topic == resolved
+        )
+        if partitions:
+            async with self._customer_lock:
+                out = self.customer_stage.tick(partitions, data, now_ms, idle_ms)
+                if out.state_puts or out.alerts:
+                    await self._emit_customer_outputs(out)
+
+    async def _webhook_dead_letter(self, dead: Any) -> None:
+        await self.app.producer.send(
+            self.settings.topics.webhook_dead_letter,
+            dead.alert_id.encode(),
+            orjson.dumps(dead.to_json()),
+            None,
+            None,
+            None,
+        )
+        metrics.WEBHOOK_DELIVERIES.labels("dead").inc()
+
+    def _dedupe_entries(self, partition: int) -> list[tuple[str, dict[str, Any]]]:
+        prefix = f"{partition}:"
+        return list(StoredView(self.dedupe_table).items_with_prefix(prefix))
+
+
+class _IdentityView:
+    """The identity node's ``StateView`` over the identity table, for one batch.
+
+    Keys are stored hashed (BLAKE2b of ``kind:value``): the table and its changelog hold
+    no identifier in clear, so an erased identifier's tombstone holds no personal data.
+    The partition still follows the clear key (the op's routing key).
+    """
+
+    def __init__(self, shard: TableShard, partitions: int, partition: int) -> None:
+        self.shard = shard
+        self.partitions = partitions
+        self.partition = partition
+
+    def get(self, key: str) -> Any:
+        saved = self.shard.get(_hashed(key))
+        return None if saved is None else state_from_json(saved)
+
+    def put(self, key: str, value: Any) -> None:
+        partition = partition_for(key, self.partitions)
+        if partition != self.partition:  # handlers write only their op's routing key
+            raise RuntimeError(f"identity state for a key of partition {partition}")
+        self.shard.put(partition, _hashed(key), state_to_json(value))
+
+
+def _hashed(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
