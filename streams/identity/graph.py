@@ -340,6 +340,7 @@ class MergeOp(_Routed):
     via: str  # the identifier that glued them
     event_id: str
     ts: int
+    anchor: str = ""  # the anchor of the event whose JOIN asked for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +356,7 @@ class ProposeOp(_Routed):
     event_id: str
     ts: int
     through: tuple[str, ...] = ()  # its CustState.through, as "via\x1fmember" pairs
+    anchor: str = ""  # MergeOp.anchor
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,8 +546,9 @@ class Merge:
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A guard fired. reason: blocked_value | merge_cap, shared (both go to review) |
-    limit:<kind> | undone (it came through a value found shared: split off) | split (a
-    JOIN towards a customer it was split off)."""
+    limit:<kind> | shared_via (a merge through a value found shared) | undone (it came
+    through a value found shared: split off) | split (a JOIN towards a customer it was
+    split off)."""
 
     TAG: ClassVar[str] = "refusal"
     reason: str
@@ -768,8 +771,9 @@ class Effects:
 class IdentityNode:
     """Handles ops against one partition's state. Stateless itself; safe to share."""
 
-    def __init__(self, rules: IdentityRules | None = None) -> None:
+    def __init__(self, rules: IdentityRules | None = None, *, undo_through: bool = False) -> None:
         self.rules = rules or IdentityRules()
+        self.undo_through = undo_through
         # one method per op, named after its tag: LinkOp -> self._link
         self._handlers: dict[type[Any], Callable[[Any, StateView, Effects], None]] = {
             cls: getattr(self, f"_{cls.TAG}") for cls in _OP_TYPES
@@ -897,7 +901,7 @@ class IdentityNode:
             self._make_household(key, s, y, op.event_id, op.ts, st, fx)
             return
         st.put(key, s)
-        fx.ops.append(MergeOp(max(x, y), min(x, y), key, op.event_id, op.ts))
+        fx.ops.append(MergeOp(max(x, y), min(x, y), key, op.event_id, op.ts, op.via))
 
     def _relabel(self, op: RelabelOp, st: StateView, fx: Effects) -> None:
         s = _ident(st, op.identifier)
@@ -999,6 +1003,7 @@ class IdentityNode:
                 st.put(key, s)
             fx.ops.append(replace(op, identifier=s.via, hops=op.hops + 1))
             return
+
         fx.outputs.append(
             Refusal(
                 "shared",
@@ -1024,7 +1029,8 @@ class IdentityNode:
         label = s.customer
         new = self._move_to_fresh(key, s, event_id, ts, st, fx, household=True)
         fx.ops.append(RemoveMemberOp(label, key, event_id, ts, new))
-        fx.ops.append(UndoThroughOp(label, key, event_id, ts))
+        if self.undo_through:
+            fx.ops.append(UndoThroughOp(label, key, event_id, ts))
         fx.outputs.append(SplitRecord(key, label, new, event_id, ts))
 
     def _move_to_fresh(
@@ -1101,7 +1107,7 @@ class IdentityNode:
             return
         bisect.insort(have, key)
         c.members[kind] = have
-        if op.via and op.via != key and not _is_strong(op.via):
+        if self.undo_through and op.via and op.via != key and not _is_strong(op.via):
             _remember_through(c, op.via, key)
         st.put(cid, c)
         if op.assigned != cid:
@@ -1154,6 +1160,7 @@ class IdentityNode:
                 op.event_id,
                 op.ts,
                 tuple(f"{via}\x1f{m}" for via, ms in c.through.items() for m in ms),
+                op.anchor,
             )
         )
 
@@ -1175,7 +1182,7 @@ class IdentityNode:
         if op.via in c.shared:  # a merge through a value found shared since it was asked
             fx.outputs.append(
                 Refusal(
-                    "shared",
+                    "shared_via",
                     op.event_id,
                     op.ts,
                     identifier=op.via,
@@ -1213,7 +1220,12 @@ class IdentityNode:
                     # two accounts glued through a weak value: find the shared one
                     fx.ops.append(
                         SharedOp(
-                            op.via,
+                            # the value the JOIN came from, if weak (it put the identifier
+                            # of a person seen with their account into another's customer);
+                            # else the identifier, seen with two accounts
+                            op.anchor
+                            if op.anchor and op.anchor != op.via and not _is_strong(op.anchor)
+                            else op.via,
                             (cid, op.absorbed),
                             op.via,
                             f"limit:{kind}",
@@ -1224,7 +1236,7 @@ class IdentityNode:
                 return
         c.members = merged
         for pair in op.through:
-            via, _, member = pair.partition("\x1f")
+            via, _, member = pair.partition(_SEP)
             _remember_through(c, via, member)
         c.absorbed.extend((op.absorbed, *op.absorbed_ids))
         st.put(cid, c)
@@ -1614,10 +1626,11 @@ class Simulator:
         redeliver: float = 0.0,
         max_batch: int = 4,
         wire: bool = False,
+        undo_through: bool = False,
     ) -> None:
         self.partitions = partitions
         self.rules = rules or IdentityRules()
-        self.node = IdentityNode(self.rules)
+        self.node = IdentityNode(self.rules, undo_through=undo_through)
         self.rng = random.Random(seed)
         self.redeliver = redeliver
         self.max_batch = max_batch

@@ -49,6 +49,7 @@ from streams.identity.graph import (
     Refusal,
     ResolutionMemory,
     Resolved,
+    is_household,
     op_from_json,
     op_to_json,
     ops_for_event,
@@ -681,7 +682,13 @@ class Pipeline:
         if rows is None:
             return _no_clickhouse()
         return aioweb.json_response(
-            {"customer_id": customer_id, "touchpoints": rows}, dumps=_json_dumps
+            # household: a shared device or email's own customer, standing for no one person
+            {
+                "customer_id": customer_id,
+                "household": is_household(customer_id),
+                "touchpoints": rows,
+            },
+            dumps=_json_dumps,
         )
 
     async def _timeline_by_identifier(self, request: Any) -> aioweb.Response:

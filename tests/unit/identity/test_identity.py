@@ -158,9 +158,9 @@ def test_a_persons_own_phone_joining_their_fragments_is_not_capped() -> None:
     assert not refusals(sim)
 
 
-def test_a_glueing_identifier_without_accounts_is_capped_and_undone() -> None:
-    """Without CRM ids only the weak cap (3 x the cap) stops it; when it fires, the
-    merges that came through the identifier are undone: nobody stays glued."""
+def test_a_glueing_identifier_without_accounts_is_capped() -> None:
+    """Without CRM ids only the weak cap (3 x the cap) stops it: it becomes a household.
+    The merges it made before the cap fired stand (undoing merges is not built)."""
     centre = "+442079460000"
     calls = [
         record(f"call-{k}", T0 + k * MINUTE, email=f"caller{k}@mail.com", phone=centre)
@@ -171,13 +171,36 @@ def test_a_glueing_identifier_without_accounts_is_capped_and_undone() -> None:
     assert isinstance(state, IdState) and state.quarantined
     assert state.customer is not None and is_household(state.customer)
     (capped,) = refusals(sim, "merge_cap")
-    assert len(capped.customers) == 3 * 3 + 1  # the weak cap for phones is 9
-    # what it glued before the cap fired (the email limit, 5, refused some) ...
+    assert capped.for_review and len(capped.customers) == 3 * 3 + 1  # the weak cap: 9
+    # what it glued before the cap fired (the email limit, 5, refused some) stays glued
     assert len(merges(sim)) >= 2 and refusals(sim, "limit:email")
     callers = {sim.customer_of(f"email:caller{k}@mail.com") for k in range(1, 13)}
-    assert len(callers) == 12  # ... is split again, with evidence
-    undone = {o.identifier for o in sim.outputs if isinstance(o, SplitRecord)}
-    assert f"phone:{centre}" in undone and len(undone) >= 8
+    assert len(callers) == 12 - len(merges(sim))
+    assert state.customer not in callers
+
+
+@pytest.mark.parametrize("undo", [False, True])
+def test_what_joined_through_a_shared_email_is_undone_when_asked(undo: bool) -> None:
+    """Ben's handle joins Anna's customer through their shared email (his DM); Ben's CRM
+    id with the email proves it shared. With ``undo_through`` his handle is split off
+    again (recorded ``undone``); without it (the default) it stays with Anna."""
+    events = [
+        record("anna-chat", T0, customer_id="CRM-ANNA", email="family@mail.com"),
+        record("ben-dm", T0 + MINUTE, email="family@mail.com", social_handle="ben"),
+        record("ben-chat", T0 + 9 * MINUTE, customer_id="CRM-BEN", email="family@mail.com"),
+    ]
+    sim = simulate(*events, undo_through=undo)
+    anna = sim.customer_of("customer_id:CRM-ANNA")
+    family = sim.customer_of("email:family@mail.com")
+    assert family is not None and is_household(family)
+    assert [r.identifier for r in refusals(sim, "shared")] == ["email:family@mail.com"]
+    handle = sim.customer_of("social_handle:ben")
+    if undo:
+        assert handle not in (anna, family)
+        (undone,) = refusals(sim, "undone")
+        assert undone.identifier == "social_handle:ben" and undone.customers[0] == anna
+    else:
+        assert handle == anna and not refusals(sim, "undone")
 
 
 def test_two_people_sharing_an_email_are_refused_and_recorded() -> None:
@@ -377,7 +400,7 @@ class ReplayEverything(Simulator):
 
 
 def test_every_op_kind_is_idempotent() -> None:
-    sim = ReplayEverything(4, IdentityRules(), seed=3, max_batch=1)
+    sim = ReplayEverything(4, IdentityRules(), seed=3, max_batch=1, undo_through=True)
     sim.kinds = set()
     sim.run([*_person("amy", T0), *_person("bob", T0 + 1)])
     sim.run([record("share", T0 + 5, customer_id="amy-crm", email="bob@mail.com")])  # refused
