@@ -45,9 +45,20 @@ new event linking it to that customer's identifiers merges them again (evidence 
 unless the split also quarantined it; a relabel in flight during the split can also
 move it back.
 
-Merge cap: an identifier counts the distinct customer ids it was asked to join (its own
-label included); above the cap for its kind it is quarantined. Merges it requested
-before that stand, so at most K customers are ever glued by one identifier.
+Merge cap: an identifier counts the distinct customers it was asked to join that came
+with an account (the JOIN's event carried a strong id, ``STRONG_KINDS``), and all of
+them; above the cap for its kind (or ``WEAK_CAP_FACTOR`` x the cap in all) it becomes a
+household. Merges it requested before that stand.
+
+Households (weak vs strong identifiers): a merge through a weak identifier refused by a
+strong kind's limit proves two accounts glued through one value. ``SHARED`` finds it:
+the weak anchor of the JOIN that asked for the merge, else the identifier it came
+through, unless a weak value put that one in its customer (``IdState.via``: the blame
+moves on, at most ``_MAX_BLAME_HOPS``). The shared value is quarantined and moved to a
+customer of its own, ``h`` + ..., that claims no person (``is_household``); a relabel
+that reaches it makes the sender drop it (``RemoveMemberOp.keep``). Undoing what joined
+the person through it (``UNDO_THROUGH``, ``IdentityNode(undo_through=True)``) is off by
+default: the guarded property test finds rare divergence with it under redelivery.
 """
 
 from __future__ import annotations
