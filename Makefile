@@ -7,6 +7,7 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 KAFKA_HOME ?= .local/kafka
+REGISTRY_HOME ?= .local/registry
 WITH_KAFKA := PYTHON=$(PY) LOCALKAFKA_HOME=$(abspath $(KAFKA_HOME)) deploy/local/with-kafka.sh
 RUN_DIR    := .local/run
 
@@ -41,6 +42,10 @@ $(KAFKA_HOME)/libs/.complete: deploy/local/kafka/pom.xml
 	$(PY) deploy/local/localkafka.py install --workdir $(KAFKA_HOME)
 	@touch $@
 
+.PHONY: registry
+registry: $(STAMP) ## build the Schema Registry the tests run (Apicurio, from Maven Central; cached)
+	$(PY) deploy/local/localregistry.py install --workdir $(REGISTRY_HOME)
+
 .PHONY: run
 run: install ## start Kafka + embedded ClickHouse, run worker and generator, print a summary, stop
 	@rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)
@@ -51,7 +56,7 @@ run: install ## start Kafka + embedded ClickHouse, run worker and generator, pri
 	  $(WITH_KAFKA) $(VENV)/bin/touchpoints demo --customers $(CUSTOMERS) $(if $(RATE),--rate $(RATE))
 
 .PHONY: test
-test: install ## unit + integration tests (starts a real Kafka broker and embedded ClickHouse itself)
+test: install registry ## unit + integration tests (starts a real Kafka broker, Schema Registry, embedded ClickHouse)
 	$(PY) -m pytest -q
 
 .PHONY: unit

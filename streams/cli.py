@@ -28,6 +28,8 @@ def _logging(settings: Settings, level: str | None = None) -> None:
         level or settings.log_level,
         json_format=settings.log_format == "json",
         pii=settings.log_pii,
+        repeat_limit=settings.log_repeat_limit,
+        repeat_window_s=settings.log_repeat_window_seconds,
     )
 
 
@@ -35,7 +37,11 @@ def _logging_dict(settings: Settings) -> dict[str, object]:
     from streams.logs import logging_dict
 
     return logging_dict(
-        settings.log_level, json_format=settings.log_format == "json", pii=settings.log_pii
+        settings.log_level,
+        json_format=settings.log_format == "json",
+        pii=settings.log_pii,
+        repeat_limit=settings.log_repeat_limit,
+        repeat_window_s=settings.log_repeat_window_seconds,
     )
 
 
@@ -325,13 +331,22 @@ def migrate() -> None:
 @click.option("--seed", default=7, show_default=True)
 @click.option("--old-schema-fraction", default=0.05, show_default=True)
 def generate(customers: int, rate: float | None, seed: int, old_schema_fraction: float) -> None:
-    """Produce realistic multi-channel journeys into the raw topic."""
+    """Produce realistic multi-channel journeys into the raw topic.
+
+    With SCHEMA_REGISTRY_URL, encodes with confluent-kafka's AvroSerializer (auto-registering
+    the schema versions, writing the registry's ids) as a real producer would.
+    """
     from streams.sim.generator import encode_events, produce
     from streams.sim.generator import generate as make_events
-    from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+    from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, Encoder, SchemaRegistry
 
     settings = _settings()
-    codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
+    local = SchemaRegistry.from_dir(settings.schemas_dir)
+    codec: Encoder = AvroCodec(local, TOUCHPOINT_SUBJECT)
+    if settings.schema_registry_url:  # as a real producer: AvroSerializer, registry ids
+        from streams.adapters.schema_registry import ConfluentEncoder, RemoteSchemas
+
+        codec = ConfluentEncoder(RemoteSchemas.from_settings(settings, local))
     events = make_events(customers, seed=seed, now_ms=int(time.time() * 1000))
     pairs = encode_events(events, codec, old_schema_fraction=old_schema_fraction, seed=seed)
     with click.progressbar(length=len(pairs), label="producing") as bar:
@@ -343,6 +358,79 @@ def generate(customers: int, rate: float | None, seed: int, old_schema_fraction:
 
         sent = asyncio.run(produce(settings, pairs, rate=rate, progress=progress))
     click.echo(f"produced {sent} events for {customers} customers to {settings.topics.raw}")
+
+
+@main.group()
+def schemas() -> None:
+    """Our Avro schemas (schemas/) against the Schema Registry at SCHEMA_REGISTRY_URL."""
+
+
+def _remote_schemas() -> Any:
+    from streams.adapters.schema_registry import RemoteSchemas
+    from streams.wire.codec import SchemaRegistry
+
+    settings = _settings()
+    if not settings.schema_registry_url:
+        raise click.UsageError("set SCHEMA_REGISTRY_URL (without it, schemas/ is the registry)")
+    return RemoteSchemas.from_settings(settings, SchemaRegistry.from_dir(settings.schemas_dir))
+
+
+@schemas.command("check")
+def schemas_check() -> None:
+    """Before a deploy: is each of our newest schemas registered, and compatible with what
+    its subject holds (SCHEMA_REGISTRY_COMPATIBILITY, BACKWARD by default)? Exit 1 if not."""
+    from streams.adapters.schema_registry import PUBLIC_SUBJECTS
+
+    remote = _remote_schemas()
+    failed = False
+    for ours in PUBLIC_SUBJECTS:
+        try:
+            report = remote.check(ours)
+        except Exception as exc:  # noqa: BLE001 - unreachable, refused credentials, ...
+            raise click.ClickException(f"no answer from the schema registry: {exc}") from exc
+        head = f"{ours} -> subject {report.subject} ({report.versions} versions, {report.level})"
+        if report.registered_id is not None:
+            state = f"registered as id {report.registered_id}"
+        elif report.versions == 0:
+            state = "not registered yet: nothing to be incompatible with"
+        elif report.ok:
+            state = f"compatible ({remote.compatibility.value}), not registered yet"
+        else:
+            verdict = {True: "compatible", False: "INCOMPATIBLE", None: "-"}
+            state = (
+                f"INCOMPATIBLE under {remote.compatibility.value}"
+                f" (registry says {verdict[report.registry_compatible]})"
+            )
+        click.echo(f"{head}: {state}")
+        for problem in report.problems:
+            click.echo(f"    {problem}")
+        failed = failed or not report.ok
+    sys.exit(1 if failed else 0)
+
+
+@schemas.command("register")
+def schemas_register() -> None:
+    """Register our newest schemas under their subjects, setting SCHEMA_REGISTRY_COMPATIBILITY
+    on each (idempotent; the registry refuses an incompatible one: exit 1)."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from streams.adapters.schema_registry import PUBLIC_SUBJECTS
+    from streams.wire.codec import SchemaUnavailableError
+
+    remote = _remote_schemas()
+    failed = False
+    for ours in PUBLIC_SUBJECTS:
+        subject = remote.subject(ours)
+        try:
+            schema_id = remote.register(ours)
+        except SchemaRegistryError as exc:
+            click.echo(f"{ours} -> subject {subject}: REFUSED: {exc.error_message}")
+            failed = True
+            continue
+        except SchemaUnavailableError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{ours} -> subject {subject}: id {schema_id} ({remote.compatibility.value})")
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

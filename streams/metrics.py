@@ -22,11 +22,14 @@ __all__ = [
     "IDENTITY_OUTPUTS",
     "IDENTITY_REFUSALS",
     "LATE_EVENTS",
+    "LOG_LINES_SUPPRESSED",
     "DEAD_LETTERS",
     "EVENTS_CONSUMED",
     "EVENT_LAG_SECONDS",
     "INGEST_BATCH_SECONDS",
+    "INGEST_REPLAYED",
     "REGISTRY",
+    "SCHEMA_REGISTRY_LOOKUPS",
     "SINK_COMMITTED_OFFSET",
     "STAGE_FAILURES",
     "TABLE_KEYS",
@@ -53,6 +56,12 @@ DEAD_LETTERS = Counter(
     "touchpoints_dead_letters_total",
     "Messages sent to the dead-letter topic, by reason.",
     ["reason"],
+    registry=REGISTRY,
+)
+INGEST_REPLAYED = Counter(
+    "touchpoints_ingest_replayed_events_total",
+    "Raw events read again at the offset they were first taken at (a batch replayed after a"
+    " crash or rebalance; its output was already delivered): skipped, not dead-lettered.",
     registry=REGISTRY,
 )
 INGEST_BATCH_SECONDS = Histogram(
@@ -152,6 +161,20 @@ CUSTOMER_DUPLICATES = Counter(
 )
 
 
+SCHEMA_REGISTRY_LOOKUPS = Counter(
+    "touchpoints_schema_registry_lookups_total",
+    "Writer schema ids asked of the Schema Registry (each id once, then cached), by outcome:"
+    " found, unknown_schema_id, wrong_subject, incompatible_schema, unavailable.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+LOG_LINES_SUPPRESSED = Counter(
+    "touchpoints_log_lines_suppressed_total",
+    "Log lines held back by the repeat limit (LOG_REPEAT_LIMIT), by top-level logger"
+    " (aiokafka, faust, streams, ...); each window's are summarised in one line.",
+    ["logger"],
+    registry=REGISTRY,
+)
 STAGE_FAILURES = Counter(
     "touchpoints_stage_failures_total",
     "Batches that failed and are being retried (the partition waits), by stage.",

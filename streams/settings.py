@@ -16,9 +16,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from streams import topology
 from streams.topology import TopicNames
 
-__all__ = ["SecurityProtocol", "Settings", "TopicNames"]
+__all__ = ["Compatibility", "SecurityProtocol", "Settings", "SubjectNameStrategy", "TopicNames"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SubjectNameStrategy(StrEnum):
+    """How a topic's Avro value maps to a registry subject (Confluent serializers' names)."""
+
+    TOPIC = "TopicNameStrategy"  # <topic>-value
+    RECORD = "RecordNameStrategy"  # <record full name>
+    TOPIC_RECORD = "TopicRecordNameStrategy"  # <topic>-<record full name>
+
+
+class Compatibility(StrEnum):
+    """Schema Registry compatibility levels."""
+
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+    NONE = "NONE"
 
 
 class SecurityProtocol(StrEnum):
@@ -78,7 +98,46 @@ class Settings(BaseSettings):
     clickhouse_verify_tls: bool = Field(True, description="Verify the server certificate (https).")
 
     # --- ingest
-    schemas_dir: Path = Field(_REPO_ROOT / "schemas", description="Local schema registry.")
+    schemas_dir: Path = Field(
+        _REPO_ROOT / "schemas",
+        description="The project's schemas; without SCHEMA_REGISTRY_URL its registry.json is"
+        " the registry.",
+    )
+
+    # --- Confluent Schema Registry (names as Confluent clients name them)
+    schema_registry_url: str = Field(
+        "",
+        description="Schema Registry URL(s), comma-separated (schema.registry.url); empty ="
+        " schemas/registry.json.",
+    )
+    schema_registry_basic_auth_user_info: SecretStr = Field(
+        SecretStr(""), description="user:password for HTTP basic auth (basic.auth.user.info)."
+    )
+    schema_registry_ssl_ca_location: str = Field(
+        "", description="CA bundle to verify the registry (ssl.ca.location)."
+    )
+    schema_registry_ssl_certificate_location: str = Field(
+        "", description="Client certificate, mutual TLS (ssl.certificate.location)."
+    )
+    schema_registry_ssl_key_location: str = Field(
+        "", description="Client key, mutual TLS (ssl.key.location)."
+    )
+    schema_registry_ssl_key_password: SecretStr = Field(
+        SecretStr(""), description="Password of the client key (ssl.key.password)."
+    )
+    schema_registry_subject_name_strategy: SubjectNameStrategy = Field(
+        SubjectNameStrategy.TOPIC,
+        description="TopicNameStrategy, RecordNameStrategy or TopicRecordNameStrategy: the"
+        " subject a writer id must belong to, and the subject alerts are registered under.",
+    )
+    schema_registry_compatibility: Compatibility = Field(
+        Compatibility.BACKWARD,
+        description="Level set on our subjects when registering; what `touchpoints schemas"
+        " check` tests against.",
+    )
+    schema_registry_timeout_seconds: float = Field(
+        5.0, gt=0, description="Per request; a registry slower than that counts as unreachable."
+    )
     ingest_batch_size: int = Field(2000, ge=1, description="Events per ingest batch.")
     ingest_batch_seconds: float = Field(
         0.05,
@@ -96,6 +155,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="On a rebalance, how long in-flight batches may finish."
     )
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
+    dead_letter_max_bytes: int = Field(
+        512 * 1024,
+        ge=4096,
+        description="A dead letter never exceeds this (keep it under the broker's"
+        " message.max.bytes): larger originals are truncated, with their size and SHA-256 in"
+        " headers.",
+    )
     max_properties: int = Field(64, ge=0, description="Max entries in the properties map.")
     max_property_value_chars: int = Field(2048, ge=1, description="Longest property value.")
     max_future_skew_seconds: int = Field(
@@ -145,6 +211,15 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text.")
     log_pii: bool = Field(False, description="Log identifiers unmasked (emails, phones).")
+    log_repeat_limit: int = Field(
+        5,
+        ge=0,
+        description="Lines of one kind (logger, level, message template) per window; the rest"
+        " are counted and summarised in one line (0 = no limit).",
+    )
+    log_repeat_window_seconds: float = Field(
+        10.0, gt=0, description="The window of LOG_REPEAT_LIMIT."
+    )
 
     @field_validator("identity_rules", "rules_file", mode="before")
     @classmethod

@@ -15,9 +15,13 @@ Library use::
 Command line::
 
     python deploy/local/localkafka.py install [--workdir DIR]
-    python deploy/local/localkafka.py start [--workdir DIR] [--port N]  # detached, prints bootstrap
+    python deploy/local/localkafka.py start [--workdir DIR] [--port N] [--fresh]  # detached
     python deploy/local/localkafka.py status [--workdir DIR]
-    python deploy/local/localkafka.py stop [--workdir DIR]
+    python deploy/local/localkafka.py stop [--workdir DIR] [--keep-data]
+
+``stop --keep-data`` keeps the broker's storage (topics, offsets, transactions) and its
+ports; the next ``start`` restarts on them, on the same ports, so clients reconnect to the
+same bootstrap. ``start --fresh`` wipes kept storage first.
     python deploy/local/localkafka.py run [--workdir DIR] [--port N]  # foreground until Ctrl-C
 
 ``--workdir`` defaults to ``$LOCALKAFKA_HOME`` or ``<repo>/.local/kafka``. Jars go to
@@ -436,8 +440,9 @@ def probe_broker(host: str, port: int, timeout: float = 2.0) -> list[tuple[int, 
 class LocalKafka:
     """One real Kafka broker (KRaft combined broker+controller) listening on 127.0.0.1.
 
-    ``workdir`` holds ``broker.log`` (JVM stdout/stderr, appended), the per-run data dir
-    ``data-<port>/`` (fresh at every start, deleted by ``stop()`` unless ``keep_data``) and,
+    ``workdir`` holds ``broker.log`` (JVM stdout/stderr, appended), the data dir
+    ``data-<port>/`` (deleted by ``stop()`` unless ``keep_data``: kept storage is recorded in
+    ``kept-data.json`` and the next ``start()`` restarts on it, same ports, unless ``fresh``) and,
     unless ``libs_dir`` is given, the jars in ``libs/``. Ports are picked free at start unless
     given. Use one workdir per concurrently running broker (they share ``broker.log``).
 
@@ -487,6 +492,7 @@ class LocalKafka:
         self._cds_pending: _CdsDump | None = None
         self._cds_suspect = False
         self._log_offset = 0
+        self._reuse: Path | None = None  # kept storage this start restarts on
 
     # ------------------------------------------------------------------ paths / properties
     @property
@@ -496,6 +502,29 @@ class LocalKafka:
     @property
     def pid_path(self) -> Path:
         return self.workdir / "broker.pid"
+
+    @property
+    def kept_path(self) -> Path:
+        """Storage kept by ``stop()`` with ``keep_data``: where, and its ports."""
+        return self.workdir / "kept-data.json"
+
+    def kept_data(self) -> tuple[Path, int, int] | None:
+        """(data dir, port, controller port) of formatted storage a restart can reuse."""
+        try:
+            kept = json.loads(self.kept_path.read_text())
+            data_dir = Path(kept["data_dir"])
+            port, cport = int(kept["port"]), int(kept["controller_port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not (data_dir / "metadata" / "meta.properties").is_file():
+            return None
+        return data_dir, port, cport
+
+    def discard_kept_data(self) -> None:
+        kept = self.kept_data()
+        if kept is not None:
+            shutil.rmtree(kept[0], ignore_errors=True)
+        self.kept_path.unlink(missing_ok=True)
 
     @property
     def bootstrap_path(self) -> Path:
@@ -711,14 +740,30 @@ class LocalKafka:
         ]
 
     # ------------------------------------------------------------------ start / stop
-    def start(self, timeout: float = 90.0, *, detached: bool = False) -> str:
-        """Format fresh KRaft storage, start the broker and wait until it serves clients.
+    def start(self, timeout: float = 90.0, *, detached: bool = False, fresh: bool = False) -> str:
+        """Start the broker and wait until it serves clients: on the storage a previous
+        ``stop()`` kept (``keep_data``), on the same ports, unless ``fresh``; else on freshly
+        formatted KRaft storage.
 
         Returns the bootstrap string ``127.0.0.1:<port>``. With ``detached=True`` the broker
         outlives this Python process (used by the CLI; stop it with ``stop`` / the pid file).
         """
         if self.is_running():
             return self.bootstrap
+        self._reuse = None
+        if fresh:
+            self.discard_kept_data()
+        elif (kept := self.kept_data()) is not None:
+            data_dir, port, cport = kept
+            for given, ours in ((self._fixed_port, port), (self._fixed_controller_port, cport)):
+                if given and given != ours:
+                    raise LocalKafkaError(
+                        f"kept storage {data_dir} belongs to ports {port}/{cport}, not {given};"
+                        " start fresh (--fresh) to discard it"
+                    )
+            self._fixed_port, self._fixed_controller_port = port, cport
+            self.port, self.controller_port = port, cport
+            self._reuse = data_dir
         deadline = time.monotonic() + timeout
         self.install()
         java = _java_executable()
@@ -757,7 +802,7 @@ class LocalKafka:
         try:
             return self._format_and_launch(java, deadline, detached, use_cds, t0)
         except BaseException:
-            if self._data_dir is not None and not self.keep_data:
+            if self._data_dir is not None and not self.keep_data and self._reuse is None:
                 shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
             raise
@@ -769,8 +814,10 @@ class LocalKafka:
         port, cport = self.port, self.controller_port
 
         data_dir = self.workdir / f"data-{port}"
-        shutil.rmtree(data_dir, ignore_errors=True)
-        data_dir.mkdir(parents=True)
+        reuse = self._reuse == data_dir
+        if not reuse:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            data_dir.mkdir(parents=True)
         self._data_dir = data_dir
         props_path = data_dir / "server.properties"
         self._write_properties(props_path, self._server_properties(data_dir, port, cport))
@@ -778,48 +825,51 @@ class LocalKafka:
 
         self._rotate_log()
         server_main, storage_main = self._main_classes()
-        cluster_id = _random_cluster_id()
+        cluster_id = "(kept)" if reuse else _random_cluster_id()
         with self.log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            what = "restart on kept storage" if reuse else "format + start"
             log.write(
-                f"\n===== localkafka {stamp}: format + start on {self.HOST}:{port} "
+                f"\n===== localkafka {stamp}: {what} on {self.HOST}:{port} "
                 f"(controller {cport}, cluster {cluster_id}, data {data_dir})\n".encode()
             )
             log.flush()
             self._log_offset = log.tell()
 
-            # 1. Format the KRaft storage (one-shot JVM).
-            cds_flags, cds_dump = self._cds_plan(java, "storage", use_cds)
-            fmt_cmd = self._java_cmd(
-                java, storage_main, data_dir, "format", "-t", cluster_id, "-c", str(props_path),
-                server=False, extra=cds_flags,
-            )  # fmt: skip
-            try:
-                fmt = subprocess.run(
-                    fmt_cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=data_dir,
-                    timeout=max(5.0, deadline - time.monotonic()),
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                raise LocalKafkaError(
-                    f"formatting KRaft storage timed out; see {self.log_path}"
-                ) from None
-            if fmt.returncode != 0:
+            # 1. Format the KRaft storage (one-shot JVM), unless restarting on kept storage.
+            t_fmt = 0.0
+            if not reuse:
+                cds_flags, cds_dump = self._cds_plan(java, "storage", use_cds)
+                fmt_cmd = self._java_cmd(
+                    java, storage_main, data_dir, "format", "-t", cluster_id, "-c", str(props_path),
+                    server=False, extra=cds_flags,
+                )  # fmt: skip
+                try:
+                    fmt = subprocess.run(
+                        fmt_cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=data_dir,
+                        timeout=max(5.0, deadline - time.monotonic()),
+                        check=False,
+                    )
+                except subprocess.TimeoutExpired:
+                    raise LocalKafkaError(
+                        f"formatting KRaft storage timed out; see {self.log_path}"
+                    ) from None
+                if fmt.returncode != 0:
+                    if cds_dump is not None:
+                        cds_dump.tmp.unlink(missing_ok=True)
+                    if cds_flags:
+                        raise _CdsSuspectError(f"storage format failed (exit {fmt.returncode})")
+                    raise LocalKafkaError(
+                        f"formatting KRaft storage failed (exit {fmt.returncode}); "
+                        f"see {self.log_path}:\n{self._log_since_start(25)}"
+                    )
                 if cds_dump is not None:
-                    cds_dump.tmp.unlink(missing_ok=True)
-                if cds_flags:
-                    raise _CdsSuspectError(f"storage format failed (exit {fmt.returncode})")
-                raise LocalKafkaError(
-                    f"formatting KRaft storage failed (exit {fmt.returncode}); "
-                    f"see {self.log_path}:\n{self._log_since_start(25)}"
-                )
-            if cds_dump is not None:
-                self._cds_publish(cds_dump)
-            t_fmt = time.monotonic() - t0
+                    self._cds_publish(cds_dump)
+                t_fmt = time.monotonic() - t0
 
             # 2. Start the broker.
             cds_flags, cds_dump = self._cds_plan(java, "server", use_cds)
@@ -1040,8 +1090,18 @@ class LocalKafka:
                 with contextlib.suppress(OSError):
                     self._cds_publish(self._cds_pending)
         self._discard_cds_pending()
-        if self._data_dir is not None and not self.keep_data:
+        if self._data_dir is not None and self.keep_data and self.port and self.controller_port:
+            kept = {
+                "data_dir": str(self._data_dir),
+                "port": self.port,
+                "controller_port": self.controller_port,
+            }
+            self.kept_path.write_text(json.dumps(kept) + "\n")
+        elif self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
+            kept_now = self.kept_data()
+            if kept_now is not None and kept_now[0] == self._data_dir:
+                self.kept_path.unlink(missing_ok=True)
         self._data_dir = None
         for p in (self.pid_path, self.bootstrap_path):
             if p.is_file() and self._pidfile_is_ours(p):
@@ -1082,6 +1142,10 @@ class LocalKafka:
         kafka._pid = pid
         data_dir = kafka.workdir / f"data-{port}"
         kafka._data_dir = data_dir if data_dir.is_dir() else None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in (data_dir / "server.properties").read_text().splitlines():
+                if line.startswith("controller.quorum.voters="):
+                    kafka.controller_port = int(line.rsplit(":", 1)[1])
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             kafka._cds_pending = _CdsDump.from_json((data_dir / "cds-pending.json").read_text())
         return kafka
@@ -1179,6 +1243,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p_start = sub.add_parser("start", help="start a detached broker; prints the bootstrap")
     common(p_start)
     starting(p_start)
+    p_start.add_argument(
+        "--fresh", action="store_true", help="discard storage kept by stop --keep-data"
+    )
 
     p_run = sub.add_parser("run", help="run a broker in the foreground until Ctrl-C")
     common(p_run)
@@ -1187,7 +1254,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p_stop = sub.add_parser("stop", help="stop the detached broker of --workdir")
     common(p_stop)
     p_stop.add_argument("--timeout", type=float, default=30.0)
-    p_stop.add_argument("--keep-data", action="store_true", help="keep data-<port>/")
+    p_stop.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep data-<port>/: the next start restarts on it, same ports",
+    )
 
     p_status = sub.add_parser("status", help="exit 0 and print the bootstrap if running")
     common(p_status)
@@ -1264,7 +1335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _log(f"already running (pid {existing.pid})")
                 print(existing.bootstrap)
                 return 0
-            print(kafka.start(timeout=args.timeout, detached=True), flush=True)
+            print(kafka.start(timeout=args.timeout, detached=True, fresh=args.fresh), flush=True)
             return 0
 
         if args.command == "run":

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
 from streams.settings import Settings
 from streams.wire.dlq import parse_dead_letter_headers
-from streams.wire.model import TouchpointRecord
+from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
 
 __all__ = [
     "ClickHouse",
@@ -130,14 +131,7 @@ TOUCHPOINT_COLUMNS: tuple[str, ...] = (
     "source",
     "identity_key",
     "customer_id_at_ingest",
-    "anonymous_id",
-    "device_id",
-    "customer_id",
-    "login_id",
-    "email",
-    "phone",
-    "social_handle",
-    "loyalty_id",
+    *IDENTIFIER_KINDS,  # one column per identifier kind, in the record's order
     "country",
     "lat",
     "lon",
@@ -188,7 +182,7 @@ def touchpoint_row(
     customer_id: str = "",
 ) -> list[Any]:
     """One ``touchpoints`` row, in ``TOUCHPOINT_COLUMNS`` order."""
-    ids = record["identifiers"]
+    by_kind = cast(Mapping[str, str | None], record["identifiers"])
     ctx = record["context"]
     geo = ctx["geo"]
     kind, body = record["payload"] or ("", {})
@@ -204,14 +198,7 @@ def touchpoint_row(
         record["source"] or "",
         identity_key,
         customer_id,
-        ids["anonymous_id"] or "",
-        ids["device_id"] or "",
-        ids["customer_id"] or "",
-        ids["login_id"] or "",
-        ids["email"] or "",
-        ids["phone"] or "",
-        ids["social_handle"] or "",
-        ids["loyalty_id"] or "",
+        *(by_kind[kind] or "" for kind in IDENTIFIER_KINDS),
         ctx["country"] or "",
         geo["lat"] if geo else None,
         geo["lon"] if geo else None,
@@ -267,6 +254,6 @@ def dead_letter_row(value: bytes | None, headers: list[tuple[str, bytes]] | None
         meta.get("dlq.reason", "unknown"),
         meta.get("dlq.detail", ""),
         int(meta.get("dlq.failed_at", "0")),
-        len(original),
+        int(meta.get("dlq.original.size", len(original))),
         original[: 64 * 1024],
     ]

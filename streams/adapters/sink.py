@@ -36,9 +36,11 @@ from streams.adapters.clickhouse import (
     touchpoint_row,
 )
 from streams.adapters.kafka import consumer_security
-from streams.customers.aggregates import AGGREGATE_COLUMNS, ALERT_COLUMNS, CUSTOMER_360_COLUMNS
+from streams.adapters.schema_registry import reader_codec
 from streams.customers.detect import ALERT_COLUMNS as DETECT_ALERT_COLUMNS
 from streams.customers.detect import Alert, alert_row
+from streams.customers.items import ItemKind
+from streams.customers.rows import AGGREGATE_COLUMNS, ALERT_COLUMNS, CUSTOMER_360_COLUMNS
 from streams.customers.stage import decode_row
 from streams.identity.graph import (
     Erased,
@@ -51,7 +53,7 @@ from streams.identity.graph import (
 from streams.ingest.stage import from_json
 from streams.settings import Settings
 from streams.topology import SINK_ROUTES
-from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaUnavailableError
 from streams.wire.envelope import unpack
 
 __all__ = [
@@ -106,7 +108,7 @@ def _resolved_rows(
     """Touchpoints, stamped with the customer they resolved to (merge notices skipped)."""
     assert value is not None
     for item in unpack(value):
-        if item["t"] != "e":
+        if item["t"] != ItemKind.EVENT:
             continue
         record = from_json(item["r"])
         row = touchpoint_row(record, item["a"], partition, offset, now_ms, item["c"])
@@ -231,9 +233,9 @@ def _alert_rows(codec: AvroCodec) -> RowMapper:
     return rows
 
 
-def default_routes(settings: Settings) -> dict[str, RowMapper]:
+def default_routes(settings: Settings, alerts: AvroCodec | None = None) -> dict[str, RowMapper]:
     """Which topic feeds which ClickHouse table(s): the topology's sink routes."""
-    alerts = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
+    alerts = alerts or reader_codec(settings, ALERT_SUBJECT)
     mappers: dict[str, RowMapper] = {
         "resolved": _resolved_rows,
         "dead_letter": _dead_letter_rows,
@@ -350,7 +352,8 @@ class SinkService(Service):
         self.settings = settings
         self.client_factory = client_factory
         self.executor = executor
-        self.routes = default_routes(settings)
+        self.alert_codec = reader_codec(settings, ALERT_SUBJECT)
+        self.routes = default_routes(settings, self.alert_codec)
         self.topics = sorted(self.routes)
         self.sink: ClickHouseSink | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -391,6 +394,8 @@ class SinkService(Service):
         settings = self.settings
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=200, max_records=settings.sink_batch_rows)
+            if settings.schema_registry_url and not await self._fetch_alert_schemas(batches):
+                return  # stopping while the registry is away: nothing of this batch committed
             now_ms = int(time.time() * 1000)
             for tp, messages in batches.items():
                 for m in messages:
@@ -405,6 +410,27 @@ class SinkService(Service):
             due = time.monotonic() - self._last_flush >= settings.sink_flush_seconds
             if sink.pending_rows >= settings.sink_batch_rows or (due and self._positions):
                 await self.flush_and_commit()
+
+    async def _fetch_alert_schemas(self, batches: dict[TopicPartition, list[Any]]) -> bool:
+        """The alerts' writer schemas, fetched off the loop before decoding; waits (retrying)
+        while the registry does not answer. False if the service stops meanwhile."""
+        alerts = self.settings.topics.alerts
+        values = [m.value for tp, ms in batches.items() if tp.topic == alerts for m in ms]
+        delay = 0.5
+        loop = asyncio.get_running_loop()
+        while values:
+            try:
+                await loop.run_in_executor(None, self.alert_codec.prefetch, values)
+                return True
+            except SchemaUnavailableError as exc:
+                if self.should_stop:
+                    return False
+                log.warning(
+                    "sink waits for the schema registry (%s); retrying in %.1fs", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        return True
 
     async def flush_and_commit(self) -> None:
         """Insert what is pending, then commit exactly the offsets it covers."""

@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 from streams.ingest.normalise import normalise_country, normalise_identifiers
-from streams.wire.codec import AvroCodec, DecodeError
-from streams.wire.dlq import DeadLetter, RawMessage, dead_letter
+from streams.wire.codec import AvroCodec, DecodeError, SchemaUnavailableError
+from streams.wire.dlq import DEFAULT_MAX_DEAD_LETTER_BYTES, DeadLetter, RawMessage, dead_letter
 from streams.wire.model import (
     CATALOGUE,
     COMMERCE,
@@ -37,6 +37,7 @@ __all__ = [
     "IngestStage",
     "Reason",
     "Rejected",
+    "Seen",
     "ingest_message",
     "anchor_key",
 ]
@@ -52,6 +53,7 @@ class Reason(StrEnum):
     BAD_MAGIC_BYTE = "bad_magic_byte"
     UNKNOWN_SCHEMA_ID = "unknown_schema_id"
     WRONG_SUBJECT = "wrong_subject"
+    INCOMPATIBLE_SCHEMA = "incompatible_schema"
     TRUNCATED_BODY = "truncated_body"
     CORRUPT_BODY = "corrupt_body"
     TRAILING_BYTES = "trailing_bytes"
@@ -94,6 +96,7 @@ class IngestPolicy:
     max_event_age_ms: int = 90 * 24 * 3600 * 1000
     default_phone_region: str = "GB"
     max_identifier_chars: int = 256
+    max_dead_letter_bytes: int = DEFAULT_MAX_DEAD_LETTER_BYTES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestPolicy:
@@ -105,6 +108,7 @@ class IngestPolicy:
             max_event_age_ms=settings.max_event_age_seconds * 1000,
             default_phone_region=settings.default_phone_region,
             max_identifier_chars=settings.max_identifier_chars,
+            max_dead_letter_bytes=settings.dead_letter_max_bytes,
         )
 
 
@@ -325,11 +329,25 @@ def anchor_key(record: TouchpointRecord, is_blocked: Callable[[str], bool] | Non
 
 @dataclass(frozen=True, slots=True)
 class DedupeBatch:
-    """The ids first seen in one batch of one partition: one durable state entry."""
+    """The ids first seen in one batch of one partition: one durable state entry.
+
+    ``offsets[i]`` is the source offset ``event_ids[i]`` was read at (empty for entries
+    written before offsets were kept): the same id read again at the *same* offset is the
+    batch replayed after a crash or rebalance, not a producer sending it twice.
+    """
 
     key: str
     seen_ms: int
     event_ids: tuple[str, ...]
+    offsets: tuple[int, ...] = ()
+
+
+class Seen(StrEnum):
+    """What the de-duplication state says about an event id read at an offset."""
+
+    NEW = "new"
+    REPLAY = "replay"  # same id, same offset: its output was delivered before the state
+    DUPLICATE = "duplicate"  # same id at another offset: the producer sent it again
 
 
 class Deduplicator:
@@ -346,26 +364,39 @@ class Deduplicator:
     def __init__(self, horizon_ms: int, max_ids: int = 1_000_000) -> None:
         self.horizon_ms = horizon_ms
         self.max_ids = max_ids
-        self._ids: dict[str, str] = {}
+        self._ids: dict[str, tuple[str, int]] = {}  # event id -> (batch key, offset or -1)
         self._batches: OrderedDict[str, DedupeBatch] = OrderedDict()
 
     def restore(self, batches: list[DedupeBatch]) -> None:
         for batch in sorted(batches, key=lambda b: b.seen_ms):
-            self._batches[batch.key] = batch
-            for event_id in batch.event_ids:
-                self._ids[event_id] = batch.key
+            self._index(batch)
+
+    def _index(self, batch: DedupeBatch) -> None:
+        self._batches[batch.key] = batch
+        offsets = batch.offsets or (-1,) * len(batch.event_ids)
+        for event_id, offset in zip(batch.event_ids, offsets, strict=True):
+            self._ids[event_id] = (batch.key, offset)
 
     def is_duplicate(self, event_id: str, pending: set[str]) -> bool:
         """Seen within the horizon, or earlier in the batch being built (``pending``)."""
         return event_id in self._ids or event_id in pending
 
-    def remember(self, key: str, event_ids: list[str], now_ms: int) -> DedupeBatch | None:
+    def check(self, event_id: str, offset: int, pending: set[str]) -> Seen:
+        """``pending``: ids taken earlier in the batch being built (always other offsets)."""
+        if event_id in pending:
+            return Seen.DUPLICATE
+        seen = self._ids.get(event_id)
+        if seen is None:
+            return Seen.NEW
+        return Seen.REPLAY if seen[1] == offset else Seen.DUPLICATE
+
+    def remember(
+        self, key: str, event_ids: list[str], now_ms: int, offsets: list[int] | None = None
+    ) -> DedupeBatch | None:
         if not event_ids:
             return None
-        batch = DedupeBatch(key, now_ms, tuple(event_ids))
-        self._batches[key] = batch
-        for event_id in event_ids:
-            self._ids[event_id] = key
+        batch = DedupeBatch(key, now_ms, tuple(event_ids), tuple(offsets or ()))
+        self._index(batch)
         return batch
 
     def expire(self, now_ms: int) -> list[str]:
@@ -378,7 +409,7 @@ class Deduplicator:
                 break
             self._batches.popitem(last=False)
             for event_id in batch.event_ids:
-                if self._ids.get(event_id) == key:
+                if self._ids.get(event_id, ("",))[0] == key:
                     del self._ids[event_id]
             dropped.append(key)
         return dropped
@@ -401,6 +432,7 @@ class BatchResult:
     dead: list[DeadLetter]
     state_puts: list[tuple[int, str, dict[str, Any]]]  # (partition, key, value)
     state_deletes: list[tuple[int, str]]
+    replayed: int = 0  # events read again at the offset they were first taken at
 
 
 def from_json(record: TouchpointRecord) -> TouchpointRecord:
@@ -433,7 +465,12 @@ class IngestStage:
 
     def restore(self, partition: int, entries: list[tuple[str, dict[str, Any]]]) -> None:
         dedupe = Deduplicator(self.dedupe_horizon_ms)
-        dedupe.restore([DedupeBatch(key, int(v["seen_ms"]), tuple(v["ids"])) for key, v in entries])
+        dedupe.restore(
+            [
+                DedupeBatch(key, int(v["seen_ms"]), tuple(v["ids"]), tuple(v.get("offsets", ())))
+                for key, v in entries
+            ]
+        )
         self._dedupers[partition] = dedupe
 
     def forget(self, partition: int) -> None:
@@ -445,6 +482,7 @@ class IngestStage:
     def process(self, messages: list[RawMessage], now_ms: int) -> BatchResult:
         result = BatchResult([], [], [], [])
         fresh: dict[int, list[str]] = {}
+        fresh_offsets: dict[int, list[int]] = {}
         fresh_sets: dict[int, set[str]] = {}
         first_offset: dict[int, int] = {}
         for msg in messages:
@@ -452,6 +490,8 @@ class IngestStage:
                 outcome = ingest_message(
                     msg.value, self.codec, self.policy, now_ms, self.is_blocked
                 )
+            except SchemaUnavailableError:
+                raise  # not the message's fault: the batch waits and is retried whole
             except Exception as exc:  # noqa: BLE001 - never lose an event, never crash
                 outcome = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             if isinstance(outcome, Accepted) and self.dedupe_horizon_ms > 0:
@@ -460,26 +500,49 @@ class IngestStage:
                 dedupe = self._dedupers.setdefault(
                     msg.partition, Deduplicator(self.dedupe_horizon_ms)
                 )
-                if dedupe.is_duplicate(event_id, pending):
+                seen = dedupe.check(event_id, msg.offset, pending)
+                if seen is Seen.REPLAY:
+                    # Its output was delivered before the state that remembers it (see the
+                    # agent): a crash or rebalance replays the batch; nothing to send again.
+                    result.replayed += 1
+                    continue
+                if seen is Seen.DUPLICATE:
                     outcome = Rejected(
                         Reason.DUPLICATE_EVENT_ID, f"event_id {event_id!r} already ingested"
                     )
                 else:
                     pending.add(event_id)
                     fresh.setdefault(msg.partition, []).append(event_id)
+                    fresh_offsets.setdefault(msg.partition, []).append(msg.offset)
                     first_offset.setdefault(msg.partition, msg.offset)
             if isinstance(outcome, Accepted):
                 anchor = anchor_key(outcome.record, self.is_blocked)
                 result.valid.append(ValidOut(anchor, outcome.record))
             else:
-                result.dead.append(dead_letter(msg, outcome.reason, outcome.detail, now_ms))
+                result.dead.append(
+                    dead_letter(
+                        msg,
+                        outcome.reason,
+                        outcome.detail,
+                        now_ms,
+                        self.policy.max_dead_letter_bytes,
+                    )
+                )
         for partition, ids in fresh.items():
             dedupe = self._dedupers[partition]
             key = f"{partition}:{first_offset[partition]}"
-            batch = dedupe.remember(key, ids, now_ms)
+            batch = dedupe.remember(key, ids, now_ms, fresh_offsets[partition])
             if batch is not None:
                 result.state_puts.append(
-                    (partition, key, {"seen_ms": batch.seen_ms, "ids": list(batch.event_ids)})
+                    (
+                        partition,
+                        key,
+                        {
+                            "seen_ms": batch.seen_ms,
+                            "ids": list(batch.event_ids),
+                            "offsets": list(batch.offsets),
+                        },
+                    )
                 )
             result.state_deletes.extend((partition, k) for k in dedupe.expire(now_ms))
         return result

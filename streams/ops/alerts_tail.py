@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer
 
 from streams.adapters.kafka import consumer_security
+from streams.adapters.schema_registry import reader_codec
 from streams.customers.detect import Severity
 from streams.settings import Settings
-from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.codec import ALERT_SUBJECT
 
 __all__ = ["format_alert", "tail"]
 
@@ -33,7 +34,7 @@ async def tail(
     echo: Callable[[str], None],
     max_alerts: int | None = None,
 ) -> int:
-    codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
+    codec = reader_codec(settings, ALERT_SUBJECT)  # registry ids with SCHEMA_REGISTRY_URL
     consumer = AIOKafkaConsumer(
         settings.topics.alerts,
         bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.adapters.kafka import consumer_security
 from streams.settings import Settings
-from streams.wire.dlq import SOURCE_TOPIC, parse_dead_letter_headers
+from streams.wire.dlq import SOURCE_TOPIC, TRUNCATED, parse_dead_letter_headers
 
 __all__ = ["replay_dead_letters", "show_dead_letters"]
 
@@ -84,6 +84,9 @@ async def replay_dead_letters(
                 for m in messages:
                     meta = parse_dead_letter_headers(m.headers)
                     if reasons and meta.get("dlq.reason") not in reasons:
+                        skipped += 1
+                        continue
+                    if meta.get(TRUNCATED) == "true":  # not the original bytes: cannot replay
                         skipped += 1
                         continue
                     sent += 1

@@ -25,21 +25,22 @@ import faust
 import orjson
 import yaml
 from aiohttp import web as aioweb
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.types import TP
 from mode import Service
 
 from streams import metrics, topology
 from streams.adapters.clickhouse import ClickHouse, connect
 from streams.adapters.kafka import consumer_security
+from streams.adapters.schema_registry import RemoteSchemas
 from streams.adapters.sink import SinkService
 from streams.adapters.webhooks import WebhookDispatcher, load_subscribers
 from streams.customers.detect import Detector, Rules
+from streams.customers.items import ItemKind, erased_item, event_item, merge_item
 from streams.customers.stage import (
     POSITION_SCALE,
     CustomerStage,
     encode_rows,
-    event_item,
-    merge_item,
 )
 from streams.identity.graph import (
     Erased,
@@ -62,13 +63,22 @@ from streams.ops.operator import find_customer, identifier_key, timeline
 from streams.runtime.faust_patches import keep_buffers_on_resume
 from streams.runtime.state import StoredView, TableShard
 from streams.settings import Settings
-from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.wire.dlq import RawMessage
+from streams.wire import keys
+from streams.wire.codec import (
+    ALERT_SUBJECT,
+    TOUCHPOINT_SUBJECT,
+    AvroCodec,
+    SchemaRegistry,
+    SchemaUnavailableError,
+)
+from streams.wire.dlq import RawMessage, shrink
 from streams.wire.envelope import group_by_partition, pack_chunks, partition_for, unpack
 
 __all__ = ["Pipeline", "create_app"]
 
 log = logging.getLogger(__name__)
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
 def _credentials(settings: Settings) -> Any:
@@ -97,7 +107,18 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.registry = SchemaRegistry.from_dir(settings.schemas_dir)
-        self.codec = AvroCodec(self.registry, TOUCHPOINT_SUBJECT)
+        # With SCHEMA_REGISTRY_URL, writer ids are resolved there and alerts carry its id;
+        # without, schemas/registry.json is the registry.
+        self.remote_schemas: RemoteSchemas | None = (
+            RemoteSchemas.from_settings(settings, self.registry)
+            if settings.schema_registry_url
+            else None
+        )
+        self.codec = (
+            self.remote_schemas.input_codec(TOUCHPOINT_SUBJECT)
+            if self.remote_schemas is not None
+            else AvroCodec(self.registry, TOUCHPOINT_SUBJECT)
+        )
         self.identity_rules = (
             IdentityRules.from_mapping(yaml.safe_load(settings.identity_rules.read_text()) or {})
             if settings.identity_rules
@@ -120,7 +141,10 @@ class Pipeline:
             detector=Detector(self.rules),
             dedupe_horizon_ms=settings.dedupe_horizon_seconds * 1000,
         )
-        self.alert_codec = AvroCodec(self.registry, ALERT_SUBJECT)
+        self.alert_codec: AvroCodec | None = (
+            None if self.remote_schemas is not None else AvroCodec(self.registry, ALERT_SUBJECT)
+        )  # with a registry: once ALERT_SUBJECT is registered there (``_output_codec``)
+        self._register_lock = asyncio.Lock()
         subscribers = (
             load_subscribers(settings.rules_file, environ or {}) if settings.rules_file else []
         )
@@ -209,6 +233,8 @@ class Pipeline:
         app.agent(self.identity_in, name="identity")(self._identity_agent)
         app.agent(self.resolved_topic, name="customers")(self._customer_agent)
         app.timer(60.0, on_leader=False)(self._tick_customers)
+        if self.remote_schemas is not None:
+            app.task(self._register_output_schemas)
         if self.webhooks is not None:
             app.service(cast(Any, _DispatcherService(self.webhooks)))
         if settings.sink_enabled:
@@ -261,6 +287,12 @@ class Pipeline:
         for partition in {m.partition for m in messages}:
             if not self.stage.has_partition(partition):
                 self.stage.restore(partition, self._dedupe_entries(partition))
+        if self.remote_schemas is not None:
+            # Writer schemas fetched off the loop; raises SchemaUnavailableError while the registry
+            # does not answer: ``_guarded`` retries the batch, nothing is acked or dead-lettered.
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.codec.prefetch, [m.value for m in messages]
+            )
         now_ms = int(time.time() * 1000)
         result = self.stage.process(messages, now_ms)
         pending = []
@@ -273,15 +305,19 @@ class Pipeline:
             pending.extend(await self._send_envelopes(valid_topic, partition, records))
         for channel, count in Counter(out.record["channel"] for out in result.valid).items():
             metrics.VALID_EVENTS.labels(channel).inc(count)
+        dead_sent = [
+            (dead, await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers))
+            for dead in result.dead
+        ]
         for dead in result.dead:
-            pending.append(
-                await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers)
-            )
             metrics.DEAD_LETTERS.labels(dead.reason).inc()
+        if result.replayed:
+            metrics.INGEST_REPLAYED.inc(result.replayed)
         # Output delivered BEFORE the de-duplication state that vouches for it: a crash in
         # between replays the batch as new events (downstream is idempotent) instead of
         # refusing them as duplicates of events that never left. Both before the ack.
         await asyncio.gather(*pending)
+        await self._deliver_dead_letters(dlq_topic, dead_sent)
         shard = TableShard(self.dedupe_table, self.app.producer)
         for partition, key, value in result.state_puts:
             shard.put(partition, key, value)
@@ -291,6 +327,29 @@ class Pipeline:
         metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
         self._export_lag("ingest", messages)
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _deliver_dead_letters(self, topic: str, sent: list[tuple[Any, Any]]) -> None:
+        """Wait for the dead letters; one the broker refuses as too large (its limit is below
+        ``DEAD_LETTER_MAX_BYTES``) goes again cut to a few KiB, so no message can hold its
+        batch — and every partition of this worker — back for good."""
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        again = []
+        for (dead, _), outcome in zip(sent, results, strict=True):
+            if isinstance(outcome, _TOO_LARGE):
+                log.warning(
+                    "dead letter of %d bytes refused by the broker (%s); sending it truncated",
+                    dead.size,
+                    type(outcome).__name__,
+                )
+                small = shrink(dead, 4096)
+                again.append(
+                    await self.app.producer.send(
+                        topic, small.key, small.value, None, None, small.headers
+                    )
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        await asyncio.gather(*again)
 
     async def _identity_agent(self, stream: Any) -> None:
         settings = self.settings
@@ -332,7 +391,7 @@ class Pipeline:
             outputs.extend(resolved)
             outputs.extend(o for o in fx.outputs if not isinstance(o, Resolved))
             first = min(e.message.offset for e in events if e.message.partition == partition)
-            key = f"res|{partition}|{first}"
+            key = keys.resolution(partition, first)
             entry = memory.remember(key, resolved, now_ms)
             if entry is not None:
                 stamps.put(partition, key, entry)
@@ -357,7 +416,7 @@ class Pipeline:
         if memory is None:
             memory = ResolutionMemory(self.settings.dedupe_horizon_seconds * 1000)
             view = StoredView(self.identity_table)
-            memory.restore(view.items_with_prefix(f"res|{partition}|"))
+            memory.restore(view.items_with_prefix(keys.resolution_prefix(partition)))
             self._resolutions[partition] = memory
         return memory
 
@@ -382,7 +441,7 @@ class Pipeline:
             kinds[type(out).__name__.lower()] += 1
             if isinstance(out, Erased):  # the customer stage forgets them too
                 for customer in {out.customer, *out.customers}:
-                    resolved.append((customer, {"t": "x", "c": customer}))
+                    resolved.append((customer, erased_item(customer)))
             if isinstance(out, Merge):
                 notice = merge_item(out.survivor, out.absorbed, out.ts)
                 resolved.append((out.absorbed, notice))
@@ -439,7 +498,7 @@ class Pipeline:
             entries.extend(
                 (base + i, item)
                 for i, item in enumerate(unpack(msg.value))
-                if item["t"] != "e" or item["c"]
+                if item["t"] != ItemKind.EVENT or item["c"]
             )
         for partition in items:
             if not stage.has_partition(partition):
@@ -457,8 +516,9 @@ class Pipeline:
         if out.alerts:
             producer = self.app.producer
             sent = []
+            alert_codec = await self._output_codec()
             for alert in out.alerts:
-                value = self.alert_codec.encode(dict(alert))
+                value = alert_codec.encode(dict(alert))
                 key = alert["customer_id"].encode()
                 sent.append(await producer.send(t.alerts, key, value, None, None, None))
                 metrics.ALERTS.labels(alert["rule"], alert["severity"]).inc()
@@ -484,6 +544,41 @@ class Pipeline:
             else:
                 shard.put(partition, key, value)
         await asyncio.gather(*(await shard.flush_async()))
+
+    async def _output_codec(self) -> AvroCodec:
+        """The alerts codec; with a registry, registers ALERT_SUBJECT first (once, off the
+        loop). Raises ``SchemaUnavailableError`` while the registry does not answer."""
+        if self.alert_codec is None:
+            async with self._register_lock:
+                if self.alert_codec is None:
+                    remote = self.remote_schemas
+                    assert remote is not None  # noqa: S101 - alert_codec is None only then
+                    loop = asyncio.get_running_loop()
+                    codec = await loop.run_in_executor(None, remote.output_codec, ALERT_SUBJECT)
+                    log.info(
+                        "registered %s as schema id %d",
+                        remote.subject(ALERT_SUBJECT),
+                        codec.schema_id,
+                    )
+                    self.alert_codec = codec
+        return self.alert_codec
+
+    async def _register_output_schemas(self) -> None:
+        """At start-up: our output schemas into the registry, so consumers can read alerts
+        before the first one is raised. Retries while the registry does not answer; a
+        refusal (an incompatible change) is logged and raised again at the first alert."""
+        delay = 0.5
+        while True:
+            try:
+                await self._output_codec()
+                return
+            except SchemaUnavailableError as exc:
+                log.warning("schema registry: %s; retrying in %.1fs", exc, delay)
+            except Exception:
+                log.exception("schema registry refused our output schema")
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _tick_customers(self) -> None:
         """The 60 s timer (no parameters: Faust passes the app to a timer that takes one)."""
@@ -537,6 +632,18 @@ class Pipeline:
                     break
                 except asyncio.CancelledError:
                     raise
+                except SchemaUnavailableError as exc:  # waits for the registry, says so briefly
+                    log.warning(
+                        "%s batch waits for the schema registry (%s); retrying in %.1fs",
+                        stage,
+                        exc,
+                        delay,
+                    )
+                    metrics.STAGE_FAILURES.labels(stage).inc()
+                    self.failing.add(stage)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
                 except Exception:
                     log.exception("%s batch failed; retrying in %.1fs", stage, delay)
                     metrics.STAGE_FAILURES.labels(stage).inc()

@@ -11,7 +11,7 @@ person". Against the truth (``StreamEvent.person``):
   An event that carries only shared values (the family tablet alone, the contact
   centre's number) is linkable to nothing: no resolver can know whose it is.
 
-Events resolved to nobody, or to a household (:func:`streams.identity.is_household`:
+Events resolved to nobody, or to a household (:func:`streams.identity.graph.is_household`:
 a shared device or email's own customer, which claims no person), are singletons: they
 make no pair, right or wrong.
 

@@ -36,7 +36,7 @@ from aiokafka.partitioner import murmur2
 
 from streams.adapters.kafka import consumer_security
 from streams.settings import Settings
-from streams.wire.codec import AvroCodec
+from streams.wire.codec import Encoder
 from streams.wire.model import (
     COMMERCE,
     CONTACT,
@@ -1744,7 +1744,7 @@ def generate(
 
 def encode_events(
     events: Sequence[GeneratedEvent],
-    codec: AvroCodec,
+    codec: Encoder,
     old_schema_fraction: float = 0.0,
     seed: int = 7,
 ) -> list[tuple[bytes, bytes]]:

@@ -10,6 +10,10 @@ Wire format (what Schema Registry serializers write and read)::
 mode that file *is* the registry. Decoding resolves any known writer version
 to the subject's newest (reader) schema, so producers still on an older
 version keep working.
+
+Where writer schemas come from is behind ``WriterSchemas``: the local
+``SchemaRegistry`` or, with ``SCHEMA_REGISTRY_URL``, a Confluent Schema Registry
+(``streams.schema_registry``). The reader is always the project's own schema.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, load_schema
@@ -30,12 +34,17 @@ __all__ = [
     "MAGIC_BYTE",
     "AvroCodec",
     "DecodeError",
+    "Encoder",
     "RegisteredSchema",
     "SchemaRegistry",
+    "SchemaUnavailableError",
+    "WriterSchemas",
     "ALERT_SUBJECT",
     "TOUCHPOINT_SUBJECT",
     "backward_compatibility_problems",
     "load_record_schema",
+    "parse_writer_schema",
+    "wire_schema_ids",
 ]
 
 MAGIC_BYTE = 0
@@ -53,6 +62,14 @@ class DecodeError(ValueError):
         self.detail = detail
 
 
+class SchemaUnavailableError(RuntimeError):
+    """A writer schema cannot be fetched *now* (registry unreachable, 5xx, refused credentials).
+
+    Says nothing about the message: the batch waits and is retried, its offsets are not
+    committed, and it is never dead-lettered for this.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class RegisteredSchema:
     subject: str
@@ -60,6 +77,31 @@ class RegisteredSchema:
     schema_id: int
     schema: dict[str, Any]  # expanded JSON form
     parsed: Any  # fastavro parsed form
+
+
+class Encoder(Protocol):
+    """Something that writes records in the Confluent wire format (``AvroCodec``, or a
+    registry-backed serializer); ``schema_id`` picks an older version of registry.json."""
+
+    def encode(self, record: dict[str, Any], schema_id: int | None = None) -> bytes: ...
+
+
+class WriterSchemas(Protocol):
+    """Where the codec finds the writer schema of the id on the wire."""
+
+    def writer(self, schema_id: int, subject: str) -> RegisteredSchema:
+        """The writer schema of ``schema_id``, which must belong to ``subject``.
+
+        Raises ``DecodeError`` (``unknown_schema_id``, ``wrong_subject``,
+        ``incompatible_schema``) when no message with this id can ever be decoded here, and
+        ``SchemaUnavailableError`` when that cannot be told now.
+        """
+        ...
+
+    def prefetch(self, schema_ids: set[int], subject: str) -> None:
+        """Resolve ``schema_ids`` ahead of decoding (off the event loop); may raise
+        ``SchemaUnavailableError``; an id that can never decode is left for ``writer`` to refuse."""
+        ...
 
 
 class SchemaRegistry:
@@ -92,6 +134,17 @@ class SchemaRegistry:
     def by_id(self, schema_id: int) -> RegisteredSchema | None:
         return self._by_id.get(schema_id)
 
+    def writer(self, schema_id: int, subject: str) -> RegisteredSchema:
+        found = self._by_id.get(schema_id)
+        if found is None:
+            raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not registered")
+        if found.subject != subject:
+            raise DecodeError("wrong_subject", f"schema id {schema_id} belongs to {found.subject}")
+        return found
+
+    def prefetch(self, schema_ids: set[int], subject: str) -> None:
+        """Everything is in memory already."""
+
     def versions(self, subject: str) -> list[RegisteredSchema]:
         return list(self._by_subject[subject])
 
@@ -118,33 +171,102 @@ def _plain_timestamps(schema: Any) -> Any:
     return schema
 
 
+def parse_writer_schema(schema: Any) -> Any:
+    """fastavro's parsed form of a writer schema (JSON form), timestamps read as epoch ms."""
+    return parse_schema(_plain_timestamps(schema))
+
+
+def wire_schema_ids(values: list[bytes | None]) -> set[int]:
+    """The schema ids in the Confluent headers of ``values`` (others are left to decode)."""
+    ids: set[int] = set()
+    for value in values:
+        if value and len(value) >= _HEADER.size and value[0] == MAGIC_BYTE:
+            ids.add(_HEADER.unpack_from(value)[1])
+    return ids
+
+
 def load_record_schema(path: Path) -> dict[str, Any]:
     """Load a record from ``schemas/records`` with its named references, expanded."""
     return cast(dict[str, Any], expand_schema(load_schema(str(path), _write_hint=False)))
 
 
 class AvroCodec:
-    """Encode/decode one subject's records in the Confluent wire format."""
+    """Encode/decode one subject's records in the Confluent wire format.
 
-    def __init__(self, registry: SchemaRegistry, subject: str) -> None:
+    ``subject`` names the project's schema in ``registry`` (the reader, and what ``encode``
+    writes). ``writers`` finds writer schemas by id (default: ``registry`` itself) and
+    ``wire_subject`` is the subject they must belong to there (default: ``subject``).
+    ``schema_id`` is the id ``encode`` writes (default: the reader's id in ``registry``).
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        subject: str,
+        *,
+        writers: WriterSchemas | None = None,
+        wire_subject: str | None = None,
+        schema_id: int | None = None,
+    ) -> None:
         self._registry = registry
         self._subject = subject
+        self._writers: WriterSchemas = writers or registry
+        self._wire_subject = wire_subject or subject
         self._reader = registry.latest(subject)
-        self._header = _HEADER.pack(MAGIC_BYTE, self._reader.schema_id)
+        self._schema_id = self._reader.schema_id if schema_id is None else schema_id
+        # schema id -> (writer, reader or None when they are the same), or why it never decodes
+        self._plans: dict[int, tuple[RegisteredSchema, Any] | DecodeError] = {}
         self._strict: dict[int, Any] = {}  # schema id -> compiled strict check
 
     @property
     def schema_id(self) -> int:
-        return self._reader.schema_id
+        return self._schema_id
+
+    @property
+    def wire_subject(self) -> str:
+        return self._wire_subject
 
     def encode(self, record: dict[str, Any], schema_id: int | None = None) -> bytes:
-        writer = self._reader if schema_id is None else self._registry.by_id(schema_id)
-        if writer is None:
-            raise KeyError(f"unknown schema id {schema_id}")
+        if schema_id is None:
+            writer, header_id = self._reader.parsed, self._schema_id
+        else:
+            found = self._registry.by_id(schema_id)
+            if found is None:
+                raise KeyError(f"unknown schema id {schema_id}")
+            writer, header_id = found.parsed, found.schema_id
         buf = io.BytesIO()
-        buf.write(_HEADER.pack(MAGIC_BYTE, writer.schema_id))
-        schemaless_writer(buf, writer.parsed, record)
+        buf.write(_HEADER.pack(MAGIC_BYTE, header_id))
+        schemaless_writer(buf, writer, record)
         return buf.getvalue()
+
+    def prefetch(self, values: list[bytes | None]) -> None:
+        """Fetch the writer schemas of ``values`` before decoding them (blocking: run it off
+        the event loop). Raises ``SchemaUnavailableError`` if one cannot be fetched now."""
+        missing = {i for i in wire_schema_ids(values) if i not in self._plans}
+        if missing:
+            self._writers.prefetch(missing, self._wire_subject)
+
+    def _plan(self, schema_id: int) -> tuple[RegisteredSchema, Any]:
+        plan = self._plans.get(schema_id)
+        if plan is None:
+            writer = self._writers.writer(schema_id, self._wire_subject)  # may raise
+            if writer.schema == self._reader.schema:
+                plan = (writer, None)
+            else:
+                problems = backward_compatibility_problems(writer.schema, self._reader.schema)
+                plan = (
+                    DecodeError(
+                        "incompatible_schema",
+                        f"schema id {schema_id} cannot be read as {self._subject}: "
+                        + "; ".join(problems[:3]),
+                    )
+                    if problems
+                    else (writer, self._reader.parsed)
+                )
+            self._plans[schema_id] = plan
+        if isinstance(plan, DecodeError):
+            raise DecodeError(plan.reason, plan.detail)
+        return plan
 
     def decode(self, data: bytes) -> dict[str, Any]:
         if len(data) < _HEADER.size:
@@ -152,15 +274,10 @@ class AvroCodec:
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC_BYTE:
             raise DecodeError("bad_magic_byte", f"first byte is {data[0]:#04x}, expected 0x00")
-        writer = self._registry.by_id(schema_id)
-        if writer is None:
-            raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not registered")
-        if writer.subject != self._subject:
-            raise DecodeError("wrong_subject", f"schema id {schema_id} belongs to {writer.subject}")
+        writer, reader = self._plan(schema_id)
         self.check_strict(writer, data)
         buf = io.BytesIO(data)
         buf.seek(_HEADER.size)
-        reader = None if writer.schema_id == self._reader.schema_id else self._reader.parsed
         try:
             record = schemaless_reader(
                 buf,

@@ -25,22 +25,11 @@ import clickhouse_connect
 import pytest
 
 from streams.adapters.clickhouse import ClickHouse, migrate
-from streams.customers.aggregates import (
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    AddOutcome,
-    AggregateRow,
-    AggregatorState,
-    BucketKey,
-    Customer360Book,
-    Customer360Row,
-    Measures,
-    count_new_customers,
-    dedupe_token,
-    recompute,
-    rows_for_clickhouse,
-)
+from streams.customers.aggregates import AddOutcome, AggregatorState
+from streams.customers.c360 import Customer360Book
+from streams.customers.measures import DAY_MS, HOUR_MS, MINUTE_MS, BucketKey, Measures
+from streams.customers.recompute import count_new_customers, recompute
+from streams.customers.rows import AggregateRow, Customer360Row, dedupe_token, rows_for_clickhouse
 from streams.sim.generator import generate
 from streams.wire.model import ResolvedEvent
 

@@ -263,3 +263,88 @@ def test_cli_detached_start_status_stop(tmp_path: Path) -> None:
     )
     assert status.returncode == 1
     assert status.stdout.strip() == "stopped"
+
+
+def test_cli_restarts_on_kept_data_on_the_same_port(tmp_path: Path) -> None:
+    """Issue 12, item 8: `stop --keep-data` then `start` brings the same broker back —
+    topics, messages and committed offsets — on the same bootstrap (before, `start`
+    formatted new storage on new ports). `start --fresh` starts empty."""
+    kafka_python = pytest.importorskip("kafka", reason="kafka-python not installed")
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    base = [sys.executable, str(SCRIPT)]
+    where = ["--workdir", str(tmp_path), "--libs-dir", str(LIBS_DIR)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [*base, *args, *where],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    topic, group = "kept-topic", "kept-group"
+    bootstrap = cli("start")
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        finally:
+            admin.close()
+        producer = kafka_python.KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        for i in range(10):
+            producer.send(topic, f"m{i}".encode())
+        producer.flush(timeout=30)
+        producer.close(timeout=10)
+        consumer = kafka_python.KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 4 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500, max_records=4 - len(got)).values():
+                got.extend(r.value for r in records)
+        consumer.commit()
+        consumer.close()
+        assert len(got) == 4
+
+        cli("stop", "--keep-data")
+        assert not _port_open(bootstrap)
+        assert cli("start") == bootstrap  # same port, same storage
+
+        consumer = kafka_python.KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        rest: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(rest) < 6 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                rest.extend(r.value for r in records)
+        consumer.close()
+        assert rest == [f"m{i}".encode() for i in range(4, 10)]  # the group resumes at 4
+
+        cli("stop", "--keep-data")
+        fresh = cli("start", "--fresh")
+        admin = KafkaAdminClient(bootstrap_servers=fresh)
+        try:
+            assert topic not in admin.list_topics()
+        finally:
+            admin.close()
+    finally:
+        cli("stop")
+    assert not (tmp_path / "kept-data.json").exists()
+    assert not list(tmp_path.glob("data-*"))

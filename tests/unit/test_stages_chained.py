@@ -16,9 +16,11 @@ from typing import Any
 
 import orjson
 
-from streams.customers.aggregates import AggregateRow, combine, recompute
 from streams.customers.detect import Alert
-from streams.customers.stage import POSITION_SCALE, CustomerStage, event_item, merge_item
+from streams.customers.items import event_item, merge_item
+from streams.customers.recompute import recompute
+from streams.customers.rows import AggregateRow, combine
+from streams.customers.stage import POSITION_SCALE, CustomerStage
 from streams.identity.graph import IdentityRules, Merge, Resolved, Simulator, offline_components
 from streams.ingest.stage import IngestPolicy, IngestStage, anchor_key, from_json
 from streams.settings import Settings
@@ -28,7 +30,7 @@ from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.dlq import RawMessage
 from streams.wire.envelope import partition_for
 from streams.wire.model import IDENTIFIER_KINDS, ResolvedEvent, TouchpointRecord
-from tests.unit.customers.test_customer_stage import Store
+from tests.unit.customers.store import Store
 
 NOW = 1_765_000_000_000
 PARTITIONS = 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, cast
 
@@ -13,215 +12,47 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.customers.aggregates import (
-    AGGREGATE_COLUMNS,
-    CUSTOMER_360_COLUMNS,
+from streams.customers.aggregates import AddOutcome, AggregatorState
+from streams.customers.c360 import Customer360Book, Customer360State
+from streams.customers.measures import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
     REPEAT_CONTACT_MS,
     SWITCH_AFTER_FAILURE_MS,
-    AddOutcome,
-    AggregateRow,
-    AggregatorState,
-    Customer360Book,
-    Customer360State,
     Measures,
-    combine,
-    count_new_customers,
-    dedupe_token,
     minute_of,
-    recompute,
-    rows_for_clickhouse,
     segment_of,
 )
+from streams.customers.recompute import count_new_customers, recompute
+from streams.customers.rows import (
+    AGGREGATE_COLUMNS,
+    CUSTOMER_360_COLUMNS,
+    AggregateRow,
+    combine,
+    dedupe_token,
+    rows_for_clickhouse,
+)
 from streams.wire.model import (
-    COMMERCE,
-    CONTACT,
-    MOBILE,
-    SOCIAL,
-    WEB,
     MergeNotice,
     ResolvedEvent,
-    TouchpointRecord,
 )
-
-T0 = 1_800_000_000_000 - 1_800_000_000_000 % DAY_MS  # a UTC midnight
-NOW = T0 + 30 * DAY_MS
-LATE = 5 * MINUTE_MS
-
-
-# --------------------------------------------------------------------------- event builders
-
-
-def _ids(**kw: str) -> dict[str, str | None]:
-    kinds = (
-        "anonymous_id",
-        "device_id",
-        "customer_id",
-        "login_id",
-        "email",
-        "phone",
-        "social_handle",
-        "loyalty_id",
-    )
-    return {k: kw.get(k) for k in kinds}
-
-
-_counter = iter(range(10**9))
-
-
-def ev(
-    customer: str,
-    ts: int,
-    channel: str = "web",
-    event_type: str = "page_view",
-    payload: tuple[str, dict[str, Any]] | None = None,
-    *,
-    country: str | None = "GB",
-    ids: dict[str, str | None] | None = None,
-    properties: dict[str, str] | None = None,
-    event_id: str | None = None,
-) -> ResolvedEvent:
-    record = {
-        "event_id": event_id or f"e{next(_counter):08d}",
-        "channel": channel,
-        "event_type": event_type,
-        "occurred_at": ts,
-        "received_at": ts,
-        "source": "test",
-        "identifiers": ids or _ids(customer_id=customer),
-        "context": {
-            "country": country,
-            "geo": None,
-            "ip": None,
-            "user_agent": None,
-            "locale": None,
-            "timezone": None,
-        },
-        "payload": payload,
-        "properties": properties or {},
-        "consent": None,
-    }
-    return {"customer_id": customer, "record": cast(TouchpointRecord, record)}
-
-
-def web(step: str | None = None, success: bool | None = None) -> tuple[str, dict[str, Any]]:
-    return (
-        WEB,
-        {
-            "session_id": "s",
-            "url": None,
-            "referrer": None,
-            "page_type": None,
-            "search_query": None,
-            "product_id": None,
-            "checkout_step": step,
-            "success": success,
-            "error_code": None,
-        },
-    )
-
-
-def mobile() -> tuple[str, dict[str, Any]]:
-    return (
-        MOBILE,
-        {
-            "session_id": "s",
-            "app_version": "1",
-            "os": "ios",
-            "screen": None,
-            "push_campaign": None,
-            "support_topic": None,
-            "success": False,
-            "error_code": None,
-        },
-    )
-
-
-def commerce(
-    status: str, amount: float = 10.0, currency: str = "GBP", items: int | None = 2
-) -> tuple[str, dict[str, Any]]:
-    return (
-        COMMERCE,
-        {
-            "order_id": "o",
-            "transaction_id": "t",
-            "amount": amount,
-            "currency": currency,
-            "merchant": None,
-            "merchant_category": None,
-            "payment_method": None,
-            "status": status,
-            "items": items,
-        },
-    )
-
-
-def contact(
-    wait: float | None = 30.0,
-    handle: float | None = 200.0,
-    resolved: bool | None = True,
-    transferred: bool | None = False,
-    complaint: bool | None = False,
-    csat: int | None = None,
-    nps: int | None = None,
-) -> tuple[str, dict[str, Any]]:
-    return (
-        CONTACT,
-        {
-            "contact_id": "c",
-            "medium": "call",
-            "queue": "q",
-            "agent_id": "a",
-            "reason": "r",
-            "wait_seconds": wait,
-            "handle_seconds": handle,
-            "resolved": resolved,
-            "transferred": transferred,
-            "is_complaint": complaint,
-            "csat": csat,
-            "nps": nps,
-        },
-    )
-
-
-def social(sentiment: float | None) -> tuple[str, dict[str, Any]]:
-    return (
-        SOCIAL,
-        {
-            "platform": "x",
-            "message_id": "m",
-            "in_reply_to": None,
-            "text": None,
-            "sentiment": sentiment,
-            "is_public": True,
-        },
-    )
-
-
-def call(customer: str, ts: int, **kw: Any) -> ResolvedEvent:
-    return ev(customer, ts, "contact_centre", "call", contact(**kw))
-
-
-def failure(customer: str, ts: int, event_type: str = "checkout_failed") -> ResolvedEvent:
-    return ev(customer, ts, "web", event_type, web("payment", False))
-
-
-def run(
-    events: Sequence[ResolvedEvent], state: AggregatorState | None = None, **kw: Any
-) -> tuple[AggregatorState, list[AggregateRow], list[AddOutcome]]:
-    state = state or AggregatorState(0, **kw)
-    outcomes = [state.add(e, NOW) for e in events]
-    return state, state.flush(NOW), outcomes
-
-
-def totals(rows: Sequence[AggregateRow]) -> Measures:
-    out = Measures()
-    for m in combine(rows).values():
-        out.merge(m)
-    return out
-
+from tests.unit.customers.aggregate_events import (
+    LATE,
+    NOW,
+    T0,
+    call,
+    commerce,
+    contact,
+    ev,
+    failure,
+    identifiers_of,
+    mobile,
+    run,
+    social,
+    totals,
+    web,
+)
 
 # --------------------------------------------------------------------------- windows
 
@@ -480,12 +311,12 @@ def test_segment_is_bounded_and_explicit_values_must_be_known() -> None:
     rec = ev("a", T0)["record"]
     assert segment_of(rec) == "registered"
     cases = [
-        (_ids(anonymous_id="x"), {}, "anonymous"),
-        (_ids(anonymous_id="x", email="e"), {}, "contactable"),
-        (_ids(login_id="l"), {}, "registered"),
-        (_ids(loyalty_id="l", customer_id="c"), {}, "loyalty"),
-        (_ids(anonymous_id="x"), {"segment": " VIP "}, "vip"),
-        (_ids(anonymous_id="x"), {"segment": "whales"}, "anonymous"),
+        (identifiers_of(anonymous_id="x"), {}, "anonymous"),
+        (identifiers_of(anonymous_id="x", email="e"), {}, "contactable"),
+        (identifiers_of(login_id="l"), {}, "registered"),
+        (identifiers_of(loyalty_id="l", customer_id="c"), {}, "loyalty"),
+        (identifiers_of(anonymous_id="x"), {"segment": " VIP "}, "vip"),
+        (identifiers_of(anonymous_id="x"), {"segment": "whales"}, "anonymous"),
     ]
     for ids, props, expected in cases:
         assert segment_of(ev("a", T0, ids=ids, properties=props)["record"]) == expected
@@ -627,14 +458,14 @@ def test_customer_360_state() -> None:
     t = T0 + MINUTE_MS
     book = Customer360Book()
     events = [
-        ev("a", t + 5, ids=_ids(customer_id="a", email="a@x")),
+        ev("a", t + 5, ids=identifiers_of(customer_id="a", email="a@x")),
         ev("a", t, "web", "order_placed", commerce("approved", 10.0)),
         ev("a", t + 1, "web", "payment", commerce("approved", 10.0)),
         ev("a", t + 2, "contact_centre", "survey_response", contact(csat=2, nps=3)),
         ev("a", t + 1, "contact_centre", "survey_response", contact(csat=5, nps=10)),
         ev("a", t + 3, "contact_centre", "complaint", contact(complaint=True)),
         *[ev("a", t + i, "social", "mention", social(s)) for i, s in enumerate([1, 1, 0, 0, 0, 0])],
-        ev("a", t, ids=_ids(loyalty_id="L1")),
+        ev("a", t, ids=identifiers_of(loyalty_id="L1")),
     ]
     for offset, e in enumerate(events):
         assert book.add(e, NOW, offset=offset)
@@ -783,7 +614,11 @@ def _events(draw: st.DrawFn) -> list[ResolvedEvent]:
                 None,
                 country=country,
                 event_id=eid,
-                ids=draw(st.sampled_from([_ids(anonymous_id="x"), _ids(customer_id=customer)])),
+                ids=draw(
+                    st.sampled_from(
+                        [identifiers_of(anonymous_id="x"), identifiers_of(customer_id=customer)]
+                    )
+                ),
             )
         out.append(e)
     return out

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from streams.customers.aggregates import AggregateRow
-from streams.customers.stage import POSITION_SCALE, CustomerOutputs, CustomerStage, event_item
+from streams.customers.items import event_item
+from streams.customers.rows import AggregateRow
+from streams.customers.stage import POSITION_SCALE, CustomerStage
 from streams.ingest.stage import anchor_key
-from tests.unit.customers.test_aggregates import ev, totals
+from tests.unit.customers.aggregate_events import ev, totals
+from tests.unit.customers.store import (
+    Store,
+)
 
 NOW = 1_750_000_000_000
 HOUR_MS = 3_600_000
-
-
-class Store:
-    """The customers table as the stage sees it: ``get``, ``in``, ``items_with_prefix``."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.data
-
-    def items_with_prefix(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        return iter([(k, v) for k, v in self.data.items() if k.startswith(prefix)])
-
-    def apply(self, out: CustomerOutputs) -> None:
-        for _, key, value in out.state_puts:
-            if value is None:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
 
 
 def batch(offset: int, customer: str, event_ids: Sequence[str]) -> list[tuple[int, Any]]:
@@ -140,7 +121,7 @@ class CountingStore(Store):
 
 
 def test_the_tick_reads_only_customers_whose_deadline_passed_and_survives_a_restart() -> None:
-    from tests.unit.customers.test_detect import HOUR, T0, contact, only
+    from tests.unit.customers.detect_events import HOUR, T0, contact, only
 
     def stage() -> CustomerStage:
         return CustomerStage(
@@ -178,7 +159,7 @@ def test_deadlines_follow_the_event_time_a_catch_up_has_reached_then_the_clock()
     # A catch-up replays days of events in seconds. A timer tick in the middle of it must
     # not find the complaint overdue while its resolving call-back (30 h later in event
     # time) is still in the backlog; once the partition is idle the clock decides.
-    from tests.unit.customers.test_detect import HOUR, T0, contact, only
+    from tests.unit.customers.detect_events import HOUR, T0, contact, only
 
     stage = CustomerStage(
         1, lateness_ms=60_000, pane_events=10_000, detector=only("complaint_unresolved")
@@ -215,7 +196,7 @@ def test_a_merge_notice_on_the_survivors_partition_leaves_the_absorbed_360_alone
     # customer's partition (0) and the survivor's (1). Only partition 0 may touch the
     # absorbed 360 entry, whose positions are partition 0's; a later event for the absorbed
     # id (a replay keeps its first customer) must still count.
-    from streams.customers.stage import merge_item
+    from streams.customers.items import merge_item
 
     absorbed, survivor = "c-a0", "c-b0"
     stage = CustomerStage(2, lateness_ms=60_000, pane_events=10_000)
@@ -241,7 +222,7 @@ def test_a_customers_events_in_one_batch_are_judged_in_event_time_order() -> Non
     # The call reaches the stage before the failed checkout it follows (they came through
     # different identity partitions). Judged in arrival order the call sees no failure;
     # judged in event time it is a failed self-service journey.
-    from tests.unit.customers.test_detect import MIN, T0, contact, only, rec
+    from tests.unit.customers.detect_events import MIN, T0, contact, only, rec
 
     failed = rec("checkout_failed", "web", T0)
     call = contact("call", T0 + 10 * MIN)
@@ -263,11 +244,11 @@ def test_a_profile_hand_over_judges_the_fragments_events_against_the_history() -
     # The absorbed customer's profile ("p" item) carries its cold events; the survivor
     # has the history: the stage raises what the merge reveals, on the survivor.
     from streams.customers.detect import Profile
-    from tests.unit.customers.test_detect import DAY, HOUR, T0, _day_person, only, rec
+    from tests.unit.customers.detect_events import DAY, HOUR, T0, day_person, only, rec
 
     detector = only("unusual_hour")
     known = Profile("c-survivor")
-    _day_person(known, "Europe/London")
+    day_person(known, "Europe/London")
     night = T0 - T0 % DAY + 2 * HOUR
     cookie = Profile("c-absorbed")
     detector.process(cookie, rec("login", ts=night, event_id="s1"), night)
@@ -289,14 +270,14 @@ def test_an_event_resolved_to_a_customer_whose_profile_moved_follows_it() -> Non
     # arrives. It must be judged against the survivor's history, not start a new profile
     # of its own under an id nothing will ever merge again.
     from streams.customers.detect import Profile
-    from streams.customers.stage import merge_item
-    from tests.unit.customers.test_detect import DAY, HOUR, T0, _day_person, only, rec
+    from streams.customers.items import merge_item
+    from tests.unit.customers.detect_events import DAY, HOUR, T0, day_person, only, rec
 
     absorbed, survivor = "c-a0", "c-b0"  # partitions 0 and 1
     stage = CustomerStage(2, lateness_ms=60_000, pane_events=10_000, detector=only("unusual_hour"))
     store = Store()
     known = Profile(survivor)
-    _day_person(known, "Europe/London")
+    day_person(known, "Europe/London")
     store.data[f"prof|{survivor}"] = known.to_dict()
     day = rec("page_view", ts=T0 - T0 % DAY + 12 * HOUR, event_id="d1")
     for p in (0, 1):

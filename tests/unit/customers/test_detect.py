@@ -7,7 +7,6 @@ import itertools
 import json
 import re
 import typing
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,180 +43,27 @@ from streams.sim.eval_data import (
     run_detector,
     run_offline_eval,
 )
-from streams.wire.codec import AvroCodec, SchemaRegistry
-from streams.wire.model import COMMERCE, CONTACT, SOCIAL, WEB, TouchpointRecord
-
-REPO = Path(__file__).resolve().parents[3]
-SCHEMAS = REPO / "schemas"
-REGISTRY = SchemaRegistry.from_dir(SCHEMAS)
-MIN = 60_000
-HOUR = 3_600_000
-DAY = 86_400_000
-T0 = 1_760_000_000_000  # 2025-10-09 08:53:20 UTC
-LONDON = (51.5074, -0.1278)
-SAO_PAULO = (-23.5505, -46.6333)
-PARIS = (48.8566, 2.3522)
-_n = iter(range(10**9))
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def rec(
-    event_type: str = "page_view",
-    channel: str = "web",
-    ts: int = T0,
-    *,
-    country: str | None = "GB",
-    geo: tuple[float, float] | None = None,
-    tz: str | None = "Europe/London",
-    device: str | None = None,
-    ua: str | None = None,
-    payload: tuple[str, Any] | None = None,
-    event_id: str | None = None,
-) -> TouchpointRecord:
-    if payload is None and channel in ("web", "mobile"):
-        payload = (
-            WEB,
-            {
-                "session_id": None,
-                "url": None,
-                "referrer": None,
-                "page_type": None,
-                "search_query": None,
-                "product_id": None,
-                "checkout_step": None,
-                "success": None,
-                "error_code": None,
-            },
-        )
-    return {
-        "event_id": event_id or f"ev-{next(_n)}",
-        "channel": channel,
-        "event_type": event_type,
-        "occurred_at": ts,
-        "received_at": ts,
-        "source": "test",
-        "identifiers": {
-            "anonymous_id": None,
-            "device_id": device,
-            "customer_id": "CRM-1",
-            "login_id": None,
-            "email": None,
-            "phone": None,
-            "social_handle": None,
-            "loyalty_id": None,
-        },
-        "context": {
-            "country": country,
-            "geo": None if geo is None else {"lat": geo[0], "lon": geo[1], "city": None},
-            "ip": None,
-            "user_agent": ua,
-            "locale": None,
-            "timezone": tz,
-        },
-        "payload": payload,
-        "properties": {},
-        "consent": None,
-    }
-
-
-def pay(
-    amount: float,
-    ts: int = T0,
-    *,
-    currency: str = "GBP",
-    status: str = "approved",
-    country: str | None = "GB",
-    device: str | None = None,
-    geo: tuple[float, float] | None = None,
-    channel: str = "web",
-    event_type: str = "payment",
-    event_id: str | None = None,
-) -> TouchpointRecord:
-    body = {
-        "order_id": None,
-        "transaction_id": None,
-        "amount": amount,
-        "currency": currency,
-        "merchant": "Northwind GB",
-        "merchant_category": None,
-        "payment_method": None,
-        "status": status,
-        "items": 1,
-    }
-    return rec(
-        event_type,
-        channel,
-        ts,
-        country=country,
-        device=device,
-        geo=geo,
-        payload=(COMMERCE, body),
-        event_id=event_id,
-    )
-
-
-def contact(
-    event_type: str = "call",
-    ts: int = T0,
-    *,
-    case: str | None = None,
-    resolved: bool | None = None,
-    complaint: bool | None = None,
-    csat: int | None = None,
-    nps: int | None = None,
-    event_id: str | None = None,
-) -> TouchpointRecord:
-    body = {
-        "contact_id": case,
-        "medium": "call",
-        "queue": None,
-        "agent_id": None,
-        "reason": None,
-        "wait_seconds": None,
-        "handle_seconds": None,
-        "resolved": resolved,
-        "transferred": None,
-        "is_complaint": complaint,
-        "csat": csat,
-        "nps": nps,
-    }
-    return rec(event_type, "contact_centre", ts, payload=(CONTACT, body), event_id=event_id)
-
-
-def social(sentiment: float, ts: int = T0) -> TouchpointRecord:
-    body = {
-        "platform": "x",
-        "message_id": None,
-        "in_reply_to": None,
-        "text": "meh",
-        "sentiment": sentiment,
-        "is_public": True,
-    }
-    return rec("mention", "social", ts, country=None, tz=None, payload=(SOCIAL, body))
-
-
-def only(rule: str, **settings: Any) -> Detector:
-    """A detector with just ``rule`` enabled (others off), with ``settings`` applied."""
-    data = {name: {"enabled": name == rule} for name in RULE_NAMES}
-    data[rule].update(settings)
-    return Detector(Rules.from_mapping({"rules": data}))
-
-
-def run(detector: Detector, profile: Profile, records: list[TouchpointRecord]) -> list[Alert]:
-    alerts: list[Alert] = []
-    for r in records:
-        alerts += detector.process(profile, r, r["occurred_at"])[1]
-    return alerts
-
-
-def history(
-    n: int, start: int = T0 - 30 * DAY, step: int = HOUR, **kw: Any
-) -> Iterator[TouchpointRecord]:
-    for i in range(n):
-        yield rec("page_view", ts=start + i * step, **kw)
-
+from streams.wire.codec import AvroCodec
+from tests.unit.customers.detect_events import (
+    DAY,
+    HOUR,
+    LONDON,
+    MIN,
+    PARIS,
+    REGISTRY,
+    REPO,
+    SAO_PAULO,
+    SCHEMAS,
+    T0,
+    contact,
+    day_person,
+    history,
+    only,
+    pay,
+    rec,
+    run,
+    social,
+)
 
 # --------------------------------------------------------------------------- the Alert contract
 
@@ -660,20 +506,10 @@ def test_velocity_burst_of_password_resets_and_slow_activity() -> None:
 # --------------------------------------------------------------------------- unusual hour
 
 
-def _day_person(
-    profile: Profile, tz: str | None, n: int = 70, utc_hours: tuple[int, ...] = (8, 12, 18)
-) -> None:
-    """n events at these UTC hours over the 40 days before T0 (London: BST, UTC+1)."""
-    day0 = T0 - T0 % DAY - 40 * DAY
-    for i in range(n):
-        ts = day0 + (i // 3) * DAY + utc_hours[i % 3] * HOUR + 10 * MIN
-        fold(profile, rec("page_view", ts=ts, tz=tz))
-
-
 def test_unusual_hour_in_the_customers_local_time() -> None:
     detector = only("unusual_hour")
     profile = Profile("CRM-1")
-    _day_person(profile, "Europe/London")
+    day_person(profile, "Europe/London")
     assert profile.hours[9] and profile.hours[13] and profile.hours[19]
     night = T0 - T0 % DAY + 3 * HOUR - HOUR  # 03:00 London (BST)
     [alert] = run(detector, profile, [rec("login", ts=night, tz="Europe/London")])
@@ -689,15 +525,15 @@ def test_unusual_hour_uses_event_zone_then_profile_zone_then_utc() -> None:
     detector = only("unusual_hour")
     # 03:00 in London is 11:00 in Tokyo: the zone decides.
     profile = Profile("CRM-1")
-    _day_person(profile, "Europe/London")
+    day_person(profile, "Europe/London")
     night = T0 - T0 % DAY + 2 * HOUR  # 02:00 UTC = 03:00 BST
     assert run(detector, profile, [rec("login", ts=night, tz=None)])  # profile's zone
     tokyo = Profile("CRM-2")  # 10:00, 13:00, 19:00 in Tokyo (UTC+9)
-    _day_person(tokyo, "Asia/Tokyo", utc_hours=(1, 4, 10))
+    day_person(tokyo, "Asia/Tokyo", utc_hours=(1, 4, 10))
     assert tokyo.hours[10] and tokyo.hours[13] and tokyo.hours[19]
     assert run(detector, tokyo, [rec("login", ts=night, tz="Asia/Tokyo")]) == []  # 11:00 there
     utc = Profile("CRM-3")
-    _day_person(utc, None)
+    day_person(utc, None)
     assert utc.timezone is None and utc.hours[8] and utc.hours[12] and utc.hours[18]
     [alert] = run(detector, utc, [rec("login", ts=T0 - T0 % DAY + 2 * HOUR, tz=None)])
     assert alert["evidence"]["timezone"] == "UTC"
@@ -706,11 +542,11 @@ def test_unusual_hour_uses_event_zone_then_profile_zone_then_utc() -> None:
 def test_unusual_hour_cold_start_and_non_digital_channels() -> None:
     detector = only("unusual_hour")
     young = Profile("CRM-1")
-    _day_person(young, "Europe/London", n=59)  # < min_history 60
+    day_person(young, "Europe/London", n=59)  # < min_history 60
     night = T0 - T0 % DAY + 2 * HOUR
     assert run(detector, young, [rec("login", ts=night)]) == []
     old = Profile("CRM-2")
-    _day_person(old, "Europe/London")
+    day_person(old, "Europe/London")
     assert run(detector, old, [contact("call", night)]) == []  # calls are not "activity"
     assert run(detector, old, [social(0.5, night)]) == []
 
@@ -721,7 +557,7 @@ def test_a_night_session_judged_cold_is_flagged_when_a_merge_brings_the_history(
     session again: one alert, on the survivor, naming the session's event."""
     detector = only("unusual_hour")
     known = Profile("CRM-1")
-    _day_person(known, "Europe/London")
+    day_person(known, "Europe/London")
     night = T0 - T0 % DAY + 2 * HOUR  # 03:00 London (BST)
     cookie = Profile("anon-1")
     session = [rec("login", ts=night, event_id="s1"), rec("page_view", ts=night + MIN)]
@@ -745,7 +581,7 @@ def test_a_night_session_judged_cold_is_flagged_when_a_merge_brings_the_history(
 
 def test_a_merge_does_not_judge_again_what_needs_no_history_or_is_usual() -> None:
     known = Profile("CRM-1")
-    _day_person(known, "Europe/London")
+    day_person(known, "Europe/London")
     noon = T0 - T0 % DAY + 11 * HOUR  # 12:00 London: a usual hour
     cookie = Profile("anon-1")
     run(Detector(), cookie, [rec("login", ts=noon, geo=LONDON)])
@@ -819,7 +655,7 @@ def test_what_came_after_an_event_is_no_baseline_for_it() -> None:
     detector = only("unusual_hour")
     night = T0 - T0 % DAY - 50 * DAY + 2 * HOUR  # 03:00 London, before all of the history
     later = Profile("CRM-1")
-    _day_person(later, "Europe/London")
+    day_person(later, "Europe/London")
     assert run(detector, later, [rec("login", ts=night, event_id="n1")]) == []
     assert [entry[1]["event_id"] for entry in later.cold] == ["n1"]  # still short of history
     # The same through a merge: a night fragment joined to a customer whose history is all
@@ -827,12 +663,12 @@ def test_what_came_after_an_event_is_no_baseline_for_it() -> None:
     cookie = Profile("anon-1")
     run(detector, cookie, [rec("login", ts=night, event_id="n2")])
     known = Profile("CRM-2")
-    _day_person(known, "Europe/London")
+    day_person(known, "Europe/London")
     merged, alerts = detector.merge(known, cookie, T0)
     assert alerts == [] and [e[1]["event_id"] for e in merged.cold] == ["n2"]
     # History before the event counts however it arrives: 70 earlier events, then the night.
     earlier = Profile("CRM-3")
-    _day_person(earlier, "Europe/London")
+    day_person(earlier, "Europe/London")
     alerts = run(detector, earlier, [rec("login", ts=T0 - T0 % DAY + 2 * HOUR, event_id="n3")])
     assert [a["event_ids"] for a in alerts] == [["n3"]]
     assert alerts[0]["evidence"]["baseline_events"] == "70"

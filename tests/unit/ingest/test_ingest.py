@@ -35,7 +35,13 @@ IS_BLOCKED = IdentityRules().is_blocked  # what the pipeline's ingest stage is g
 def test_the_catalogue_covers_at_least_15_kinds_and_every_stateless_reason() -> None:
     assert len(SAMPLES) >= 15
     covered = {s.reason for s in SAMPLES}
-    stateless = set(Reason) - {Reason.INTERNAL_ERROR, Reason.WRONG_SUBJECT}
+    # wrong_subject / incompatible_schema need a registry that holds such ids (the local one
+    # does not): tests/unit/adapters/test_schema_registry.py and the registry integration tests.
+    stateless = set(Reason) - {
+        Reason.INTERNAL_ERROR,
+        Reason.WRONG_SUBJECT,
+        Reason.INCOMPATIBLE_SCHEMA,
+    }
     assert stateless <= covered
 
 
@@ -249,3 +255,35 @@ def test_received_at_is_bounded_like_occurred_at(received_at: int, reason: Reaso
     outcome = ingest_message(CODEC.encode(record), CODEC, POLICY, NOW)
     assert isinstance(outcome, Rejected) and outcome.reason == reason
     assert "received_at" in outcome.detail
+
+
+def test_a_batch_replayed_after_a_crash_is_not_dead_lettered() -> None:
+    """Issue 12, item 6: the dedupe state is written after the batch's output is delivered;
+    a crash before the offsets commit replays the batch. Those events are counted as
+    replays (their output already left), not dead-lettered as duplicate_event_id; an id
+    the producer really sent twice (another offset) still is."""
+    stage = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
+    values = [CODEC.encode(valid_template(NOW, f"r{i}")) for i in range(5)]
+    first = stage.process([_raw(2, 100 + i, v) for i, v in enumerate(values)], NOW)
+    assert len(first.valid) == 5 and first.replayed == 0
+    durable = {key: value for _, key, value in first.state_puts}
+
+    restarted = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
+    restarted.restore(2, list(durable.items()))
+    replay = [_raw(2, 100 + i, v) for i, v in enumerate(values)]
+    producer_retry = _raw(2, 105, values[0])  # same id, a new offset
+    again = restarted.process([*replay, producer_retry], NOW + 2000)
+    assert again.replayed == 5
+    assert not again.valid
+    assert [
+        (d.reason, parse_dead_letter_headers(d.headers)["dlq.source.offset"]) for d in again.dead
+    ] == [("duplicate_event_id", "105")]
+    assert not again.state_puts  # nothing new to remember
+
+
+def test_dedupe_entries_without_offsets_still_catch_duplicates() -> None:
+    """State written before offsets were kept (a rolling upgrade) keeps working."""
+    restarted = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
+    restarted.restore(0, [("0:7", {"seen_ms": NOW, "ids": ["old-1"]})])
+    again = restarted.process([_raw(0, 7, CODEC.encode(valid_template(NOW, "old-1")))], NOW)
+    assert [d.reason for d in again.dead] == ["duplicate_event_id"] and again.replayed == 0

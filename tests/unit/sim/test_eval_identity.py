@@ -10,22 +10,11 @@ import pytest
 from streams.identity.graph import IdentityRules
 from streams.sim.eval_data import StreamEvent, labelled_stream
 from streams.sim.eval_identity import format_identity, resolve_offline, score_identity
+from streams.wire.model import IDENTIFIER_KINDS
 
 
 def _event(event_id: str, person: int, trap: str = "", **ids: str) -> StreamEvent:
-    identifiers: dict[str, Any] = {
-        kind: None
-        for kind in (
-            "anonymous_id",
-            "device_id",
-            "customer_id",
-            "login_id",
-            "email",
-            "phone",
-            "social_handle",
-            "loyalty_id",
-        )
-    }
+    identifiers: dict[str, Any] = dict.fromkeys(IDENTIFIER_KINDS)
     identifiers.update(ids)
     record: Any = {
         "event_id": event_id,
