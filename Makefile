@@ -15,6 +15,8 @@ CUSTOMERS ?= 500
 RATE      ?=
 EVENTS    ?= 60000
 LATENCY_RATE ?= 5000 1000
+MEMORY_EVENTS ?= 500000
+WORKERS   ?= 1
 
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -47,13 +49,14 @@ registry: $(STAMP) ## build the Schema Registry the tests run (Apicurio, from Ma
 	$(PY) deploy/local/localregistry.py install --workdir $(REGISTRY_HOME)
 
 .PHONY: run
-run: install ## start Kafka + embedded ClickHouse, run worker and generator, print a summary, stop
+run: install ## start Kafka, WORKERS worker processes + the sink (embedded ClickHouse), generator; summary
 	@rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)
 	@LOCALKAFKA_RUN_DIR=$(abspath $(RUN_DIR))/kafka \
 	  CLICKHOUSE_CHDB_PATH=$${CLICKHOUSE_CHDB_PATH:-$(abspath $(RUN_DIR))/chdb} \
 	  DATA_DIR=$(abspath $(RUN_DIR))/faust WEB_PORT=$${WEB_PORT:-0} \
 	  AGGREGATE_LATENESS_SECONDS=$${AGGREGATE_LATENESS_SECONDS:-10800} \
-	  $(WITH_KAFKA) $(VENV)/bin/touchpoints demo --customers $(CUSTOMERS) $(if $(RATE),--rate $(RATE))
+	  $(WITH_KAFKA) $(VENV)/bin/touchpoints demo --customers $(CUSTOMERS) $(if $(RATE),--rate $(RATE)) \
+	    --workers $(WORKERS)
 
 .PHONY: test
 test: install registry ## unit + integration tests (starts a real Kafka broker, Schema Registry, embedded ClickHouse)
@@ -73,11 +76,12 @@ lint: $(STAMP) ## ruff + mypy (strict on streams/)
 check: lint test ## what CI runs
 
 .PHONY: bench
-bench: install ## each stage vs its ceiling, alert latency, identity memory (real broker, one worker)
+bench: install ## CPU/event of 1 and 2 workers + sink vs a ceiling and the old runtime, alert latency, memory
 	@rm -rf .local/bench && mkdir -p .local/bench
 	@LOCALKAFKA_RUN_DIR=$(abspath .local/bench)/kafka CLICKHOUSE_CHDB_PATH=$(abspath .local/bench)/chdb \
 	  DATA_DIR=$(abspath .local/bench)/faust WEB_PORT=0 \
-	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS) $(foreach r,$(LATENCY_RATE),--latency-rate $(r))
+	  $(WITH_KAFKA) $(VENV)/bin/touchpoints bench --events $(EVENTS) $(foreach r,$(LATENCY_RATE),--latency-rate $(r)) \
+	    --memory-events $(MEMORY_EVENTS)
 
 .PHONY: eval
 eval: install ## labelled anomalies through the real pipeline: EVAL precision/recall per detector

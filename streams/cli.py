@@ -56,7 +56,8 @@ def main() -> None:
 
 @main.command()
 def worker() -> None:
-    """Run a pipeline worker (agents, tables, sink, HTTP /metrics /healthz /readyz)."""
+    """Run a pipeline worker (agents, tables, HTTP /metrics /healthz /readyz); the
+    ClickHouse sink runs apart (`touchpoints sink`) unless SINK_ENABLED=true."""
     import faust
 
     from streams.runtime.app import Pipeline
@@ -106,20 +107,18 @@ def _exit_after(seconds: float) -> None:
 
 @main.command()
 def sink() -> None:
-    """Run only the ClickHouse sink (own consumer group); for workers with SINK_ENABLED=false."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Run the ClickHouse sink: the one process that owns ClickHouse (default topology:
+    workers with SINK_ENABLED=false + this). Serves /customers/{id}/timeline, /timeline,
+    /metrics, /healthz, /readyz on WEB_PORT."""
     from mode import Worker
 
-    from streams.adapters.clickhouse import connect
-    from streams.adapters.sink import SinkService
+    from streams.runtime.sink_app import SinkProcess
 
     settings = _settings()
-    service = SinkService(
-        settings, lambda: connect(settings), ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
-    )
     Worker(
-        service, loglevel=settings.log_level.lower(), logging_config=_logging_dict(settings)
+        SinkProcess(settings),
+        loglevel=settings.log_level.lower(),
+        logging_config=_logging_dict(settings),
     ).execute_from_commandline()
 
 
@@ -437,14 +436,18 @@ def schemas_register() -> None:
 @click.option("--customers", default=500, show_default=True)
 @click.option("--rate", type=float, default=None, help="Events per second (default: max).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the sink.")
-def demo(customers: int, rate: float | None, timeout: float) -> None:
-    """Set up, run the worker and the generator, then show what happened (make run)."""
+@click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
+def demo(customers: int, rate: float | None, timeout: float, workers: int) -> None:
+    """Set up, run the workers, the sink and the generator, then show what happened
+    (make run)."""
     from streams.runtime.runner import run_bounded
     from streams.sim.demo import run_demo
 
     settings = _settings()
     _logging(settings, "WARNING")
-    ok = run_bounded(run_demo(settings, customers=customers, rate=rate, timeout=timeout))
+    ok = run_bounded(
+        run_demo(settings, customers=customers, rate=rate, timeout=timeout, workers=workers)
+    )
     sys.exit(0 if ok else 1)
 
 
@@ -459,8 +462,27 @@ def demo(customers: int, rate: float | None, timeout: float) -> None:
     help="events/s, steady; repeat for one alert_latency line per rate",
 )
 @click.option("--latency-seconds", default=10.0, show_default=True)
-def bench(events: int, latency_rate: tuple[float, ...], latency_seconds: float) -> None:
-    """Each stage's events/s against a ceiling measured in the same run (make bench)."""
+@click.option(
+    "--memory-events",
+    default=500_000,
+    show_default=True,
+    help="events of the memory run (0 = skip it)",
+)
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="also run the pre-issue-11 runtime (sink in the worker, default GC) on the same data",
+)
+def bench(
+    events: int,
+    latency_rate: tuple[float, ...],
+    latency_seconds: float,
+    memory_events: int,
+    baseline: bool,
+) -> None:
+    """CPU per event and rate of 1 and 2 workers against a ceiling, alert latency,
+    memory over a long run (make bench)."""
     from streams.runtime.runner import run_bounded
     from streams.sim.bench import run_bench
 
@@ -472,6 +494,8 @@ def bench(events: int, latency_rate: tuple[float, ...], latency_seconds: float) 
             events=events,
             latency_rates=latency_rate,
             latency_seconds=latency_seconds,
+            memory_events=memory_events,
+            baseline=baseline,
         )
     )
 

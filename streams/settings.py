@@ -197,7 +197,11 @@ class Settings(BaseSettings):
     )
 
     # --- ClickHouse sink
-    sink_enabled: bool = Field(True, description="Run the ClickHouse sink in this process.")
+    sink_enabled: bool = Field(
+        False,
+        description="Also run the ClickHouse sink inside this worker (default: its own"
+        " process, `touchpoints sink`).",
+    )
     sink_batch_rows: int = Field(50_000, ge=1, description="Flush when a batch has this many.")
     sink_flush_seconds: float = Field(1.0, gt=0, description="Flush at least this often.")
 
@@ -219,6 +223,17 @@ class Settings(BaseSettings):
     )
     log_repeat_window_seconds: float = Field(
         10.0, gt=0, description="The window of LOG_REPEAT_LIMIT."
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="gc.freeze() after start-up and each recovery: long-lived objects leave"
+        " the cyclic collector's scans.",
+    )
+    gc_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="First-generation threshold of the cyclic collector (0 = Python's default"
+        " 700).",
     )
 
     @field_validator("identity_rules", "rules_file", mode="before")

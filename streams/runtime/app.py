@@ -60,6 +60,7 @@ from streams.identity.graph import (
 )
 from streams.ingest.stage import IngestPolicy, IngestStage, from_json
 from streams.ops.operator import find_customer, identifier_key, timeline
+from streams.runtime import gc_tuning
 from streams.runtime.faust_patches import keep_buffers_on_resume
 from streams.runtime.state import StoredView, TableShard
 from streams.settings import Settings
@@ -106,6 +107,7 @@ class Pipeline:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        gc_tuning.tune(settings)
         self.registry = SchemaRegistry.from_dir(settings.schemas_dir)
         # With SCHEMA_REGISTRY_URL, writer ids are resolved there and alerts carry its id;
         # without, schemas/registry.json is the registry.
@@ -190,6 +192,11 @@ class Pipeline:
             # idempotent, so we wait for in-flight batches ourselves (``_on_revoked``) and
             # leave the last acked offsets to be re-read by the next owner.
             stream_wait_empty=False,
+            # No leader election is used (timers run on every worker, per partition), and
+            # Faust declares its leader topic concurrently with the first group join, the
+            # race that once left the changelogs out of an assignment ("Ignoring missing
+            # topic: <app>-__assignor-__leader" was seen in a stalled make run).
+            topic_disable_leader=True,
             broker_commit_interval=1.0,
             broker_session_timeout=settings.kafka_session_timeout_seconds,
             broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_seconds / 3),
@@ -708,6 +715,8 @@ class Pipeline:
                 self._resolutions.pop(tp.partition, None)
 
     async def _on_rebalanced(self, app: Any, **kwargs: Any) -> None:
+        """Recovery is over: what is alive now is long-lived (``streams.runtime.gc_tuning``)."""
+        gc_tuning.freeze(self.settings)
         self.ready = True
 
     async def _healthz(self, request: Any) -> aioweb.Response:

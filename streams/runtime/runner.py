@@ -1,8 +1,9 @@
-"""Running the pipeline in-process: for the demo (`make run`), the tests and the bench.
+"""Running the whole pipeline in one process: for the tests and ``make eval``.
 
-``running(settings)`` prepares topics and tables, starts the Faust app (agents,
-tables, sink, web) in the current event loop, yields the ``Pipeline`` and stops
-it cleanly. ``touchpoints worker`` runs the same app under Faust's Worker.
+``running(settings)`` starts the Faust app (agents, tables, sink, web) in the current
+event loop, yields the ``Pipeline`` and stops it cleanly. ``touchpoints worker`` runs
+the same app under Faust's Worker; the default topology (``make run``, ``make bench``)
+runs workers and the sink as separate processes (``streams.runtime.processes``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ async def running(
     *,
     start_timeout: float = 60.0,
     clickhouse_factory: Callable[[], ClickHouse] | None = None,
+    sink: bool = True,
 ) -> AsyncIterator[Pipeline]:
+    """The whole pipeline in this process; with ``sink`` (the default here, whatever
+    ``SINK_ENABLED`` says) the ClickHouse sink too, so the caller can query it."""
+    if sink and not settings.sink_enabled:
+        settings = settings.model_copy(update={"sink_enabled": True})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(settings, clickhouse_factory=clickhouse_factory)
     app = pipeline.app

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["FaustTableLike", "StoredView", "TableShard", "packed"]
+__all__ = ["BatchSender", "FaustTableLike", "StoredView", "TableShard", "packed"]
 
 _DELETED = object()
 
@@ -28,6 +28,51 @@ def packed(value: Any) -> bytes:
     size. The copy costs ~0.3 microseconds; only what stays in memory needs it.
     """
     return bytes(memoryview(orjson.dumps(value)))
+
+
+class BatchSender:
+    """Messages appended to one aiokafka record batch per (topic, partition) and submitted
+    whole with ``send_batch``: the way ``streams.generator.produce`` passes 50k messages/s,
+    for the many small records of a batch (changelogs). Order within a partition is the
+    order of ``add``; ``flush`` submits what is open and returns the delivery futures."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer  # aiokafka.AIOKafkaProducer
+        self._builders: dict[tuple[str, int], Any] = {}
+        self._futures: list[Any] = []
+
+    @classmethod
+    def of(cls, producer: Any) -> BatchSender | None:
+        """For a Faust producer over aiokafka (its started client), else None."""
+        ensure = getattr(producer, "_ensure_producer", None)
+        if ensure is None:
+            return None
+        inner = ensure()
+        if not hasattr(inner, "send_batch"):
+            return None
+        return cls(inner)
+
+    async def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        tp = (topic, partition)
+        builder = self._builders.get(tp)
+        if builder is None:
+            builder = self._builders[tp] = self.producer.create_batch()
+        if builder.append(timestamp=None, key=key, value=value) is None:
+            await self._submit(tp)
+            builder = self._builders[tp] = self.producer.create_batch()
+            if builder.append(timestamp=None, key=key, value=value) is None:
+                raise ValueError(f"a record of {len(value or b'')} bytes exceeds a batch")
+
+    async def _submit(self, tp: tuple[str, int]) -> None:
+        builder = self._builders.pop(tp)
+        builder.close()
+        self._futures.append(await self.producer.send_batch(builder, tp[0], partition=tp[1]))
+
+    async def flush(self) -> list[Any]:
+        for tp in list(self._builders):
+            await self._submit(tp)
+        futures, self._futures = self._futures, []
+        return futures
 
 
 class FaustTableLike(Protocol):
@@ -95,11 +140,29 @@ class TableShard:
         return len(self._dirty)
 
     async def flush_async(self) -> list[Any]:
-        """Like ``flush``, sending through ``producer``; returns the delivery futures."""
+        """Like ``flush``, sending through ``producer``; returns the delivery futures.
+
+        With a Faust producer over aiokafka, the records are appended to one record batch
+        per changelog partition and each batch is submitted whole (``BatchSender``):
+        aiokafka's per-message ``send`` (partitioner, metadata check, a future per record)
+        and Faust's per-message sensors cost ~10 µs a record, ~2 records per event."""
         if self.producer is None:
             return self.flush()
         data = self.table.data
         topic = self.table.changelog_topic_name
+        batches = BatchSender.of(self.producer)
+        if batches is not None:
+            for key, (partition, value) in self._dirty.items():
+                raw_key = key.encode()
+                if value is _DELETED:
+                    data.pop(raw_key, None)
+                    await batches.add(topic, partition, raw_key, None)
+                else:
+                    raw = packed(value)
+                    data[raw_key] = raw
+                    await batches.add(topic, partition, raw_key, raw)
+            self._dirty.clear()
+            return await batches.flush()
         send = self.producer.send
         futures = []
         for key, (partition, value) in self._dirty.items():

@@ -1,30 +1,29 @@
-"""``make bench``: each stage's throughput against a ceiling measured in the same run.
+"""``make bench``: the pipeline's CPU per event and rate against a ceiling, in one run.
 
-One process, one worker, a real broker, the embedded ClickHouse:
+A real broker, the embedded ClickHouse, the default topology (``streams.runtime.processes``):
 
-1. N generated touchpoints are produced to a fresh raw topic.
-2. Ceilings, on the same data: a plain aiokafka consumer + fastavro decode loop (ingest);
-   the pure identity step over the normalised records (identity); the pure aggregates
-   step (aggregates); the pure detectors (alerts). No Kafka bookkeeping, no state I/O.
-3. The pipeline (all agents + sink) consumes the backlog; a stage's rate is N divided by
-   the time from the first ingest batch until that stage has processed all N.
-4. Alert latency: a steady stream of fresh events at ``--latency-rate`` events/s; each
-   alert's latency is its arrival on the alerts topic minus the produce time of the
-   newest event that triggered it.
-5. Identity memory: the identity state of 100,000 synthetic customers (3.1 identifiers
-   each) built by the pure protocol and held as the worker's in-memory table holds it;
-   resident bytes per identifier, and MiB per million customers (the last line).
-
-Prints one line per stage: ``BENCH <stage> events_per_s=... ceiling_events_per_s=...
-ratio=... peak_rss_mb=...`` (+ ``clickhouse_rows_per_s`` for aggregates), and
-``BENCH alert_latency p50_ms=... p99_ms=... at_events_per_s=...`` and
-``BENCH identity_memory ...``.
+1. N generated touchpoints; the ceiling on the same data: a plain aiokafka consumer +
+   fastavro decode loop (events/s and its CPU per event).
+2. ``BENCH baseline``: the runtime before issue 11 (the sink inside the one worker
+   process, Python's default garbage collector) on the same data, same harness.
+3. ``BENCH pipeline workers=1`` and ``workers=2``: worker processes and one sink process
+   on a fresh deployment each; the events are produced once every process is ready;
+   CPU per event from each process's kernel accounting (``/proc/<pid>/stat``), so it is
+   stable on a shared machine; the rate is wall clock until everything is in ClickHouse.
+4. ``BENCH alert_latency``: a steady stream of fresh events at each ``--latency-rate``;
+   an alert's latency is its arrival on the alerts topic minus the produce time of the
+   newest event that triggered it; and the rate the events were really produced at.
+5. ``BENCH memory``: one worker over ``--memory-events`` events, resident MiB once 10 %
+   went through and at the end.
+6. ``BENCH identity_memory``: the identity state of 100,000 synthetic customers built by
+   the pure protocol, bytes per identifier.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import resource
 import statistics
 import subprocess
@@ -32,36 +31,27 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import metrics
 from streams.adapters.kafka import consumer_security
-from streams.customers.aggregates import AggregatorState
-from streams.customers.detect import Detector, Profile
-from streams.identity.graph import IdentityNode, IdentityRules, JsonState, LinkOp, ops_for_event
-from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
-from streams.runtime.runner import prepare, query, running
+from streams.identity.graph import IdentityNode, IdentityRules, JsonState, LinkOp
+from streams.runtime.processes import Spawned, metric_sum, wait_until
+from streams.runtime.runner import prepare
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate, produce
 from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.wire.model import TouchpointRecord
 
 __all__ = ["run_bench"]
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _counter(counter: Any, **labels: str) -> float:
-    metric = counter.labels(**labels) if labels else counter
-    return float(metric._value.get())
-
-
-async def _decode_ceiling(settings: Settings, codec: AvroCodec, expected: int) -> float:
+async def _decode_ceiling(
+    settings: Settings, codec: AvroCodec, expected: int
+) -> tuple[float, float]:
+    """events/s and CPU µs per event of a plain consumer + Avro decode loop."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
@@ -77,50 +67,20 @@ async def _decode_ceiling(settings: Settings, codec: AvroCodec, expected: int) -
         parts = [TopicPartition(settings.topics.raw, p) for p in range(settings.topic_partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning()
-        seen, started = 0, 0.0
+        seen, started, cpu = 0, 0.0, 0.0
         decode = codec.decode
         while seen < expected:
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             if not started and batches:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
             for messages in batches.values():
                 for m in messages:
                     decode(m.value)
                 seen += len(messages)
-        return seen / (time.perf_counter() - started)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return seen / elapsed, cpu / seen * 1e6
     finally:
         await consumer.stop()
-
-
-def _pure_ceilings(records: list[TouchpointRecord]) -> dict[str, float]:
-    """events/s of each pure step alone, on the same normalised records, one core."""
-    out: dict[str, float] = {}
-    rules = IdentityRules()
-    node, state = IdentityNode(rules), JsonState()
-    started = time.perf_counter()
-    for i in range(0, len(records), 2000):
-        ops = [op for r in records[i : i + 2000] for op in ops_for_event(r, rules)[0]]
-        node.handle_batch(ops, state)
-    out["identity"] = len(records) / (time.perf_counter() - started)
-
-    agg = AggregatorState(0, lateness_ms=3 * 3600 * 1000)
-    started = time.perf_counter()
-    for i, r in enumerate(records):
-        agg.add({"customer_id": r["identifiers"]["email"] or r["event_id"], "record": r}, 0, i)
-        if i % 2000 == 1999:
-            agg.flush(0)
-    agg.flush(0)
-    out["aggregates"] = len(records) / (time.perf_counter() - started)
-
-    detector = Detector()
-    profiles: dict[str, Profile] = {}
-    started = time.perf_counter()
-    for r in records:
-        key = r["identifiers"]["email"] or r["identifiers"]["anonymous_id"] or r["event_id"]
-        profile = profiles.get(key) or Profile(key)
-        profiles[key], _ = detector.process(profile, r, r["occurred_at"])
-    out["alerts"] = len(records) / (time.perf_counter() - started)
-    return out
 
 
 def _current_rss() -> int:
@@ -172,45 +132,148 @@ def _identity_memory_apart(customers: int) -> tuple[int, float]:
     return int(out[0]), float(out[1])
 
 
-async def _pipeline_rates(settings: Settings, expected: int) -> dict[str, float]:
-    """Run the pipeline over the backlog; seconds from the first batch to each stage's end."""
-    db = settings.clickhouse_database
-    raw = settings.topics.raw
-    stages: dict[str, Callable[[], float]] = {
-        "ingest": lambda: _counter(metrics.EVENTS_CONSUMED, topic=raw),
-        "identity": lambda: _counter(metrics.IDENTITY_OUTPUTS, kind="resolved"),
-        "customers": lambda: _counter(metrics.CUSTOMER_EVENTS),
-    }
-    base = {name: read() for name, read in stages.items()}
-    rows_base = _counter(metrics.CLICKHOUSE_ROWS, table="touchpoints")
-    done: dict[str, float] = {}
-    async with running(settings) as pipeline:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and len(done) < len(stages) + 1:
-            now = time.perf_counter()
-            for name, read in stages.items():
-                if name not in done and read() - base[name] >= expected:
-                    done[name] = now
-            if "clickhouse" not in done:
-                rows = (await query(pipeline, f"SELECT count() FROM {db}.touchpoints"))[0][0]
-                if rows >= expected:
-                    done["clickhouse"] = time.perf_counter()
-            await asyncio.sleep(0.05)
-        started = pipeline.first_batch_at
-        if started is None or len(done) < len(stages) + 1:
-            raise RuntimeError(f"the pipeline did not finish: {sorted(done)}")
-        rows_written = _counter(metrics.CLICKHOUSE_ROWS, table="touchpoints") - rows_base
-    rates = {name: expected / (t - started) for name, t in done.items()}
-    rates["clickhouse_rows_per_s"] = rows_written / (done["clickhouse"] - started)
-    return rates
+class _Deployment:
+    """Worker processes and (by default) one sink process on a fresh deployment.
+
+    ``sink_apart=False, gc_tuned=False`` is the topology and runtime before issue 11:
+    one process ran the agents and the sink, with Python's default collector."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        *,
+        sink_apart: bool = True,
+        gc_tuned: bool = True,
+    ) -> None:
+        self.settings = settings
+        log_dir = settings.data_dir / "logs"
+        env = {} if gc_tuned else {"GC_FREEZE": "false", "GC_THRESHOLD": "0"}
+        self.sink = Spawned("sink", "sink", settings, log_dir, **env) if sink_apart else None
+        self.workers = [
+            Spawned(
+                f"worker-{i}",
+                "worker",
+                settings,
+                log_dir,
+                SINK_ENABLED="true" if not sink_apart and i == 0 else "false",
+                DATA_DIR=str(settings.data_dir / f"worker-{i}"),
+                **env,
+            )
+            for i in range(workers)
+        ]
+        self.sink_owner = self.sink or self.workers[0]
+
+    @property
+    def processes(self) -> list[Spawned]:
+        return [*([self.sink] if self.sink else []), *self.workers]
+
+    async def start(self, timeout: float = 180.0) -> None:
+        try:
+            await self._start(timeout)
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
+
+    async def _start(self, timeout: float) -> None:
+        for process in self.processes:
+            process.start()
+
+        def all_ready() -> bool:
+            return all(p.ready() for p in self.processes)
+
+        # Ready twice, a few seconds apart: a later worker's join rebalances the group.
+        for _ in range(2):
+            if not await asyncio.to_thread(wait_until, all_ready, timeout, 0.5):
+                dead = [p for p in self.processes if not p.ready()]
+                tails = "\n".join(f"--- {p.name}\n{p.tail()}" for p in dead)
+                raise RuntimeError(f"not ready: {[p.name for p in dead]}\n{tails}")
+            await asyncio.sleep(3.0)
+
+    def customer_events(self) -> float:
+        return sum(
+            metric_sum(w.metrics(), "touchpoints_customer_stage_events_total") for w in self.workers
+        )
+
+    def touchpoint_rows(self) -> float:
+        return metric_sum(
+            self.sink_owner.metrics(),
+            "touchpoints_clickhouse_rows_written_total",
+            table="touchpoints",
+        )
+
+    def cpu(self) -> dict[str, float]:
+        return {p.name: p.cpu_seconds() for p in self.processes}
+
+    def stop(self) -> None:
+        for process in self.workers:  # the sink last: it flushes what the workers sent
+            process.stop()
+        if self.sink is not None:
+            self.sink.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    events_per_s: float
+    worker_cpu_us: float
+    sink_cpu_us: float
+    peak_rss_mb: float
+    sink_peak_rss_mb: float
+
+
+async def _pipeline_run(
+    settings: Settings,
+    pairs: list[tuple[bytes, bytes]],
+    workers: int,
+    *,
+    sink_apart: bool = True,
+    gc_tuned: bool = True,
+    timeout: float = 900.0,
+) -> _Run:
+    """Start the processes on a fresh deployment, then produce ``pairs`` and wait until
+    every event went through the customer stage and every touchpoint is in ClickHouse.
+    CPU is each process's own (kernel accounting) from the moment it was ready to the
+    end, start-up and recovery excluded; the rate is wall clock from the first produce."""
+    bench = _fresh(settings, "bench")
+    prepare(bench)
+    deployment = _Deployment(bench, workers, sink_apart=sink_apart, gc_tuned=gc_tuned)
+    n = len(pairs)
+    try:
+        await deployment.start()
+        cpu_before = deployment.cpu()
+        started = time.perf_counter()
+        await produce(bench, pairs)
+
+        def finished() -> bool:
+            return deployment.customer_events() >= n and deployment.touchpoint_rows() >= n
+
+        if not await asyncio.to_thread(wait_until, finished, timeout, 0.1):
+            raise RuntimeError(
+                f"the pipeline did not finish: {deployment.customer_events():.0f} events,"
+                f" {deployment.touchpoint_rows():.0f} rows of {n}"
+            )
+        elapsed = time.perf_counter() - started
+        cpu_after = deployment.cpu()
+        used = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+        worker_cpu = sum(used[w.name] for w in deployment.workers)
+        sink = deployment.sink
+        return _Run(
+            events_per_s=n / elapsed,
+            worker_cpu_us=worker_cpu / n * 1e6,
+            sink_cpu_us=used[sink.name] / n * 1e6 if sink is not None else 0.0,
+            peak_rss_mb=max(w.rss_mb(peak=True) for w in deployment.workers),
+            sink_peak_rss_mb=sink.rss_mb(peak=True) if sink is not None else 0.0,
+        )
+    finally:
+        await asyncio.to_thread(deployment.stop)
 
 
 async def _alert_latency(
     settings: Settings, codec: AvroCodec, rate: float, seconds: float
 ) -> tuple[float, float, int, float]:
     """p50/p99 ms from producing the newest triggering event to the alert on the topic,
-    the number of alerts, and the rate the events were produced at (the producer shares
-    the worker's process: when the worker saturates, it falls behind the target)."""
+    the number of alerts, and the rate the events were really produced at (one worker
+    process and the sink process; this process only produces and listens)."""
     alert_codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
     count = int(rate * seconds)
     now = int(time.time() * 1000)
@@ -235,38 +298,97 @@ async def _alert_latency(
             if known:
                 latencies.append((arrived - max(known)) * 1000)
 
-    processed_before = _counter(metrics.CUSTOMER_EVENTS)
-    async with running(settings):
+    deployment = _Deployment(settings, 1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        linger_ms=1,
+        **consumer_security(settings),
+    )
+    await producer.start()  # one producer for the run: starting one per chunk lags the rate
+    try:
+        await deployment.start()
         collector = asyncio.create_task(collect())
-        await asyncio.sleep(3.0)  # let the worker join its partitions
+        await asyncio.sleep(1.0)
         started = time.time()
         step = 1.0 / rate
-        chunk = max(1, int(rate / 20))
+        chunk = max(1, int(rate / 100))  # every 10 ms
+        deliveries = []
         for i in range(0, len(events), chunk):
             target = started + i * step
             await asyncio.sleep(max(0.0, target - time.time()))
-            batch = events[i : i + chunk]
-            pairs = []
-            for e in batch:
+            for e in events[i : i + chunk]:
                 record: dict[str, Any] = dict(e.record)
                 record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
-                pairs.append((e.key, codec.encode(record)))
+                value = codec.encode(record)
                 sent_at[str(record["event_id"])] = time.time()
-            await produce(settings, pairs)
+                deliveries.append(await producer.send(settings.topics.raw, value, key=e.key))
+        await asyncio.gather(*deliveries)
         produced_rate = len(events) / max(time.time() - started, 1e-9)
         deadline = time.monotonic() + 180
-        while _counter(metrics.CUSTOMER_EVENTS) - processed_before < len(events):
+        while await asyncio.to_thread(deployment.customer_events) < len(events):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
         collector.cancel()
-    await consumer.stop()
+    finally:
+        await producer.stop()
+        await asyncio.to_thread(deployment.stop)
+        await consumer.stop()
     if not latencies:
         return float("nan"), float("nan"), 0, produced_rate
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return statistics.median(latencies), p99, len(latencies), produced_rate
+
+
+async def _memory_run(
+    settings: Settings, codec: AvroCodec, events: int
+) -> tuple[int, float, float, float]:
+    """One worker and the sink over ``events`` events of a fixed population (5,000
+    customers, so the state stops growing once they are all known): the worker's resident
+    MiB once 10 % went through and at the end, and the sink's at the end. Growth between
+    the two is what the process keeps that it should not (uncollected garbage, caches)."""
+    now_ms = int(time.time() * 1000)
+    customers = 5_000
+    pairs = encode_events(
+        generate(
+            customers,
+            seed=3,
+            now_ms=now_ms,
+            span_ms=6 * 3600 * 1000,
+            events_per_customer=1.35 * events / customers,  # the mean comes out lower
+        )[:events],
+        codec,
+        seed=3,
+    )
+    n = len(pairs)
+    bench = _fresh(settings, "mem")
+    prepare(bench)
+    deployment = _Deployment(bench, 1)
+    try:
+        await deployment.start()
+        producing = asyncio.create_task(produce(bench, pairs))
+        worker = deployment.workers[0]
+
+        def reached(count: float) -> Callable[[], bool]:
+            return lambda: deployment.customer_events() >= count
+
+        if not await asyncio.to_thread(wait_until, reached(n // 10), 900.0, 0.2):
+            raise RuntimeError("the memory run did not reach 10 % of its events")
+        start_mb = worker.rss_mb()
+        await producing
+
+        def finished() -> bool:
+            return deployment.customer_events() >= n and deployment.touchpoint_rows() >= n
+
+        if not await asyncio.to_thread(wait_until, finished, 1800.0, 0.5):
+            raise RuntimeError("the memory run did not finish")
+        sink = deployment.sink
+        return n, start_mb, worker.rss_mb(), sink.rss_mb() if sink is not None else 0.0
+    finally:
+        await asyncio.to_thread(deployment.stop)
 
 
 def _fresh(settings: Settings, tag: str) -> Settings:
@@ -277,6 +399,7 @@ def _fresh(settings: Settings, tag: str) -> Settings:
             "app_id": f"{tag}-{run}",
             "clickhouse_database": f"{tag}_{run}",
             "aggregate_lateness_seconds": 3 * 3600,
+            "data_dir": settings.data_dir / f"{tag}-{run}",
         }
     )
 
@@ -287,6 +410,8 @@ async def run_bench(
     events: int,
     latency_rates: tuple[float, ...] = (5000.0, 1000.0),
     latency_seconds: float = 10.0,
+    memory_events: int = 500_000,
+    baseline: bool = True,
 ) -> None:
     codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
     now_ms = int(time.time() * 1000)
@@ -295,35 +420,38 @@ async def run_bench(
     n = len(pairs)
     click.echo(f"{n:,} events for {events // 12:,} customers")
 
-    bench = _fresh(settings, "bench")
-    prepare(bench)
-    await produce(bench, pairs)
-    decode_ceiling = await _decode_ceiling(bench, codec, n)
-    normalised = [
-        o.record
-        for _, v in pairs
-        if isinstance(o := ingest_message(v, codec, IngestPolicy(), now_ms), Accepted)
-    ]
-    pure = _pure_ceilings(normalised)
-    rates = await _pipeline_rates(bench, n)
-    rss = _peak_rss_mb()
+    ceiling = _fresh(settings, "ceil")
+    prepare(ceiling)
+    await produce(ceiling, pairs)
+    decode_ceiling, ceiling_cpu_us = await _decode_ceiling(ceiling, codec, n)
+    click.echo(
+        f"ceiling (aiokafka consumer + fastavro decode, one process): {decode_ceiling:,.0f}"
+        f" events/s, {ceiling_cpu_us:.0f} µs CPU/event"
+    )
 
-    def line(stage: str, rate: float, ceiling: float, extra: str = "") -> None:
+    def line(name: str, workers: int, run: _Run, extra: str = "") -> None:
         click.echo(
-            f"BENCH {stage} events_per_s={rate:.0f} ceiling_events_per_s={ceiling:.0f} "
-            f"ratio={rate / ceiling:.3f} peak_rss_mb={rss:.0f}{extra}"
+            f"BENCH {name} workers={workers} events_per_s={run.events_per_s:.0f}"
+            f" worker_cpu_us_per_event={run.worker_cpu_us:.0f}"
+            f" sink_cpu_us_per_event={run.sink_cpu_us:.0f}"
+            f" ceiling_events_per_s={decode_ceiling:.0f}"
+            f" ratio={run.events_per_s / decode_ceiling:.3f}"
+            f" peak_rss_mb={run.peak_rss_mb:.0f}{extra}"
         )
 
-    click.echo(f"pipeline: every touchpoint in ClickHouse at {rates['clickhouse']:,.0f} events/s")
-    line("ingest", rates["ingest"], decode_ceiling)
-    line("identity", rates["identity"], pure["identity"])
+    if baseline:  # the same harness and data on the runtime before issue 11
+        before = await _pipeline_run(settings, pairs, 1, sink_apart=False, gc_tuned=False)
+        line("baseline", 1, before, " sink=in_worker gc=python_default")
+    one = await _pipeline_run(settings, pairs, 1)
+    line("pipeline", 1, one, f" sink_peak_rss_mb={one.sink_peak_rss_mb:.0f}")
+    two = await _pipeline_run(settings, pairs, 2)
     line(
-        "aggregates",
-        rates["customers"],
-        pure["aggregates"],
-        f" clickhouse_rows_per_s={rates['clickhouse_rows_per_s']:.0f}",
+        "pipeline",
+        2,
+        two,
+        f" sink_peak_rss_mb={two.sink_peak_rss_mb:.0f}"
+        f" speedup={two.events_per_s / one.events_per_s:.2f} cores={os.cpu_count()}",
     )
-    line("alerts", rates["customers"], pure["alerts"])
 
     for latency_rate in latency_rates:  # a fresh deployment each: no backlog carried over
         latency = _fresh(settings, "lat")
@@ -334,10 +462,16 @@ async def run_bench(
         click.echo(f"alert latency over {alerts} alerts; events produced at {produced:,.0f}/s")
         click.echo(
             f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f}"
-            f" at_events_per_s={latency_rate:.0f}"
+            f" at_events_per_s={latency_rate:.0f} produced_events_per_s={produced:.0f}"
         )
 
-    # Last: it grows this process's peak RSS, which the lines above report.
+    if memory_events > 0:
+        count, start_mb, end_mb, sink_mb = await _memory_run(settings, codec, memory_events)
+        click.echo(
+            f"BENCH memory events={count} rss_mb_start={start_mb:.0f} rss_mb_end={end_mb:.0f}"
+            f" sink_rss_mb_end={sink_mb:.0f}"
+        )
+
     customers = 100_000
     identifiers, per_identifier = _identity_memory_apart(customers)
     per_customer = per_identifier * identifiers / customers

@@ -1,18 +1,29 @@
-"""``make run``: the whole pipeline on embedded defaults, then a summary for a newcomer."""
+"""``make run``: the whole pipeline on embedded defaults, then a summary for a newcomer.
+
+The default topology: ``workers`` worker processes (``touchpoints worker``,
+``SINK_ENABLED=false``) share the partitions through their consumer group; this process
+is the sink process (``streams.runtime.sink_app``): it owns ClickHouse, so it can query it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import click
 
-from streams.runtime.runner import prepare, query, running, wait_for
+from streams.runtime.processes import Spawned, wait_until
+from streams.runtime.runner import prepare
+from streams.runtime.sink_app import SinkProcess
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate, produce
 from streams.sim.samples import bad_samples
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+
+Query = Callable[[str], Awaitable[list[tuple[Any, ...]]]]
 
 __all__ = ["run_demo"]
 
@@ -24,7 +35,53 @@ def _table(title: str, rows: list[tuple[str, int]]) -> None:
         click.echo(f"  {name:<{width}}  {count:>10,}")
 
 
-async def _settle(pipeline: Any, db: str, *, quiet_polls: int = 3, timeout: float = 60.0) -> None:
+@asynccontextmanager
+async def deployment(settings: Settings, workers: int) -> AsyncIterator[SinkProcess]:
+    """The sink in this process, ``workers`` worker processes; yields the sink once every
+    worker has joined the group."""
+    sink = SinkProcess(settings)
+    await sink.start()
+    log_dir = settings.data_dir / "logs"
+    procs = [
+        Spawned(
+            f"worker-{i}",
+            "worker",
+            settings,
+            log_dir,
+            SINK_ENABLED="false",
+            DATA_DIR=str(settings.data_dir / f"worker-{i}"),
+        )
+        for i in range(workers)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+
+        def ready() -> bool:
+            return all(p.ready() for p in procs)
+
+        if not await asyncio.to_thread(wait_until, ready, 120.0, 0.5):
+            tails = "\n".join(f"--- {p.name} ({p.log_path})\n{p.tail()}" for p in procs)
+            raise RuntimeError(f"the workers did not become ready\n{tails}")
+        yield sink
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs))
+        await sink.stop()
+
+
+async def _wait_for(query: Query, sql: str, expected: int, timeout: float) -> int:
+    """Poll a ``SELECT count()`` query until it reaches ``expected``; return the last value."""
+    deadline = time.monotonic() + timeout
+    value = -1
+    while time.monotonic() < deadline:
+        value = int((await query(sql))[0][0])
+        if value >= expected:
+            return value
+        await asyncio.sleep(0.5)
+    return value
+
+
+async def _settle(query: Query, db: str, *, quiet_polls: int = 3, timeout: float = 60.0) -> None:
     """Wait until identity and aggregates stop changing (merges ripple through a few hops)."""
     sql = (
         f"SELECT (SELECT count() FROM {db}.identity_map), (SELECT count() FROM {db}.cx_partials),"
@@ -35,15 +92,12 @@ async def _settle(pipeline: Any, db: str, *, quiet_polls: int = 3, timeout: floa
     deadline = time.monotonic() + timeout
     while same < quiet_polls and time.monotonic() < deadline:
         await asyncio.sleep(1.0)
-        now = await query(pipeline, sql)
+        now = await query(sql)
         same = same + 1 if now == last else 0
         last = now
 
 
-async def _report(pipeline: Any, db: str) -> dict[str, Any]:
-    async def q(sql: str) -> list[tuple[Any, ...]]:
-        return await query(pipeline, sql)
-
+async def _report(q: Query, db: str) -> dict[str, Any]:
     report: dict[str, Any] = {
         "channels": [
             (str(c), int(n))
@@ -109,7 +163,7 @@ async def _report(pipeline: Any, db: str) -> dict[str, Any]:
 
 
 async def run_demo(
-    settings: Settings, *, customers: int, rate: float | None, timeout: float
+    settings: Settings, *, customers: int, rate: float | None, timeout: float, workers: int = 1
 ) -> bool:
     db = settings.clickhouse_database
     click.secho(f"Kafka {settings.kafka_bootstrap_servers}; ClickHouse ", nl=False)
@@ -128,8 +182,11 @@ async def run_demo(
     expected = len(traffic)
 
     started = time.monotonic()
-    async with running(settings) as pipeline:
-        click.echo(f"worker started in {time.monotonic() - started:.1f}s; producing {expected:,}")
+    async with deployment(settings, workers) as sink:
+        click.echo(
+            f"{workers} worker process(es) and the sink started in"
+            f" {time.monotonic() - started:.1f}s; producing {expected:,}"
+        )
         t0 = time.monotonic()
         await produce(settings, traffic, rate=rate)
         produced_s = time.monotonic() - t0
@@ -137,10 +194,10 @@ async def run_demo(
             f"SELECT (SELECT count() FROM {db}.touchpoints)"
             f" + (SELECT count() FROM {db}.dead_letters)"
         )
-        landed = await wait_for(pipeline, total_sql, expected, timeout=timeout)
+        landed = await _wait_for(sink.query, total_sql, expected, timeout)
         elapsed = time.monotonic() - t0
-        await _settle(pipeline, db)
-        report = await _report(pipeline, db)
+        await _settle(sink.query, db)
+        report = await _report(sink.query, db)
 
     click.echo()
     click.secho(

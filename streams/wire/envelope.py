@@ -42,12 +42,26 @@ def pack(records: list[Any]) -> bytes:
 
 
 def pack_chunks(records: list[Any], max_bytes: int = MAX_ENVELOPE_BYTES) -> list[bytes]:
-    """One or more envelopes, each at most ``max_bytes`` (a lone oversize record excepted)."""
-    data = orjson.dumps(records)
-    if len(data) <= max_bytes or len(records) <= 1:
-        return [data]
-    half = len(records) // 2
-    return pack_chunks(records[:half], max_bytes) + pack_chunks(records[half:], max_bytes)
+    """One or more envelopes, each at most ``max_bytes`` (a lone oversize record excepted).
+
+    Every record is encoded once and the envelopes are cut where the size runs out: the
+    bytes are exactly ``orjson.dumps`` of each chunk's list. (Encoding the whole list and
+    halving it when too big encoded a batch's records two or three times: a 2,000-event
+    batch's resolved envelopes are often just over the limit, measured ~5 % of the worker.)
+    """
+    dumps = orjson.dumps
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 2  # "[" and "]"
+    for record in records:
+        part = dumps(record)
+        if current and size + len(part) > max_bytes:
+            chunks.append(b"[" + b",".join(current) + b"]")
+            current, size = [], 2
+        current.append(part)
+        size += len(part) + 1  # its comma
+    chunks.append(b"[" + b",".join(current) + b"]")
+    return chunks
 
 
 def unpack(data: bytes) -> list[Any]:

@@ -21,6 +21,7 @@ half is produced after the restart. When the pipeline is quiescent:
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import time
@@ -61,10 +62,13 @@ SEED = 1203
 OUTAGE_S = 8.0
 FIRST_HALF_RATE = 120.0  # events/s: ~5 s of sending, so the broker stops mid-stream
 QUIESCE_TIMEOUT = 180.0
-MAX_OUTAGE_LOG_LINES = 150
-"""ERROR/WARNING lines the worker may write while the broker is down: a handful of kinds
-(connection refused, metadata, coordinator, commit, producer) at LOG_REPEAT_LIMIT=5 per
-10 s window each, plus their summaries."""
+MAX_OUTAGE_LOG_LINES_PER_WINDOW = 150
+"""ERROR/WARNING lines the worker may write per 10 s (LOG_REPEAT_WINDOW_SECONDS) while the
+broker is down: a handful of kinds (connection refused, metadata, coordinator, commit,
+producer) at LOG_REPEAT_LIMIT=5 per window each, plus their summaries. Per window, because
+the outage lasts longer than OUTAGE_S on a loaded machine (the broker's restart is part of
+it: 60 s and more were seen with the load average above 20); unlimited, the worker wrote
+76,976 such lines in an 8 s outage."""
 
 
 def _noisy_lines(text: str) -> list[str]:
@@ -174,10 +178,12 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
             problems.append(f"dead letters after the restart: {facts['dead_letters']}")
         if facts["exit_code"] != 0:
             problems.append(f"the worker exited with {facts['exit_code']} on SIGTERM")
-        if len(noisy) > MAX_OUTAGE_LOG_LINES:
+        outage_s = timings["broker_restarted"] - timings["broker_stopped"]
+        allowed = MAX_OUTAGE_LOG_LINES_PER_WINDOW * math.ceil(outage_s / 10.0)
+        if len(noisy) > allowed:
             problems.append(
-                f"{len(noisy)} ERROR/WARNING lines while the broker was down"
-                f" (> {MAX_OUTAGE_LOG_LINES}), e.g. {noisy[:3]}"
+                f"{len(noisy)} ERROR/WARNING lines while the broker was down for {outage_s:.0f} s"
+                f" (> {allowed}), e.g. {noisy[:3]}"
             )
         assert not problems, "\n".join(problems)
     except BaseException:
