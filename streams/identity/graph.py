@@ -24,7 +24,15 @@ Merges only ever go from a younger id to an older one, and a locked customer onl
 waits for a strictly older one, so no cycle of waits exists. A customer being
 absorbed defers everything that would change its members, so the members it proposed
 are exactly the members that move. Handlers are idempotent: applying any op twice
-leaves the state as applying it once (proposals carry a lock sequence number).
+leaves the state as applying it once (proposals carry a lock number).
+
+A lock number names its proposal, not only its place in the customer's sequence: it is
+a digest of the previous number, the survivor asked and the members and absorbed ids
+proposed. A crash that loses state writes rolls the customer back to an earlier
+number while the proposals it already sent stay in flight; a plain counter would give
+the next, different proposal the same number, and the late UNLOCK (or ABSORBED) of
+the forgotten one would release (or settle) the new lock, leaving the customer live
+while its survivor also holds its members. Replies to another proposal never match.
 
 Delivery contract (what the Faust wiring must give): ops on a partition are handled
 in order, at least once; a batch's ops are produced (acknowledged) *before* its state
@@ -360,7 +368,7 @@ class ProposeOp(_Routed):
     ROUTE: ClassVar[str] = "survivor"
     survivor: str
     absorbed: str
-    seq: int  # the absorbed customer's lock number
+    seq: int  # the absorbed customer's lock number (names this proposal)
     members: tuple[str, ...]  # the absorbed customer's identifiers
     absorbed_ids: tuple[str, ...]  # customers it absorbed earlier
     via: str
@@ -1158,7 +1166,7 @@ class IdentityNode:
                 _defer(c, op, cid, st)
             return
         c.pending = op.survivor
-        c.lock_seq += 1
+        c.lock_seq = _lock_number(c.lock_seq, op.survivor, _flat(c.members), tuple(c.absorbed))
         st.put(cid, c)
         fx.ops.append(
             ProposeOp(
@@ -1356,6 +1364,14 @@ def _remember_through(c: CustState, via: str, key: str) -> None:
     if key != via and key not in have:
         have.append(key)
         del have[:-_MAX_THROUGH]
+
+
+def _lock_number(
+    previous: int, survivor: str, members: tuple[str, ...], absorbed: tuple[str, ...]
+) -> int:
+    """The next lock's number: it names the proposal (to whom, what), so a number reused
+    after lost state writes belongs to the same proposal. 52 bits: exact as a JSON number."""
+    return int(_digest("lock", str(previous), survivor, *members, "/", *absorbed)[:13], 16)
 
 
 def _remember_former(s: IdState, label: str) -> None:
