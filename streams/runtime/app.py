@@ -50,6 +50,7 @@ from streams.identity.graph import (
     Refusal,
     ResolutionMemory,
     Resolved,
+    is_household,
     op_from_json,
     op_to_json,
     ops_for_event,
@@ -437,9 +438,10 @@ class Pipeline:
             if isinstance(out, Resolved):
                 customer = out.customer or ""
                 item = out.event  # {"a": anchor, "r": record} from the valid topic
-                resolved.append(
-                    (customer or out.event_id, event_item(customer, item["r"], item["a"]))
-                )
+                # The identifier it resolved at: the anchor, or the next one when the
+                # anchor is quarantined (a household): timelines follow that one's label.
+                key = out.via or item["a"]
+                resolved.append((customer or out.event_id, event_item(customer, item["r"], key)))
                 kinds["resolved"] += 1
                 continue
             changes.append((out.id, output_to_json(out)))
@@ -796,7 +798,13 @@ class Pipeline:
         if rows is None:
             return _no_clickhouse()
         return aioweb.json_response(
-            {"customer_id": customer_id, "touchpoints": rows}, dumps=_json_dumps
+            # household: a shared device or email's own customer, standing for no one person
+            {
+                "customer_id": customer_id,
+                "household": is_household(customer_id),
+                "touchpoints": rows,
+            },
+            dumps=_json_dumps,
         )
 
     async def _timeline_by_identifier(self, request: Any) -> aioweb.Response:
