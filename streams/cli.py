@@ -201,8 +201,15 @@ def timeline(limit: int, as_json: bool, **options: Any) -> None:
         for row in rows:
             click.echo(orjson.dumps(row).decode())
         return
+    from streams.identity.graph import is_household
+
     channels = sorted({r["channel"] for r in rows})
-    click.secho(f"customer {customer}: {len(rows)} touchpoints, {', '.join(channels)}", bold=True)
+    kind = "household (a shared device or email: no one person)" if is_household(customer) else ""
+    click.secho(
+        f"customer {customer}: {len(rows)} touchpoints, {', '.join(channels)}"
+        + (f"; {kind}" if kind else ""),
+        bold=True,
+    )
     for r in rows:
         extra = f" {r['amount']:.2f} {r['currency']}" if r["amount"] is not None else ""
         click.echo(

@@ -53,9 +53,20 @@ new event linking it to that customer's identifiers merges them again (evidence 
 unless the split also quarantined it; a relabel in flight during the split can also
 move it back.
 
-Merge cap: an identifier counts the distinct customer ids it was asked to join (its own
-label included); above the cap for its kind it is quarantined. Merges it requested
-before that stand, so at most K customers are ever glued by one identifier.
+Merge cap: an identifier counts the distinct customers it was asked to join that came
+with an account (the JOIN's event carried a strong id, ``STRONG_KINDS``), and all of
+them; above the cap for its kind (or ``WEAK_CAP_FACTOR`` x the cap in all) it becomes a
+household. Merges it requested before that stand.
+
+Households (weak vs strong identifiers): a merge through a weak identifier refused by a
+strong kind's limit proves two accounts glued through one value. ``SHARED`` finds it:
+the weak anchor of the JOIN that asked for the merge, else the identifier it came
+through, unless a weak value put that one in its customer (``IdState.via``: the blame
+moves on, at most ``_MAX_BLAME_HOPS``). The shared value is quarantined and moved to a
+customer of its own, ``h`` + ..., that claims no person (``is_household``); a relabel
+that reaches it makes the sender drop it (``RemoveMemberOp.keep``). Undoing what joined
+the person through it (``UNDO_THROUGH``, ``IdentityNode(undo_through=True)``) is off by
+default: the guarded property test finds rare divergence with it under redelivery.
 """
 
 from __future__ import annotations
@@ -123,6 +134,14 @@ __all__ = [
 
 _KIND_RANK: Final = {kind: i for i, kind in enumerate(IDENTIFIER_KINDS)}
 _MAX_FORMER: Final = 16
+STRONG_KINDS: Final = frozenset({"customer_id", "login_id", "loyalty_id"})
+"""Kinds that name one person (an account): two of them in conflict prove two people."""
+_MAX_THROUGH: Final = 32  # members a customer remembers per weak identifier they came through
+_MAX_THROUGH_VIAS: Final = 16  # weak identifiers a customer remembers that for
+_MAX_BLAME_HOPS: Final = 4
+_SEP: Final = "\x1f"
+WEAK_CAP_FACTOR: Final = 3
+"""An identifier may glue ``cap`` customers with an account, ``3 x cap`` in all."""
 
 
 def customer_id(created_ms: int, anchor: str) -> str:
@@ -138,6 +157,10 @@ def created_ms_of(customer: str) -> int:
 def is_household(customer: str) -> bool:
     """A shared identifier's own customer (``h`` + ...): it stands for no one person."""
     return customer.startswith("h")
+
+
+def _is_strong(key: str) -> bool:
+    return _kind(key) in STRONG_KINDS
 
 
 def _kind(key: str) -> str:
@@ -312,6 +335,7 @@ class JoinOp(_Routed):
     via: str  # the anchor that saw both
     event_id: str
     ts: int
+    strong: bool = False  # the event carried a strong identifier (STRONG_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +347,7 @@ class AddMemberOp(_Routed):
     assigned: str  # the label the identifier was given
     event_id: str
     ts: int
+    via: str = ""  # the anchor whose event brought it ("" : it started the customer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +359,7 @@ class MergeOp(_Routed):
     via: str  # the identifier that glued them
     event_id: str
     ts: int
+    anchor: str = ""  # the anchor of the event whose JOIN asked for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +374,8 @@ class ProposeOp(_Routed):
     via: str
     event_id: str
     ts: int
+    through: tuple[str, ...] = ()  # its CustState.through, as "via\x1fmember" pairs
+    anchor: str = ""  # MergeOp.anchor
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +407,7 @@ class RelabelOp(_Routed):
     customer: str
     event_id: str
     ts: int
+    src: str = ""  # the label the sender knew it by (the absorbed customer, or the assigned one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +430,7 @@ class RemoveMemberOp(_Routed):
     identifier: str
     event_id: str
     ts: int
+    keep: str = ""  # its label now: if this customer is (or absorbed) it, it is back: keep it
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +443,43 @@ class SplitOp(_Routed):
     event_id: str  # the request id
     ts: int
     quarantine: bool = False  # also stop it linking (a shared device, a kiosk)
+    household: bool = False  # its new customer is a household (is_household): shared
+    unless_confirmed: bool = False  # an undo: leave it if a strong id vouched for its label
+
+
+@dataclass(frozen=True, slots=True)
+class SharedOp(_Routed):
+    """Two customers with different strong identities were glued through ``identifier``
+    (a limit on a strong kind refused their merge): find the identifier that is shared.
+
+    At the identifier: if it came to its customer through a weak anchor (``IdState.via``),
+    that anchor's value put it there: the blame moves on to it. Else the identifier was
+    seen with a strong id (or started its customer) and is the shared one: it becomes a
+    household (quarantined, a customer of its own that claims no person) and its old
+    customer undoes what came through it (``UndoThroughOp``)."""
+
+    TAG: ClassVar[str] = "shared"
+    ROUTE: ClassVar[str] = "identifier"
+    identifier: str
+    customers: tuple[str, ...]  # the customers the refused merge would have joined
+    via: str  # the identifier the refused merge came through
+    reason: str  # the refusal: limit:<kind> or merge_cap
+    event_id: str
+    ts: int
+    hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UndoThroughOp(_Routed):
+    """At a customer: split off the members that came to it through ``via`` (a shared
+    identifier), unless a strong id vouched for them since."""
+
+    TAG: ClassVar[str] = "undo_through"
+    ROUTE: ClassVar[str] = "customer"
+    customer: str
+    via: str
+    event_id: str
+    ts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +520,8 @@ Op: TypeAlias = (
     | DetachOp
     | RemoveMemberOp
     | SplitOp
+    | SharedOp
+    | UndoThroughOp
     | EraseOp
     | EraseIdentifierOp
 )
@@ -471,6 +540,7 @@ class Resolved:
     ts: int
     customer: str | None
     event: Any = field(default=None, compare=False)
+    via: str = field(default="", compare=False)  # the identifier whose customer it took
 
     @property
     def id(self) -> str:
@@ -494,7 +564,10 @@ class Merge:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A guard fired. reason: blocked_value | merge_cap (goes to review) | limit:<kind>."""
+    """A guard fired. reason: blocked_value | merge_cap, shared (both go to review) |
+    limit:<kind> | shared_via (a merge through a value found shared) | undone (it came
+    through a value found shared: split off) | split (a JOIN towards a customer it was
+    split off)."""
 
     TAG: ClassVar[str] = "refusal"
     reason: str
@@ -514,7 +587,7 @@ class Refusal:
 
     @property
     def for_review(self) -> bool:
-        return self.reason == "merge_cap"
+        return self.reason in ("merge_cap", "shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +650,12 @@ class IdState:
     first_seen_ms: int = 0
     version: int = 0
     erased: bool = False  # tombstone
+    via: str | None = None  # the anchor whose event gave it its label (None: it started it)
+    strong_glued: list[str] = field(default_factory=list)  # customers it joined with a strong id
+    confirmed: bool = False  # a strong id on one event vouched for its current label
+    left: list[str] = field(default_factory=list)  # labels it had when it was split off
+    parked: list[str] = field(default_factory=list)  # relabels waiting: "customer\x1fsrc"
+    rejoin: str | None = None  # where it goes if an undo splits it (it was seen with them)
 
 
 @dataclass(slots=True)
@@ -589,6 +668,8 @@ class CustState:
     lock_seq: int = 0
     waiting: list[Op] = field(default_factory=list)  # ops deferred while locked
     erased: bool = False  # tombstone
+    through: dict[str, list[str]] = field(default_factory=dict)  # weak id -> members it brought
+    shared: list[str] = field(default_factory=list)  # identifiers found shared: glue nothing here
 
 
 State: TypeAlias = IdState | CustState
@@ -709,8 +790,9 @@ class Effects:
 class IdentityNode:
     """Handles ops against one partition's state. Stateless itself; safe to share."""
 
-    def __init__(self, rules: IdentityRules | None = None) -> None:
+    def __init__(self, rules: IdentityRules | None = None, *, undo_through: bool = False) -> None:
         self.rules = rules or IdentityRules()
+        self.undo_through = undo_through
         # one method per op, named after its tag: LinkOp -> self._link
         self._handlers: dict[type[Any], Callable[[Any, StateView, Effects], None]] = {
             cls: getattr(self, f"_{cls.TAG}") for cls in _OP_TYPES
@@ -753,7 +835,7 @@ class IdentityNode:
                 fx.ops.append(LinkOp(op.idents[1:], op.event_id, op.ts, op.event))
             else:
                 customer = None if s.erased else s.customer
-                fx.outputs.append(Resolved(op.event_id, op.ts, customer, op.event))
+                fx.outputs.append(Resolved(op.event_id, op.ts, customer, op.event, anchor))
             return
         changed = s is None
         if s is None:
@@ -765,12 +847,13 @@ class IdentityNode:
             changed = True
         label = s.customer
         assert label is not None
-        fx.outputs.append(Resolved(op.event_id, op.ts, label, op.event))
+        fx.outputs.append(Resolved(op.event_id, op.ts, label, op.event, anchor))
+        strong = any(_is_strong(key) for key in op.idents)
         for other in op.idents[1:]:
             tag = _peer_tag(other)
             if tag not in s.peers:  # a JOIN(other, any label of ours) was sent: no need again
                 s.peers.append(tag)
-                fx.ops.append(JoinOp(other, label, anchor, op.event_id, op.ts))
+                fx.ops.append(JoinOp(other, label, anchor, op.event_id, op.ts, strong))
                 changed = True
         if changed:
             if len(s.peers) > self.rules.max_peers:
@@ -787,14 +870,41 @@ class IdentityNode:
         y = s.customer
         if y is None:
             _set_label(key, s, x, op.ts, fx)
+            s.via = op.via
+            s.confirmed = op.strong
+            if op.strong:
+                s.strong_glued = [x]
             st.put(key, s)
-            fx.ops.append(AddMemberOp(x, key, x, op.event_id, op.ts))
+            fx.ops.append(AddMemberOp(x, key, x, op.event_id, op.ts, op.via))
             return
-        if x == y or x in s.glued or x in s.former:  # same customer, or already asked
+        if x == y:
+            if op.strong and not s.confirmed:  # a strong id vouches for the label
+                s.confirmed = True
+                st.put(key, s)
+            return
+        if x in s.left:  # a customer it was split off: that stands, on the record
+            fx.outputs.append(
+                Refusal(
+                    "split",
+                    op.event_id,
+                    op.ts,
+                    identifier=key,
+                    customers=(x, y),
+                    via=op.via,
+                    evidence=(op.via, key),
+                )
+            )
+            return
+        if x in s.glued or x in s.former:  # already asked
             return
         s.glued = sorted({*s.glued, x, y})
-        if len(s.glued) > self.rules.merge_cap(_kind(key)):
-            s.quarantined = True
+        if op.strong:
+            s.strong_glued = sorted({*s.strong_glued, x})
+        # The cap counts customers that came with a strong identity (an account): a
+        # person's own phone joining their own anonymous fragments is not a hub. A hub
+        # among customers without accounts is still stopped, at WEAK_CAP_FACTOR x the cap.
+        cap = self.rules.merge_cap(_kind(key))
+        if len(s.strong_glued) > cap or len(s.glued) > cap * WEAK_CAP_FACTOR:
             st.put(key, s)
             fx.outputs.append(
                 Refusal(
@@ -807,20 +917,51 @@ class IdentityNode:
                     evidence=(op.via, key),
                 )
             )
+            self._make_household(key, s, y, op.event_id, op.ts, st, fx)
             return
         st.put(key, s)
-        fx.ops.append(MergeOp(max(x, y), min(x, y), key, op.event_id, op.ts))
+        fx.ops.append(MergeOp(max(x, y), min(x, y), key, op.event_id, op.ts, op.via))
 
     def _relabel(self, op: RelabelOp, st: StateView, fx: Effects) -> None:
         s = _ident(st, op.identifier)
-        if s is None or s.customer is None or op.customer >= s.customer:
+        if s is None or s.customer is None:
+            return
+        if (op.src and op.src in s.left) or (s.quarantined and is_household(s.customer)):
+            # Sent for a customer it was split off (its membership there arrived late; a
+            # household takes no relabel at all): that customer drops it again.
+            fx.ops.append(
+                RemoveMemberOp(op.customer, op.identifier, op.event_id, op.ts, s.customer)
+            )
+            return
+        if op.customer >= s.customer:
             return  # labels only move to older ids: stale relabels are no-ops
-        old = s.customer
-        if old in s.glued and op.customer not in s.glued:  # the same customers, renamed
-            s.glued = sorted({*s.glued, op.customer} - {old})
-        _remember_former(s, old)
-        _set_label(op.identifier, s, op.customer, op.ts, fx)
+        if s.left and op.src and op.src != s.customer:
+            # Split off before: only a relabel from its own customer's chain moves it. One
+            # from a customer it does not know yet waits until its label gets there.
+            parked = f"{op.customer}{_SEP}{op.src}"
+            if parked not in s.parked:
+                s.parked = [*s.parked, parked][-_MAX_FORMER:]
+                st.put(op.identifier, s)
+            return
+        self._move_label(op.identifier, s, op.customer, op.ts, fx)
+        while s.left and (
+            ready := [c for c, _, src in (p.partition(_SEP) for p in s.parked) if src == s.customer]
+        ):
+            target = min(ready)
+            s.parked = [p for p in s.parked if p.partition(_SEP)[2] != s.customer]
+            if target < s.customer:
+                self._move_label(op.identifier, s, target, op.ts, fx)
         st.put(op.identifier, s)
+
+    def _move_label(self, key: str, s: IdState, to: str, ts: int, fx: Effects) -> None:
+        old = s.customer
+        assert old is not None
+        if old in s.glued and to not in s.glued:  # the same customers, renamed
+            s.glued = sorted({*s.glued, to} - {old})
+        if old in s.strong_glued:
+            s.strong_glued = sorted({*s.strong_glued, to} - {old})
+        _remember_former(s, old)
+        _set_label(key, s, to, ts, fx)
 
     def _detach(self, op: DetachOp, st: StateView, fx: Effects) -> None:
         s = _ident(st, op.identifier)
@@ -833,21 +974,104 @@ class IdentityNode:
         if s is None or s.erased or s.customer is None:
             return
         old = s.customer
-        if old == customer_id(op.ts, f"{op.identifier}#{op.event_id}"):
+        undo = op.unless_confirmed
+        if old == _fresh_id(op.ts, op.identifier, op.event_id, op.household, undo):
             return  # replay
+        if op.unless_confirmed and (s.confirmed or s.customer in s.strong_glued):
+            return  # a strong id on one event vouched for its customer since
         s.quarantined = s.quarantined or op.quarantine
-        new = self._move_to_fresh(op.identifier, s, op.event_id, op.ts, st, fx)
-        fx.ops.append(RemoveMemberOp(old, op.identifier, op.event_id, op.ts))
+        rejoin, s.rejoin = s.rejoin, None
+        vouched = next((c for c in s.strong_glued if c != old), "")  # a strong id saw it there
+        new = self._move_to_fresh(op.identifier, s, op.event_id, op.ts, st, fx, op.household, undo)
+        fx.ops.append(RemoveMemberOp(old, op.identifier, op.event_id, op.ts, new))
         fx.outputs.append(SplitRecord(op.identifier, old, new, op.event_id, op.ts))
+        if undo:
+            fx.outputs.append(
+                Refusal(
+                    "undone",
+                    op.event_id,
+                    op.ts,
+                    identifier=op.identifier,
+                    customers=(old, new),
+                    evidence=(op.identifier,),
+                )
+            )
+            # Undone from the customer a shared value put it in: it joins the customer it
+            # was seen with (the one of the refused merge that found the shared value, or
+            # one a strong id saw it with).
+            target = rejoin or vouched
+            if target:
+                fx.ops.append(JoinOp(op.identifier, target, op.identifier, op.event_id, op.ts))
+
+    def _shared(self, op: SharedOp, st: StateView, fx: Effects) -> None:
+        key = op.identifier
+        s = _ident(st, key)
+        if s is None or s.erased or s.customer is None or _is_strong(key):
+            return
+        if s.quarantined and is_household(s.customer):
+            return  # already found out
+        if (
+            s.via is not None
+            and s.via != key
+            and not _is_strong(s.via)
+            and op.hops < _MAX_BLAME_HOPS
+        ):  # a weak value put it there: blame that one
+            others = [c for c in op.customers if c != s.customer]
+            if len(others) == 1 and s.customer in op.customers:
+                s.rejoin = others[0]
+                st.put(key, s)
+            fx.ops.append(replace(op, identifier=s.via, hops=op.hops + 1))
+            return
+
+        fx.outputs.append(
+            Refusal(
+                "shared",
+                op.event_id,
+                op.ts,
+                identifier=key,
+                customers=op.customers,
+                via=op.via,
+                evidence=(op.reason, op.via, key),
+            )
+        )
+        self._make_household(key, s, s.customer, op.event_id, op.ts, st, fx)
+
+    def _make_household(
+        self, key: str, s: IdState, old: str, event_id: str, ts: int, st: StateView, fx: Effects
+    ) -> None:
+        """A shared identifier: quarantined, a household of its own; its old customer
+        undoes what came through it."""
+        s.quarantined = True
+        if s.customer is None or is_household(s.customer):
+            st.put(key, s)
+            return
+        label = s.customer
+        new = self._move_to_fresh(key, s, event_id, ts, st, fx, household=True)
+        fx.ops.append(RemoveMemberOp(label, key, event_id, ts, new))
+        if self.undo_through:
+            fx.ops.append(UndoThroughOp(label, key, event_id, ts))
+        fx.outputs.append(SplitRecord(key, label, new, event_id, ts))
 
     def _move_to_fresh(
-        self, key: str, s: IdState, event_id: str, ts: int, st: StateView, fx: Effects
+        self,
+        key: str,
+        s: IdState,
+        event_id: str,
+        ts: int,
+        st: StateView,
+        fx: Effects,
+        household: bool = False,
+        undo: bool = False,
     ) -> str:
         """A customer of its own, with an id no earlier customer can have had."""
-        new = customer_id(ts, f"{key}#{event_id}")
+        new = _fresh_id(ts, key, event_id, household, undo)
         assert s.customer is not None
         _remember_former(s, s.customer)
-        s.peers = []
+        # Relabels in flight for the customers it leaves must not pull it back (``left``);
+        # nor JOINs towards them (a replay cannot be told from new evidence): refused.
+        s.left = [*s.left, *(f for f in s.former if f not in s.left)][-_MAX_FORMER:]
+        s.peers, s.glued, s.parked = [], [], []
+        s.via, s.confirmed, s.strong_glued = None, False, []
         _set_label(key, s, new, ts, fx)
         st.put(key, s)
         fx.ops.append(AddMemberOp(new, key, new, event_id, ts))
@@ -902,9 +1126,11 @@ class IdentityNode:
             return
         bisect.insort(have, key)
         c.members[kind] = have
+        if self.undo_through and op.via and op.via != key and not _is_strong(op.via):
+            _remember_through(c, op.via, key)
         st.put(cid, c)
         if op.assigned != cid:
-            fx.ops.append(RelabelOp(key, cid, op.event_id, op.ts))
+            fx.ops.append(RelabelOp(key, cid, op.event_id, op.ts, op.assigned))
 
     def _remove_member(self, op: RemoveMemberOp, st: StateView, fx: Effects) -> None:
         c = _cust(st, op.customer)
@@ -914,6 +1140,8 @@ class IdentityNode:
             fx.ops.append(replace(op, customer=c.absorbed_into))
         elif c.pending is not None:
             _defer(c, op, op.customer, st)
+        elif op.keep and (op.keep == op.customer or op.keep in c.absorbed):
+            return  # it came back with the customer it moved to: it stays
         else:
             kind = _kind(op.identifier)
             have = c.members.get(kind, [])
@@ -950,6 +1178,8 @@ class IdentityNode:
                 op.via,
                 op.event_id,
                 op.ts,
+                tuple(f"{via}\x1f{m}" for via, ms in c.through.items() for m in ms),
+                op.anchor,
             )
         )
 
@@ -967,6 +1197,22 @@ class IdentityNode:
             return
         if op.absorbed in c.absorbed:  # replay of an accepted proposal
             fx.ops.append(AbsorbedOp(op.absorbed, cid, op.seq, op.event_id, op.ts))
+            return
+        if op.via in c.shared:  # a merge through a value found shared since it was asked
+            fx.outputs.append(
+                Refusal(
+                    "shared_via",
+                    op.event_id,
+                    op.ts,
+                    identifier=op.via,
+                    customers=(cid, op.absorbed),
+                    survivor=cid,
+                    absorbed=op.absorbed,
+                    via=op.via,
+                    evidence=("household", op.via),
+                )
+            )
+            fx.ops.append(UnlockOp(op.absorbed, op.seq, op.event_id, op.ts))
             return
         merged = {kind: list(keys) for kind, keys in c.members.items()}
         for key in op.members:
@@ -989,12 +1235,54 @@ class IdentityNode:
                     )
                 )
                 fx.ops.append(UnlockOp(op.absorbed, op.seq, op.event_id, op.ts))
+                if kind in STRONG_KINDS and not _is_strong(op.via):
+                    # two accounts glued through a weak value: find the shared one
+                    fx.ops.append(
+                        SharedOp(
+                            # the value the JOIN came from, if weak (it put the identifier
+                            # of a person seen with their account into another's customer);
+                            # else the identifier, seen with two accounts
+                            op.anchor
+                            if op.anchor and op.anchor != op.via and not _is_strong(op.anchor)
+                            else op.via,
+                            (cid, op.absorbed),
+                            op.via,
+                            f"limit:{kind}",
+                            op.event_id,
+                            op.ts,
+                        )
+                    )
                 return
         c.members = merged
+        for pair in op.through:
+            via, _, member = pair.partition(_SEP)
+            _remember_through(c, via, member)
         c.absorbed.extend((op.absorbed, *op.absorbed_ids))
         st.put(cid, c)
         fx.outputs.append(Merge(cid, op.absorbed, op.via, op.event_id, op.ts, op.members))
         fx.ops.append(AbsorbedOp(op.absorbed, cid, op.seq, op.event_id, op.ts))
+
+    def _undo_through(self, op: UndoThroughOp, st: StateView, fx: Effects) -> None:
+        cid = op.customer
+        c = _cust(st, cid)
+        if c.erased:
+            return
+        if c.absorbed_into is not None:
+            fx.ops.append(replace(op, customer=c.absorbed_into))
+            return
+        if c.pending is not None:
+            _defer(c, op, cid, st)
+            return
+        if op.via not in c.shared:  # glue nothing more here through it
+            c.shared = [*c.shared, op.via][-_MAX_THROUGH_VIAS:]
+            st.put(cid, c)
+        came = c.through.pop(op.via, None)
+        if came is None:
+            return
+        st.put(cid, c)
+        for key in came:  # each joined through via: split off, unless a strong id vouched
+            if key != op.via and key in c.members.get(_kind(key), ()):
+                fx.ops.append(SplitOp(key, op.event_id, op.ts, unless_confirmed=True))
 
     def _absorbed(self, op: AbsorbedOp, st: StateView, fx: Effects) -> None:
         cid = op.absorbed
@@ -1010,8 +1298,11 @@ class IdentityNode:
             return  # not the proposal we are waiting for
         members, waiting = _flat(c.members), c.waiting
         st.put(cid, CustState(c.created_ms, absorbed_into=op.survivor, lock_seq=c.lock_seq))
+        gone = {w.identifier for w in waiting if isinstance(w, RemoveMemberOp)}
         for key in members:
-            fx.ops.append(RelabelOp(key, op.survivor, op.event_id, op.ts))
+            if key in gone:  # it left while we were locked: the survivor drops it, no relabel
+                continue
+            fx.ops.append(RelabelOp(key, op.survivor, op.event_id, op.ts, cid))
         for deferred in waiting:  # now resolved against the survivor
             self._handlers[type(deferred)](deferred, st, fx)
 
@@ -1048,10 +1339,31 @@ class IdentityNode:
         fx.outputs.append(Erased(cid, customers, len(members), op.event_id, op.ts))
 
 
+def _fresh_id(ts: int, key: str, event_id: str, household: bool, undo: bool = False) -> str:
+    """A split's new customer (``h...`` for a household)."""
+    cid = customer_id(ts, f"{key}#{event_id}{'#undo' if undo else ''}")
+    return f"h{cid[1:]}" if household else cid
+
+
 def _set_label(key: str, s: IdState, customer: str, ts: int, fx: Effects) -> None:
     s.customer = customer
+    if customer in s.left:
+        s.left.remove(customer)
     s.version += 1
     fx.outputs.append(IdentityUpdate(key, customer, ts, s.version))
+
+
+def _remember_through(c: CustState, via: str, key: str) -> None:
+    """The identifiers that joined through a weak identifier (on an event anchored at
+    it), in case it turns out shared (bounded)."""
+    have = c.through.get(via)
+    if have is None:
+        if len(c.through) >= _MAX_THROUGH_VIAS:
+            del c.through[next(iter(c.through))]
+        have = c.through[via] = []
+    if key != via and key not in have:
+        have.append(key)
+        del have[:-_MAX_THROUGH]
 
 
 def _lock_number(
@@ -1076,7 +1388,9 @@ def _defer(c: CustState, op: Op, cid: str, st: StateView) -> None:
 
 def _coalesce_key(op: Op) -> object:
     """Ops with the same key have the same effect; only the first one's evidence is kept."""
-    if isinstance(op, JoinOp | RelabelOp):
+    if isinstance(op, JoinOp):  # a strong id's evidence is not folded into a weak one's
+        return (op.TAG, op.identifier, op.customer, op.strong)
+    if isinstance(op, RelabelOp):
         return (op.TAG, op.identifier, op.customer)
     if isinstance(op, AddMemberOp):
         return (op.TAG, op.customer, op.identifier, op.assigned)
@@ -1260,10 +1574,10 @@ def state_to_json(value: State) -> dict[str, Any]:
     data: dict[str, Any]
     if isinstance(value, IdState):
         data = {"t": "id", "first_seen_ms": value.first_seen_ms, "version": value.version}
-        for name in ("customer", "quarantined", "erased"):
+        for name in ("customer", "quarantined", "erased", "via", "confirmed", "rejoin"):
             if getattr(value, name):
                 data[name] = getattr(value, name)
-        for name in ("glued", "former", "peers"):
+        for name in ("glued", "former", "peers", "strong_glued", "left", "parked"):
             if getattr(value, name):
                 data[name] = list(getattr(value, name))
         return data
@@ -1277,6 +1591,10 @@ def state_to_json(value: State) -> dict[str, Any]:
         data["absorbed"] = list(value.absorbed)
     if value.waiting:
         data["waiting"] = [op_to_json(op) for op in value.waiting]
+    if value.through:
+        data["through"] = {via: list(keys) for via, keys in value.through.items()}
+    if value.shared:
+        data["shared"] = list(value.shared)
     return data
 
 
@@ -1291,6 +1609,12 @@ def state_from_json(data: Mapping[str, Any]) -> State:
             int(data.get("first_seen_ms", 0)),
             int(data.get("version", 0)),
             bool(data.get("erased")),
+            via=data.get("via"),
+            strong_glued=list(data.get("strong_glued", ())),
+            confirmed=bool(data.get("confirmed")),
+            left=list(data.get("left", ())),
+            parked=list(data.get("parked", ())),
+            rejoin=data.get("rejoin"),
         )
     if data.get("t") == "customer":
         return CustState(
@@ -1302,6 +1626,8 @@ def state_from_json(data: Mapping[str, Any]) -> State:
             int(data.get("lock_seq", 0)),
             [op_from_json(op) for op in data.get("waiting", ())],
             bool(data.get("erased")),
+            {k: list(v) for k, v in data.get("through", {}).items()},
+            list(data.get("shared", ())),
         )
     raise ValueError(f"not an identity state: {data!r:.200}")
 
@@ -1327,10 +1653,11 @@ class Simulator:
         redeliver: float = 0.0,
         max_batch: int = 4,
         wire: bool = False,
+        undo_through: bool = False,
     ) -> None:
         self.partitions = partitions
         self.rules = rules or IdentityRules()
-        self.node = IdentityNode(self.rules)
+        self.node = IdentityNode(self.rules, undo_through=undo_through)
         self.rng = random.Random(seed)
         self.redeliver = redeliver
         self.max_batch = max_batch

@@ -195,9 +195,10 @@ class PipelineAgents(PipelineProtocol):
             if isinstance(out, Resolved):
                 customer = out.customer or ""
                 item = out.event  # {"a": anchor, "r": record} from the valid topic
-                resolved.append(
-                    (customer or out.event_id, event_item(customer, item["r"], item["a"]))
-                )
+                # The identifier it resolved at: the anchor, or the next one when the
+                # anchor is quarantined (a household): timelines follow that one's label.
+                key = out.via or item["a"]
+                resolved.append((customer or out.event_id, event_item(customer, item["r"], key)))
                 kinds["resolved"] += 1
                 continue
             changes.append((out.id, output_to_json(out)))

@@ -12,6 +12,7 @@ from aiohttp import web as aioweb
 
 from streams import metrics
 from streams.adapters.clickhouse import ClickHouse, connect
+from streams.identity.graph import is_household
 from streams.ops.operator import find_customer, identifier_key, timeline
 from streams.runtime.parts import PipelineParts
 
@@ -96,7 +97,13 @@ class PipelineViews(PipelineParts):
         if rows is None:
             return _no_clickhouse()
         return aioweb.json_response(
-            {"customer_id": customer_id, "touchpoints": rows}, dumps=_json_dumps
+            # household: a shared device or email's own customer, standing for no one person
+            {
+                "customer_id": customer_id,
+                "household": is_household(customer_id),
+                "touchpoints": rows,
+            },
+            dumps=_json_dumps,
         )
 
     async def _timeline_by_identifier(self, request: Any) -> aioweb.Response:

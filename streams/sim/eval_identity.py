@@ -21,8 +21,9 @@ trap (an event of theirs carries it), the pairs with at least one of their event
 :func:`resolve_offline` runs the partitioned protocol's simulator over the stream (the
 same ``IdentityNode`` the pipeline runs, several partitions, random interleaving) and
 reads every event's customer as ``customer_touchpoints_v`` does: the current label of
-the event's anchor identifier. ``make eval`` scores the real pipeline's answer from
-ClickHouse the same way.
+the identifier the event resolved at (its anchor, or the next one when the anchor is
+quarantined: ``Resolved.via``, the ``identity_key`` in ClickHouse). ``make eval`` scores
+the real pipeline's answer from ClickHouse the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from streams.identity.graph import IdentityRules, Simulator, event_identifiers, is_household
+from streams.identity.graph import (
+    IdentityRules,
+    Resolved,
+    Simulator,
+    event_identifiers,
+    is_household,
+)
 from streams.ingest.normalise import normalise_country, normalise_identifiers
 from streams.ingest.stage import anchor_key
 from streams.sim.eval_data import StreamEvent
@@ -222,15 +229,18 @@ def resolve_offline(
     seed: int = 0,
 ) -> dict[str, str | None]:
     """Event id -> customer as the partitioned protocol leaves it (the simulator, in
-    event-time order with random interleaving): the label of the event's anchor."""
+    event-time order with random interleaving): the label of the identifier it resolved
+    at (its anchor, or the next one when the anchor is quarantined)."""
     rules = rules or IdentityRules()
     records = [normalised(e.record) for e in events]
     sim = Simulator(partitions, rules, seed, max_batch=64)
     sim.run(records, max_steps=100_000_000)
     labels = sim.identifiers()
+    key_of = {r["event_id"]: anchor_key(r, rules.is_blocked) for r in records}
+    key_of.update({o.event_id: o.via for o in sim.outputs if isinstance(o, Resolved) and o.via})
     out: dict[str, str | None] = {}
     for record in records:
-        state = labels.get(anchor_key(record, rules.is_blocked))
+        state = labels.get(key_of[record["event_id"]])
         out[record["event_id"]] = state.customer if state is not None and not state.erased else None
     return out
 

@@ -539,7 +539,8 @@ CREATE VIEW IF NOT EXISTS {db}.customer_360_v
     sentiment_trend     Nullable(Float64)               COMMENT 'sentiment_recent - sentiment_avg: above 0 improving, below 0 worsening',
     open_alerts         UInt64                          COMMENT 'Open alerts (distinct rules)',
     segment             String                          COMMENT 'Highest touchpoint segment seen',
-    merged_ids          UInt64                          COMMENT 'Other customer ids merged into this one'
+    merged_ids          UInt64                          COMMENT 'Other customer ids merged into this one',
+    household           UInt8                           COMMENT '1: a household, the own customer of a shared device or email (identity found it shared): its touchpoints belong to no one person'
 )
 COMMENT 'One row per customer: the latest customer_360 summaries with merged ids folded into their survivor (two merge levels).'
 AS SELECT
@@ -563,7 +564,8 @@ AS SELECT
     sentiment_recent - sentiment_avg AS sentiment_trend,
     length(groupUniqArrayArray(c.open_alerts)) AS open_alerts,
     ['anonymous', 'contactable', 'registered', 'loyalty', 'vip'][max(indexOf(['anonymous', 'contactable', 'registered', 'loyalty', 'vip'], c.segment))] AS segment,
-    count() - 1 AS merged_ids
+    count() - 1 AS merged_ids,
+    toUInt8(startsWith(root, 'h')) AS household
 FROM
 (
     SELECT

@@ -103,3 +103,33 @@ def test_naive_components_glue_the_trapped_people(trap_stream: Any) -> None:
     guarded = score_identity(trap_stream.events, resolve_offline(trap_stream.events)).overall
     assert naive.precision < 0.5 < guarded.precision
     assert guarded.recall_linkable >= 0.98
+
+
+def test_shared_values_become_households_and_own_phones_are_not_capped(trap_stream: Any) -> None:
+    """On the trap stream: the verdicts name values more than one person used, and no
+    identifier of exactly one person is quarantined by the merge cap (issue 14: 30 of
+    47 merge-cap refusals were a person's own phone)."""
+    from collections import defaultdict
+
+    from streams.identity.graph import Refusal, Simulator, event_identifiers
+    from streams.sim.eval_identity import normalised
+
+    rules = IdentityRules()
+    records = [normalised(e.record) for e in trap_stream.events]
+    owners: dict[str, set[int]] = defaultdict(set)
+    for e, r in zip(trap_stream.events, records, strict=True):
+        for key in rules.filter(event_identifiers(r))[0]:
+            owners[key].add(e.person)
+    sim = Simulator(4, rules, 0, max_batch=64)
+    sim.run(records, max_steps=10_000_000)
+    verdicts = [o for o in sim.outputs if isinstance(o, Refusal) and o.for_review]
+    capped = [v for v in verdicts if v.reason == "merge_cap"]
+    assert not [v for v in capped if len(owners[v.identifier or ""]) <= 1], capped
+    shared = [v for v in verdicts if v.reason == "shared"]
+    wrong = [v for v in shared if len(owners[v.identifier or ""]) <= 1]
+    # Known misattribution (measured: 1 of 10 here): a person's own device glued to their
+    # partner's customer by their shared email (a password reset on it) before the device
+    # met their account; the blame stops at the device.
+    assert len(shared) >= 5 and len(wrong) <= len(shared) // 5, [
+        (v.reason, v.identifier, owners[v.identifier or ""]) for v in wrong
+    ]
