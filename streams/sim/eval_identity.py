@@ -33,13 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from streams.identity.graph import (
-    IdentityRules,
-    Resolved,
-    Simulator,
-    event_identifiers,
-    is_household,
-)
+from streams.identity.graph import IdentityRules, Resolved, event_identifiers, is_household
+from streams.identity.simulator import Simulator
 from streams.ingest.normalise import normalise_country, normalise_identifiers
 from streams.ingest.stage import anchor_key
 from streams.sim.eval_data import StreamEvent

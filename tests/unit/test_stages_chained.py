@@ -21,7 +21,8 @@ from streams.customers.items import event_item, merge_item
 from streams.customers.recompute import recompute
 from streams.customers.rows import AggregateRow, combine
 from streams.customers.stage import POSITION_SCALE, CustomerStage
-from streams.identity.graph import IdentityRules, Merge, Resolved, Simulator, offline_components
+from streams.identity.graph import IdentityRules, Merge, Resolved, offline_components
+from streams.identity.simulator import Simulator
 from streams.ingest.stage import IngestPolicy, IngestStage, anchor_key, from_json
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate

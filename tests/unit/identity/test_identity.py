@@ -27,7 +27,6 @@ from streams.identity.graph import (
     ProposeOp,
     Refusal,
     Resolved,
-    Simulator,
     SplitOp,
     SplitRecord,
     created_ms_of,
@@ -42,6 +41,7 @@ from streams.identity.graph import (
     state_from_json,
     state_to_json,
 )
+from streams.identity.simulator import Simulator
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
 
 T0 = 1_700_000_000_000

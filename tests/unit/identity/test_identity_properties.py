@@ -14,14 +14,8 @@ from typing import Any, cast
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from streams.identity.graph import (
-    IdentityRules,
-    Merge,
-    Refusal,
-    Resolved,
-    Simulator,
-    offline_components,
-)
+from streams.identity.graph import IdentityRules, Merge, Refusal, Resolved, offline_components
+from streams.identity.simulator import Simulator
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
 
 EXAMPLES = 500  # both tests together take ~10 s; many thousands more passed while developing

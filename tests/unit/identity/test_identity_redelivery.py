@@ -25,11 +25,11 @@ from streams.identity.graph import (
     MergeOp,
     ProposeOp,
     RelabelOp,
-    Simulator,
     UnlockOp,
     customer_id,
     state_to_json,
 )
+from streams.identity.simulator import Simulator
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
 
 T0 = 1_700_000_000_000

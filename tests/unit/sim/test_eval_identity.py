@@ -111,7 +111,8 @@ def test_shared_values_become_households_and_own_phones_are_not_capped(trap_stre
     47 merge-cap refusals were a person's own phone)."""
     from collections import defaultdict
 
-    from streams.identity.graph import Refusal, Simulator, event_identifiers
+    from streams.identity.graph import Refusal, event_identifiers
+    from streams.identity.simulator import Simulator
     from streams.sim.eval_identity import normalised
 
     rules = IdentityRules()

@@ -1,0 +1,347 @@
+"""The identity protocol's messages: ops between partitions and the outputs the stage emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, TypeAlias, get_args
+
+from streams.identity.ids import _digest
+
+# ----------------------------------------------------------------------------- ops
+# event_id/ts: the event (or operator request) that caused an op, carried as evidence.
+
+
+class _Routed:
+    """An op goes to ``partition_for(op.routing_key, n)``: the key whose state it changes."""
+
+    __slots__ = ()
+    ROUTE: ClassVar[str]
+
+    @property
+    def routing_key(self) -> str:
+        key: str = getattr(self, self.ROUTE)
+        return key
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOp:
+    TAG: ClassVar[str] = "link"
+    idents: tuple[str, ...]  # strongest first; idents[0] is the anchor
+    event_id: str
+    ts: int
+    event: Any = field(default=None, compare=False)  # passed through to Resolved
+
+    @property
+    def routing_key(self) -> str:
+        return self.idents[0]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinOp(_Routed):
+    TAG: ClassVar[str] = "join"
+    ROUTE: ClassVar[str] = "identifier"
+    identifier: str
+    customer: str
+    via: str  # the anchor that saw both
+    event_id: str
+    ts: int
+    strong: bool = False  # the event carried a strong identifier (STRONG_KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class AddMemberOp(_Routed):
+    TAG: ClassVar[str] = "add_member"
+    ROUTE: ClassVar[str] = "customer"
+    customer: str  # where it is going (follows absorptions)
+    identifier: str
+    assigned: str  # the label the identifier was given
+    event_id: str
+    ts: int
+    via: str = ""  # the anchor whose event brought it ("" : it started the customer)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOp(_Routed):
+    TAG: ClassVar[str] = "merge"
+    ROUTE: ClassVar[str] = "absorbed"
+    absorbed: str  # the younger id
+    survivor: str  # the older id
+    via: str  # the identifier that glued them
+    event_id: str
+    ts: int
+    anchor: str = ""  # the anchor of the event whose JOIN asked for it
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeOp(_Routed):
+    TAG: ClassVar[str] = "propose"
+    ROUTE: ClassVar[str] = "survivor"
+    survivor: str
+    absorbed: str
+    seq: int  # the absorbed customer's lock number (names this proposal)
+    members: tuple[str, ...]  # the absorbed customer's identifiers
+    absorbed_ids: tuple[str, ...]  # customers it absorbed earlier
+    via: str
+    event_id: str
+    ts: int
+    through: tuple[str, ...] = ()  # its CustState.through, as "via\x1fmember" pairs
+    anchor: str = ""  # MergeOp.anchor
+
+
+@dataclass(frozen=True, slots=True)
+class AbsorbedOp(_Routed):
+    TAG: ClassVar[str] = "absorbed"
+    ROUTE: ClassVar[str] = "absorbed"
+    absorbed: str
+    survivor: str
+    seq: int
+    event_id: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockOp(_Routed):
+    TAG: ClassVar[str] = "unlock"
+    ROUTE: ClassVar[str] = "customer"
+    customer: str
+    seq: int
+    event_id: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelabelOp(_Routed):
+    TAG: ClassVar[str] = "relabel"
+    ROUTE: ClassVar[str] = "identifier"
+    identifier: str
+    customer: str
+    event_id: str
+    ts: int
+    src: str = ""  # the label the sender knew it by (the absorbed customer, or the assigned one)
+
+
+@dataclass(frozen=True, slots=True)
+class DetachOp(_Routed):
+    """A customer refused the identifier (limit): it gets a customer of its own."""
+
+    TAG: ClassVar[str] = "detach"
+    ROUTE: ClassVar[str] = "identifier"
+    identifier: str
+    customer: str  # the label it was refused under
+    event_id: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMemberOp(_Routed):
+    TAG: ClassVar[str] = "remove_member"
+    ROUTE: ClassVar[str] = "customer"
+    customer: str
+    identifier: str
+    event_id: str
+    ts: int
+    keep: str = ""  # its label now: if this customer is (or absorbed) it, it is back: keep it
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOp(_Routed):
+    """Operator request: move the identifier off its customer onto a new one."""
+
+    TAG: ClassVar[str] = "split"
+    ROUTE: ClassVar[str] = "identifier"
+    identifier: str
+    event_id: str  # the request id
+    ts: int
+    quarantine: bool = False  # also stop it linking (a shared device, a kiosk)
+    household: bool = False  # its new customer is a household (is_household): shared
+    unless_confirmed: bool = False  # an undo: leave it if a strong id vouched for its label
+
+
+@dataclass(frozen=True, slots=True)
+class SharedOp(_Routed):
+    """Two customers with different strong identities were glued through ``identifier``
+    (a limit on a strong kind refused their merge): find the identifier that is shared.
+
+    At the identifier: if it came to its customer through a weak anchor (``IdState.via``),
+    that anchor's value put it there: the blame moves on to it. Else the identifier was
+    seen with a strong id (or started its customer) and is the shared one: it becomes a
+    household (quarantined, a customer of its own that claims no person) and its old
+    customer undoes what came through it (``UndoThroughOp``)."""
+
+    TAG: ClassVar[str] = "shared"
+    ROUTE: ClassVar[str] = "identifier"
+    identifier: str
+    customers: tuple[str, ...]  # the customers the refused merge would have joined
+    via: str  # the identifier the refused merge came through
+    reason: str  # the refusal: limit:<kind> or merge_cap
+    event_id: str
+    ts: int
+    hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UndoThroughOp(_Routed):
+    """At a customer: split off the members that came to it through ``via`` (a shared
+    identifier), unless a strong id vouched for them since."""
+
+    TAG: ClassVar[str] = "undo_through"
+    ROUTE: ClassVar[str] = "customer"
+    customer: str
+    via: str
+    event_id: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class EraseOp(_Routed):
+    """Operator request (``cascade_of`` None: erases the customer's survivor), or the
+    cascade tombstoning a customer absorbed by an erased one."""
+
+    TAG: ClassVar[str] = "erase"
+    ROUTE: ClassVar[str] = "customer"
+    customer: str
+    event_id: str
+    ts: int
+    cascade_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EraseIdentifierOp(_Routed):
+    """Operator request (``customers`` empty: erases the identifier and its customer), or
+    the cascade: tombstone the identifier if its label is one of ``customers``."""
+
+    TAG: ClassVar[str] = "erase_identifier"
+    ROUTE: ClassVar[str] = "identifier"
+    identifier: str
+    event_id: str
+    ts: int
+    customers: tuple[str, ...] = ()
+
+
+Op: TypeAlias = (
+    LinkOp
+    | JoinOp
+    | AddMemberOp
+    | MergeOp
+    | ProposeOp
+    | AbsorbedOp
+    | UnlockOp
+    | RelabelOp
+    | DetachOp
+    | RemoveMemberOp
+    | SplitOp
+    | SharedOp
+    | UndoThroughOp
+    | EraseOp
+    | EraseIdentifierOp
+)
+_OP_TYPES: Final[tuple[type[Any], ...]] = get_args(Op)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The event stamped with its customer at that moment (None: nothing usable)."""
+
+    TAG: ClassVar[str] = "resolved"
+    event_id: str
+    ts: int
+    customer: str | None
+    event: Any = field(default=None, compare=False)
+    via: str = field(default="", compare=False)  # the identifier whose customer it took
+
+    @property
+    def id(self) -> str:
+        return self.event_id
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    TAG: ClassVar[str] = "merge"
+    survivor: str
+    absorbed: str
+    via: str
+    event_id: str
+    ts: int
+    identifiers: tuple[str, ...]  # the absorbed customer's identifiers
+
+    @property
+    def id(self) -> str:
+        return _digest("merge", self.absorbed, self.survivor)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A guard fired. reason: blocked_value | merge_cap, shared (both go to review) |
+    limit:<kind> | shared_via (a merge through a value found shared) | undone (it came
+    through a value found shared: split off) | split (a JOIN towards a customer it was
+    split off)."""
+
+    TAG: ClassVar[str] = "refusal"
+    reason: str
+    event_id: str
+    ts: int
+    identifier: str | None = None
+    customers: tuple[str, ...] = ()
+    survivor: str | None = None
+    absorbed: str | None = None
+    via: str | None = None
+    evidence: tuple[str, ...] = ()  # the identifiers that made the guard fire
+
+    @property
+    def id(self) -> str:
+        subject = self.identifier or f"{self.absorbed}>{self.survivor}"
+        return _digest("refusal", self.reason, subject, self.event_id)
+
+    @property
+    def for_review(self) -> bool:
+        return self.reason in ("merge_cap", "shared")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityUpdate:
+    """An identifier's label changed (customer None: erased). ``version`` grows per identifier."""
+
+    TAG: ClassVar[str] = "identity_update"
+    identifier: str
+    customer: str | None
+    ts: int
+    version: int
+
+    @property
+    def id(self) -> str:
+        return _digest("identity", self.identifier, str(self.version))
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    TAG: ClassVar[str] = "erased"
+    customer: str
+    customers: tuple[str, ...]  # the survivor and every id it absorbed: delete rows of all
+    identifiers: int
+    event_id: str
+    ts: int
+
+    @property
+    def id(self) -> str:
+        return _digest("erased", self.customer)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRecord:
+    TAG: ClassVar[str] = "split"
+    identifier: str
+    from_customer: str
+    to_customer: str
+    event_id: str
+    ts: int
+
+    @property
+    def id(self) -> str:
+        return _digest("split", self.identifier, self.event_id)
+
+
+Output: TypeAlias = Resolved | Merge | Refusal | IdentityUpdate | Erased | SplitRecord
+_OUTPUT_TYPES: Final[tuple[type[Any], ...]] = get_args(Output)
