@@ -20,7 +20,6 @@ from __future__ import annotations
 __all__ = [
     "aggregator",
     "c360",
-    "c360_prefix",
     "due",
     "memory",
     "memory_prefix",
@@ -31,8 +30,6 @@ __all__ = [
     "seen",
     "seen_prefix",
 ]
-
-c360_prefix = "360|"
 
 
 def profile(customer_id: str) -> str:

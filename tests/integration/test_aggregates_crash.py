@@ -44,6 +44,7 @@ from tests.integration.harness import (
     READY_TIMEOUT,
     STOP_TIMEOUT,
     InTestSink,
+    LagProbe,
     WorkerProcess,
     codec_for,
     log_tails,
@@ -283,6 +284,33 @@ async def _duplicate_event_ids(
     return Counter({e: c for e, c in seen.items() if c > 1})
 
 
+async def settle_and_collect(
+    sink: InTestSink,
+    probe: LagProbe,
+    s: Settings,
+    expected_events: int,
+    worker: WorkerProcess,
+    timeout: float,
+) -> dict[str, Any]:
+    """Wait until every event landed, no group lags and ``cx_partials`` is stable (for longer
+    than the aggregator's 5 s rolling flush), then read what the exactness checks compare."""
+    quiet = await wait_quiescent(
+        sink,
+        probe,
+        s,
+        expected_events=expected_events,
+        fingerprints={
+            "partials": "SELECT count(), sum(version), sum(events) FROM {db}.cx_partials",
+        },
+        timeout=timeout,
+        stable_polls=4,
+        interval=2.0,
+        workers=[worker],
+    )
+    assert quiet.reached, f"not quiescent after {timeout}s: {quiet.last}"
+    return await collect_aggregate_facts(sink, s)
+
+
 async def collect_aggregate_facts(sink: InTestSink, s: Settings) -> dict[str, Any]:
     """Everything the exactness checks compare, read once the pipeline is quiescent."""
     facts: dict[str, Any] = {}
@@ -459,23 +487,8 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
                 assert await asyncio.wait_for(traffic, timeout=60) == n
                 timings["all_produced"] = time.monotonic() - t0
 
-                quiet = await wait_quiescent(
-                    sink,
-                    probe,
-                    s,
-                    expected_events=n,
-                    fingerprints={
-                        "partials": "SELECT count(), sum(version), sum(events) FROM {db}.cx_partials",
-                    },
-                    timeout=QUIESCE_TIMEOUT,
-                    stable_polls=4,
-                    interval=2.0,  # stable for longer than the aggregator's 5 s rolling flush
-                    workers=[second],
-                )
+                facts.update(await settle_and_collect(sink, probe, s, n, second, QUIESCE_TIMEOUT))
                 timings["quiescent"] = time.monotonic() - t0
-                assert quiet.reached, f"not quiescent after {QUIESCE_TIMEOUT}s: {quiet.last}"
-
-                facts.update(await collect_aggregate_facts(sink, s))
             finally:
                 facts["exit_code"] = await asyncio.to_thread(second.terminate)
                 timings["stopped"] = time.monotonic() - t0

@@ -39,7 +39,6 @@ from tests.integration.harness import (
     log_tails,
     normalised_records,
     observers,
-    wait_quiescent,
     wait_ready,
     wait_until,
 )
@@ -47,7 +46,7 @@ from tests.integration.test_aggregates_crash import (
     LATENESS_S,
     SPAN_MS,
     aggregate_problems,
-    collect_aggregate_facts,
+    settle_and_collect,
 )
 
 pytestmark = pytest.mark.integration
@@ -140,22 +139,8 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
 
                 assert await asyncio.wait_for(produce(s, pairs[half:]), timeout=90) == n - half
                 timings["all_produced"] = time.monotonic() - t0
-                quiet = await wait_quiescent(
-                    sink,
-                    probe,
-                    s,
-                    expected_events=n,
-                    fingerprints={
-                        "partials": "SELECT count(), sum(version), sum(events) FROM {db}.cx_partials",
-                    },
-                    timeout=QUIESCE_TIMEOUT,
-                    stable_polls=4,
-                    interval=2.0,
-                    workers=[worker],
-                )
+                facts.update(await settle_and_collect(sink, probe, s, n, worker, QUIESCE_TIMEOUT))
                 timings["quiescent"] = time.monotonic() - t0
-                assert quiet.reached, f"not quiescent after {QUIESCE_TIMEOUT}s: {quiet.last}"
-                facts.update(await collect_aggregate_facts(sink, s))
             finally:
                 facts["exit_code"] = await asyncio.to_thread(worker.terminate)
                 timings["stopped"] = time.monotonic() - t0
