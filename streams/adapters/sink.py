@@ -61,6 +61,7 @@ __all__ = [
     "ClickHouseSink",
     "RowMapper",
     "SinkService",
+    "SourceMessage",
     "TableBatch",
     "default_routes",
 ]
@@ -90,24 +91,27 @@ class TableBatch:
         self.spans.clear()
 
 
-RowMapper = Callable[
-    [bytes | None, bytes | None, list[tuple[str, bytes]] | None, int, int, int],
-    Iterable[tuple[str, list[Any]]],
-]
-"""(key, value, headers, partition, offset, now_ms) -> (table, row) pairs."""
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """One consumed message, as a row mapper reads it."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    partition: int
+    offset: int
+    now_ms: int
 
 
-def _resolved_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
+RowMapper = Callable[[SourceMessage], Iterable[tuple[str, list[Any]]]]
+"""A consumed message -> its (table, row) pairs."""
+
+
+def _resolved_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
     """Touchpoints, stamped with the customer they resolved to (merge notices skipped)."""
-    assert value is not None
-    for item in unpack(value):
+    assert message.value is not None
+    partition, offset, now_ms = message.partition, message.offset, message.now_ms
+    for item in unpack(message.value):
         if item["t"] != ItemKind.EVENT:
             continue
         record = from_json(item["r"])
@@ -115,16 +119,9 @@ def _resolved_rows(
         yield "touchpoints", row
 
 
-def _identity_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
-    assert value is not None
-    for item in unpack(value):
+def _identity_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+    assert message.value is not None
+    for item in unpack(message.value):
         out = output_from_json(item)
         if isinstance(out, IdentityUpdate):
             if out.customer is not None:  # erased identifiers are deleted, not rewritten
@@ -162,28 +159,14 @@ def _identity_rows(
             yield ERASE, [sorted({out.customer, *out.customers})]
 
 
-def _aggregate_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
-    assert value is not None
-    for item in unpack(value):
+def _aggregate_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+    assert message.value is not None
+    for item in unpack(message.value):
         yield decode_row(item)
 
 
-def _dead_letter_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
-    yield "dead_letters", dead_letter_row(value, headers)
+def _dead_letter_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+    yield "dead_letters", dead_letter_row(message.value, message.headers)
 
 
 ERASE = "__erase__"
@@ -219,16 +202,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def _alert_rows(codec: AvroCodec) -> RowMapper:
-    def rows(
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None,
-        partition: int,
-        offset: int,
-        now_ms: int,
-    ) -> Iterable[tuple[str, list[Any]]]:
-        assert value is not None
-        yield "alerts", alert_row(cast(Alert, codec.decode(value)))
+    def rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+        assert message.value is not None
+        yield "alerts", alert_row(cast(Alert, codec.decode(message.value)))
 
     return rows
 
@@ -295,7 +271,8 @@ class ClickHouseSink:
         now_ms: int,
     ) -> None:
         batches = self.batches
-        for table, row in self.routes[topic](key, value, headers, partition, offset, now_ms):
+        message = SourceMessage(key, value, headers, partition, offset, now_ms)
+        for table, row in self.routes[topic](message):
             if table == ERASE:
                 self.erasures.append(row[0])
             else:
