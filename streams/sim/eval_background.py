@@ -25,6 +25,7 @@ from streams.wire.model import (
     Payload,
     TouchpointRecord,
     WebRecord,
+    payload_body,
 )
 
 MINUTE: Final = 60_000
@@ -213,7 +214,7 @@ def _resolve_complaints(
     added: list[TouchpointRecord] = []
     done: set[str] = set()
     for r in person.events:
-        body = payload_of(r, CONTACT)
+        body = payload_body(r, CONTACT)
         if body is None:
             continue
         if not (r["event_type"] == "complaint" or body.get("is_complaint")):
@@ -274,14 +275,6 @@ def _drop_friction(person: Person, notes: Counter[str]) -> None:
         notes["contact cases dropped (over 2 in 7 days)"] += len(dropped)
         keep = [r for r in keep if case_of(r) not in dropped]
     person.events = keep
-
-
-def payload_of(record: TouchpointRecord, kind: str) -> dict[str, Any] | None:
-    payload = record["payload"]
-    if payload is None or payload[0] != kind:
-        return None
-    body: dict[str, Any] = payload[1]  # type: ignore[assignment]
-    return body
 
 
 def normal_stream(

@@ -67,8 +67,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from streams.customers.detect import (
     RULE_NAMES,
@@ -80,9 +81,9 @@ from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
 from streams.sim.eval_background import (
     DAY,
     DEFAULT_NOW_MS,
+    Person,
     build_background,
     normal_stream,
-    payload_of,
     person_key,
 )
 from streams.sim.eval_inject import Injector
@@ -99,6 +100,7 @@ from streams.wire.codec import AvroCodec
 from streams.wire.model import (
     COMMERCE,
     TouchpointRecord,
+    payload_body,
 )
 
 __all__ = [
@@ -169,78 +171,13 @@ def labelled_stream(
     per_rule = per_rule if per_rule is not None else max(3, customers // 50)
     rng = random.Random(seed * 104729 + 3)
     injector = Injector(rng, now_ms, rules)
-    scenarios = {
-        "impossible_travel": injector.impossible_travel,
-        "new_device_new_country_high_value": injector.new_device_new_country,
-        "amount_outlier": injector.amount_outlier,
-        "velocity_burst": injector.velocity_burst,
-        "unusual_hour": injector.unusual_hour,
-        "self_service_failed": injector.self_service_failed,
-        "high_effort": injector.high_effort,
-        "unhappy_valuable": injector.unhappy_valuable,
-        "complaint_unresolved": injector.complaint_unresolved,
-    }
-    assert tuple(scenarios) == RULE_NAMES
     candidates = list(people.values())
     rng.shuffle(candidates)
     used: set[int] = set()
-    labels: list[Label] = []
-    injected: list[StreamEvent] = []
-    keys = {e.record["event_id"]: e.key for e in background}
-    for rule in RULE_NAMES:
-        made = 0
-        for person in candidates:
-            if made >= per_rule:
-                break
-            if person.index in used:
-                continue
-            built = scenarios[rule](person)
-            if built is None:
-                continue
-            records, anomalous = built
-            if any(payload_of(r, COMMERCE) for r in records):
-                # Injected payments can make the customer high-value: keep their
-                # background free of the unhappy signals that rule looks for.
-                before = len(person.events)
-                person.events = [
-                    r for r in person.events if not is_unhappy(r, rules.unhappy_valuable)
-                ]
-                notes["unhappy signals dropped (customers made high-value)"] += before - len(
-                    person.events
-                )
-            used.add(person.index)
-            made += 1
-            labels.append(Label(person.customer_id, rule, tuple(anomalous)))
-            marked = set(anomalous)
-            for r in records:
-                event = StreamEvent(
-                    r, person.customer_id, person.index, person_key(person), r["event_id"] in marked
-                )
-                injected.append(event)
-        notes[f"scenarios injected: {rule}"] = made
-    # Near misses for the precision side: normal behaviour close to a rule's threshold.
-    decoys = {
-        "trip": injector.trip,
-        "payment_retry": injector.payment_retry,
-        "two_contacts": injector.two_contacts,
-    }
-    for name, build in decoys.items():
-        made = 0
-        for person in candidates:
-            if made >= per_rule:
-                break
-            if person.index in used:
-                continue
-            decoy = build(person)
-            if decoy is None:
-                continue
-            used.add(person.index)
-            made += 1
-            injected.extend(
-                StreamEvent(r, person.customer_id, person.index, person_key(person)) for r in decoy
-            )
-        notes[f"near misses injected: {name}"] = made
+    labels, injected = _inject_scenarios(injector, candidates, used, per_rule, notes)
+    injected += _inject_near_misses(injector, candidates, used, per_rule, notes)
     kept = {r["event_id"] for p in people.values() for r in p.events}
+    keys = {e.record["event_id"]: e.key for e in background}
     events = [
         StreamEvent(
             e.record,
@@ -255,6 +192,103 @@ def labelled_stream(
     events.extend(injected)
     events.sort(key=lambda e: e.record["occurred_at"])
     return LabelledStream(events, labels, now_ms, dict(notes))
+
+
+_Built = TypeVar("_Built")
+
+
+def _chosen(
+    candidates: list[Person],
+    used: set[int],
+    limit: int,
+    build: Callable[[Person], _Built | None],
+) -> Iterator[tuple[Person, _Built]]:
+    """Up to ``limit`` people not used yet, in order, for whom ``build`` makes something
+    (each one then counts as used)."""
+    made = 0
+    for person in candidates:
+        if made >= limit:
+            return
+        if person.index in used:
+            continue
+        built = build(person)
+        if built is None:
+            continue
+        used.add(person.index)
+        made += 1
+        yield person, built
+
+
+def _inject_scenarios(
+    injector: Injector,
+    candidates: list[Person],
+    used: set[int],
+    per_rule: int,
+    notes: Counter[str],
+) -> tuple[list[Label], list[StreamEvent]]:
+    """``per_rule`` labelled scenarios of every rule, on people not used yet."""
+    scenarios = {
+        "impossible_travel": injector.impossible_travel,
+        "new_device_new_country_high_value": injector.new_device_new_country,
+        "amount_outlier": injector.amount_outlier,
+        "velocity_burst": injector.velocity_burst,
+        "unusual_hour": injector.unusual_hour,
+        "self_service_failed": injector.self_service_failed,
+        "high_effort": injector.high_effort,
+        "unhappy_valuable": injector.unhappy_valuable,
+        "complaint_unresolved": injector.complaint_unresolved,
+    }
+    assert tuple(scenarios) == RULE_NAMES
+    unhappy = injector.rules.unhappy_valuable
+    labels: list[Label] = []
+    injected: list[StreamEvent] = []
+    for rule in RULE_NAMES:
+        made = 0
+        for person, (records, anomalous) in _chosen(candidates, used, per_rule, scenarios[rule]):
+            made += 1
+            if any(payload_body(r, COMMERCE) for r in records):
+                # Injected payments can make the customer high-value: keep their
+                # background free of the unhappy signals that rule looks for.
+                before = len(person.events)
+                person.events = [r for r in person.events if not is_unhappy(r, unhappy)]
+                notes["unhappy signals dropped (customers made high-value)"] += before - len(
+                    person.events
+                )
+            labels.append(Label(person.customer_id, rule, tuple(anomalous)))
+            marked = set(anomalous)
+            injected.extend(
+                StreamEvent(
+                    r, person.customer_id, person.index, person_key(person), r["event_id"] in marked
+                )
+                for r in records
+            )
+        notes[f"scenarios injected: {rule}"] = made
+    return labels, injected
+
+
+def _inject_near_misses(
+    injector: Injector,
+    candidates: list[Person],
+    used: set[int],
+    per_rule: int,
+    notes: Counter[str],
+) -> list[StreamEvent]:
+    """Near misses for the precision side: normal behaviour close to a rule's threshold."""
+    decoys = {
+        "trip": injector.trip,
+        "payment_retry": injector.payment_retry,
+        "two_contacts": injector.two_contacts,
+    }
+    injected: list[StreamEvent] = []
+    for name, build in decoys.items():
+        made = 0
+        for person, decoy in _chosen(candidates, used, per_rule, build):
+            made += 1
+            injected.extend(
+                StreamEvent(r, person.customer_id, person.index, person_key(person)) for r in decoy
+            )
+        notes[f"near misses injected: {name}"] = made
+    return injected
 
 
 def encode_stream(stream: LabelledStream, codec: AvroCodec) -> list[tuple[bytes, bytes]]:

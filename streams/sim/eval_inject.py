@@ -26,7 +26,6 @@ from streams.sim.eval_background import (
     injected_record,
     is_contact,
     local_day_start,
-    payload_of,
     payment_body,
     web_page,
 )
@@ -42,6 +41,7 @@ from streams.wire.model import (
     IdentifiersRecord,
     TouchpointRecord,
     WebRecord,
+    payload_body,
 )
 
 
@@ -240,8 +240,8 @@ class Injector:
         history = [self.payment(p, t, self.amount(p)) for t in self.routine_times(p, n, 1, 35, ts)]
         largest = max(
             [
-                *(payload_of(r, COMMERCE) or {"amount": 0.0} for r in history),
-                *(b for r in p.events if (b := payload_of(r, COMMERCE)) is not None),
+                *(payload_body(r, COMMERCE) or {"amount": 0.0} for r in history),
+                *(b for r in p.events if (b := payload_body(r, COMMERCE)) is not None),
             ],
             key=lambda b: float(b["amount"]),
         )["amount"]
