@@ -315,6 +315,12 @@ class ClickHouseSink:
         batches = self.batches
         try:
             rows = list(self.routes[topic](key, value, headers, partition, offset, now_ms))
+            for table, row in rows:  # a row ClickHouse would refuse would stall every retry
+                if table == ERASE:
+                    if not all(isinstance(c, str) for c in row[0]):
+                        raise ValueError("erasure of a non-string customer id")
+                elif table not in batches or len(row) != len(batches[table].columns):
+                    raise ValueError(f"a row of {len(row)} values for table {table!r}")
         except Exception as exc:  # noqa: BLE001 - whatever the bytes, the sink keeps going
             rows = self._reject(topic, partition, offset, key, value, exc, now_ms)
         for table, row in rows:

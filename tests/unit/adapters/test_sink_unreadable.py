@@ -10,6 +10,7 @@ from streams.adapters.sink import (
 )
 from streams.settings import Settings
 from streams.wire.dlq import parse_dead_letter_headers
+from streams.wire.envelope import pack
 
 NOW_MS = 1_765_000_000_000
 
@@ -47,6 +48,20 @@ def test_garbage_on_every_output_topic_becomes_a_dead_letter_with_its_bytes() ->
         assert meta["dlq.source.topic"] == topic
         assert (meta["dlq.source.partition"], meta["dlq.source.offset"]) == ("1", str(offset))
         assert meta["dlq.detail"]  # the exception, named
+
+
+def test_rows_clickhouse_would_refuse_are_dead_lettered_not_retried_forever() -> None:
+    sink, settings = _sink()
+    wrong = [
+        pack([["no_such_table", [1, 2, 3]]]),
+        pack([["alert_partials", [1, 2]]]),  # a known table, too few values
+        pack([["customer_360", list(range(500))]]),
+    ]
+    for offset, value in enumerate(wrong):
+        sink.add(settings.topics.aggregates, 0, offset, None, value, None, NOW_MS)
+    assert sink.pending_rows == 0
+    assert [d.value for d in sink.rejected] == wrong
+    assert all(d.reason == UNREADABLE_OUTPUT for d in sink.rejected)
 
 
 def test_a_huge_unreadable_message_is_dead_lettered_truncated_to_fit() -> None:
