@@ -52,6 +52,7 @@ def template_variant(now_ms: int, event_id: str, /, **changes: Any) -> dict[str,
     return rec
 
 
+# Long on purpose: a flat catalogue, one bad message per dead-letter reason (test_sizes.py).
 def bad_samples(
     codec: AvroCodec, now_ms: int, duplicate_of: dict[str, Any], duplicate_key: bytes = b"dup"
 ) -> list[BadSample]:
