@@ -19,18 +19,22 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.adapters.clickhouse import connect
 from streams.adapters.sink import SinkService
 from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
-from streams.runtime.runner import prepare
+from streams.runtime.runner import prepare, query, wait_for
 from streams.settings import Settings
 from streams.topology import consumer_groups
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
+
+if TYPE_CHECKING:
+    from streams.runtime.app import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -343,3 +347,44 @@ def permissive_rules_yaml(path: Path, limit: int = 10_000) -> Path:
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+async def produce_raw(settings: Settings, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+    """Write ``(key, value)`` pairs to the raw topic and wait for every acknowledgement."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.topics.raw, v, key=k) for k, v in pairs]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    settings: Settings, topic: str, expected: int, timeout: float = 30.0
+) -> list[Any]:
+    """Messages of ``topic`` from the start, until ``expected`` are read or ``timeout``."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(messages)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def landed_ids(pipeline: Pipeline, db: str, count: int) -> set[str]:
+    """Wait until ``count`` touchpoints are in ClickHouse (asserted); their distinct event ids."""
+    landed = await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", count)
+    assert landed == count
+    return {r[0] for r in await query(pipeline, f"SELECT event_id FROM {db}.touchpoints_v")}
