@@ -169,8 +169,9 @@ class Injector:
 
     def home_context(self, person: Person) -> ContextRecord:
         return records.context(
-            person.country, person.geo, person.timezone, "81.2.69.160", person.user_agent
-        )
+            person.country, person.geo, ip="81.2.69.160", user_agent=person.user_agent,
+            timezone=person.timezone,
+        )  # fmt: skip
 
     def amount(self, person: Person, lo_frac: float = 0.0, hi_frac: float = 1.0) -> float:
         lo, hi = COUNTRY_BY_CODE[person.country].amount_range
@@ -239,7 +240,9 @@ class Injector:
         login = self.web_event(p, "login", ts, web_page("login", success=True))
         later = ts + int(self.rng.uniform(20, 90) * MINUTE)
         geo: GeoRecord = {"lat": city.lat, "lon": city.lon, "city": city.name}
-        context = records.context(country.code, geo, p.timezone, "177.30.1.2", p.user_agent)
+        context = records.context(
+            country.code, geo, ip="177.30.1.2", user_agent=p.user_agent, timezone=p.timezone
+        )
         pay = self.payment(p, later, self.amount(p, 0.3, 0.7), context=context, ids=self.web_ids(p))
         return [login, pay], [pay["event_id"]]
 
@@ -256,7 +259,7 @@ class Injector:
         eur = to_eur(1.0, p.currency) or 1.0
         amount = round(rule.min_amount_eur * self.rng.uniform(1.5, 5.0) / eur, 2)
         device = self.uuid()
-        context = records.context(country.code, None, None, "201.20.3.4", None)
+        context = records.context(country.code, ip="201.20.3.4")
         pay = self.payment(
             p,
             ts,
@@ -449,7 +452,9 @@ class Injector:
             return None
         ts, country, city = trip
         geo: GeoRecord = {"lat": city.lat, "lon": city.lon, "city": city.name}
-        away = records.context(country.code, geo, p.timezone, "88.12.1.2", p.user_agent)
+        away = records.context(
+            country.code, geo, ip="88.12.1.2", user_agent=p.user_agent, timezone=p.timezone
+        )
         there = ts + int(self.rng.uniform(8, 14) * HOUR)
         back = there + int(self.rng.uniform(1, 3) * DAY)
         return [

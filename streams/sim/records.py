@@ -74,23 +74,10 @@ def social(platform: str, **given: Any) -> SocialRecord:
 
 
 def context(
-    country: str | None,
-    geo: GeoRecord | None = None,
-    timezone: str | None = None,
-    ip: str | None = None,
-    user_agent: str | None = None,
-    locale: str | None = None,
+    country: str | None, geo: GeoRecord | None = None, **given: str | None
 ) -> ContextRecord:
     """The event's context; ``geo`` is copied (records never share one)."""
-    return build(
-        ContextRecord,
-        country=country,
-        geo=None if geo is None else {**geo},
-        ip=ip,
-        user_agent=user_agent,
-        locale=locale,
-        timezone=timezone,
-    )
+    return build(ContextRecord, country=country, geo=None if geo is None else {**geo}, **given)
 
 
 def touchpoint(

@@ -12,9 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +131,56 @@ class WorkerProcess:
         except FileNotFoundError:
             return "(no log)"
         return text[-chars:]
+
+
+class Timings(dict[str, float]):
+    """Seconds since the scenario started, per step (printed with a long test's findings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t0 = time.monotonic()
+
+    def mark(self, step: str) -> None:
+        self[step] = time.monotonic() - self.t0
+
+
+async def start_ready(
+    workers: Sequence[WorkerProcess], timings: Timings, step: str, timeout: float = READY_TIMEOUT
+) -> None:
+    """Start ``workers``, wait until every one is ready, and mark ``step``."""
+    for w in workers:
+        w.start()
+    await wait_ready(workers, timeout)
+    timings.mark(step)
+
+
+@contextmanager
+def reported(workers: Sequence[WorkerProcess]) -> Iterator[None]:
+    """Whatever fails inside prints the workers' log tails; no worker outlives the block."""
+    try:
+        yield
+    except BaseException:
+        print(log_tails(workers))
+        raise
+    finally:
+        for w in workers:
+            w.ensure_dead()
+
+
+@asynccontextmanager
+async def observed_workers(
+    settings: Settings, workers: Sequence[WorkerProcess], timings: Timings, step: str
+) -> AsyncIterator[tuple[InTestSink, LagProbe]]:
+    """``observers``, with ``workers`` started and ready inside (``step`` marked)."""
+    async with observers(settings) as (sink, probe):
+        await start_ready(workers, timings, step)
+        yield sink, probe
+
+
+async def stop_marked(worker: WorkerProcess, facts: dict[str, Any], timings: Timings) -> None:
+    """SIGTERM ``worker`` and wait: its exit code as ``facts["exit_code"]``, ``stopped`` marked."""
+    facts["exit_code"] = await asyncio.to_thread(worker.terminate)
+    timings.mark("stopped")
 
 
 def log_tails(workers: Iterable[WorkerProcess], chars: int = 4000) -> str:

@@ -45,12 +45,13 @@ from tests.integration.harness import (
     STOP_TIMEOUT,
     InTestSink,
     LagProbe,
+    Timings,
     WorkerProcess,
     generated_traffic,
-    log_tails,
-    observers,
+    observed_workers,
+    reported,
+    stop_marked,
     wait_quiescent,
-    wait_ready,
     wait_until,
 )
 
@@ -457,16 +458,12 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
     first = WorkerProcess("w1", s, workdir, tmp_path / "faust")
     second = first.replacement("w2")
     workers = [first, second]
-    timings: dict[str, float] = {}
+    timings = Timings()
     facts: dict[str, Any] = {}
-    t0 = time.monotonic()
 
     async def scenario() -> None:
-        async with observers(s) as (sink, probe):
+        async with observed_workers(s, [first], timings, "ready") as (sink, probe):
             try:
-                first.start()
-                await wait_ready([first], READY_TIMEOUT)
-                timings["ready"] = time.monotonic() - t0
                 traffic = asyncio.create_task(produce(s, pairs, rate=RATE))
                 threshold = n // 3
 
@@ -484,7 +481,7 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
                     f"{threshold} events and some partials never reached ClickHouse"
                 )
                 first.kill()
-                timings["killed"] = time.monotonic() - t0
+                timings.mark("killed")
                 facts["at_kill"] = (
                     await sink.rows(
                         "SELECT (SELECT count() FROM {db}.touchpoints),"
@@ -495,15 +492,14 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
                 facts["traffic_flowing_at_kill"] = not traffic.done()
                 second.start()
                 assert await asyncio.wait_for(traffic, timeout=60) == n
-                timings["all_produced"] = time.monotonic() - t0
+                timings.mark("all_produced")
 
                 facts.update(await settle_and_collect(sink, probe, s, n, second, QUIESCE_TIMEOUT))
-                timings["quiescent"] = time.monotonic() - t0
+                timings.mark("quiescent")
             finally:
-                facts["exit_code"] = await asyncio.to_thread(second.terminate)
-                timings["stopped"] = time.monotonic() - t0
+                await stop_marked(second, facts, timings)
 
-    try:
+    with reported(workers):
         asyncio.run(scenario())
         print(f"timings (s since start): {timings}; events={n}")
         print(f"at kill (touchpoints, partial rows, cx events): {facts['at_kill']}")
@@ -515,12 +511,6 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
             )
         problems = run_problems(facts, by_id, after="crash", worker="the restarted worker")
         assert not problems, "\n".join(problems)
-    except BaseException:
-        print(log_tails(workers))
-        raise
-    finally:
-        for w in workers:
-            w.ensure_dead()
 
 
 # Bounded by construction: start-up, kill point and quiescence waits, stop.

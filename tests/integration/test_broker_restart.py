@@ -24,7 +24,6 @@ import asyncio
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,12 @@ import pytest
 from streams.settings import Settings
 from streams.sim.generator import produce
 from tests.integration.harness import (
-    READY_TIMEOUT,
+    Timings,
     WorkerProcess,
     generated_traffic,
-    log_tails,
-    observers,
-    wait_ready,
+    observed_workers,
+    reported,
+    stop_marked,
     wait_until,
 )
 from tests.integration.test_aggregates_crash import (
@@ -94,16 +93,12 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
     workdir = tmp_path / "workers"
     workdir.mkdir()
     worker = WorkerProcess("w1", s, workdir, tmp_path / "faust")
-    timings: dict[str, float] = {}
+    timings = Timings()
     facts: dict[str, Any] = {}
-    t0 = time.monotonic()
 
     async def scenario() -> None:
-        async with observers(s) as (sink, probe):
+        async with observed_workers(s, [worker], timings, "ready") as (sink, probe):
             try:
-                worker.start()
-                await wait_ready([worker], READY_TIMEOUT)
-                timings["ready"] = time.monotonic() - t0
                 # Paced: the producer is still sending (and the worker processing) when the
                 # broker goes away; its idempotent retries carry the batches over the outage.
                 first = asyncio.create_task(produce(s, pairs[:half], rate=FIRST_HALF_RATE))
@@ -118,49 +113,45 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
                 facts["producing_at_stop"] = not first.done()
                 log_at_stop = worker.log_path.stat().st_size
                 await asyncio.to_thread(broker.stop)
-                timings["broker_stopped"] = time.monotonic() - t0
+                timings.mark("broker_stopped")
                 await asyncio.sleep(OUTAGE_S)
                 assert worker.alive, "the worker died while the broker was down"
                 restarted = await asyncio.to_thread(broker.start, 120.0)
                 assert restarted == bootstrap, "the broker came back on another port"
-                timings["broker_restarted"] = time.monotonic() - t0
+                timings.mark("broker_restarted")
                 with worker.log_path.open("rb") as log:
                     log.seek(log_at_stop)
                     facts["outage_log"] = log.read().decode("utf-8", "replace")
                 assert await asyncio.wait_for(first, timeout=90) == half
 
                 assert await asyncio.wait_for(produce(s, pairs[half:]), timeout=90) == n - half
-                timings["all_produced"] = time.monotonic() - t0
+                timings.mark("all_produced")
                 facts.update(await settle_and_collect(sink, probe, s, n, worker, QUIESCE_TIMEOUT))
-                timings["quiescent"] = time.monotonic() - t0
+                timings.mark("quiescent")
             finally:
-                facts["exit_code"] = await asyncio.to_thread(worker.terminate)
-                timings["stopped"] = time.monotonic() - t0
+                await stop_marked(worker, facts, timings)
 
     try:
-        asyncio.run(scenario())
-        noisy = _noisy_lines(facts["outage_log"])
-        summaries = [line for line in noisy if "suppressed" in line]
-        print(f"timings (s since start): {timings}; events={n}")
-        print(
-            f"landed when the broker stopped: {facts['landed_at_stop']}/{half}"
-            f" (still producing: {facts['producing_at_stop']});"
-            f" worker log during the {OUTAGE_S:g} s outage: {len(noisy)} ERROR/WARNING lines"
-            f" ({len(summaries)} summaries)"
-        )
-        problems = run_problems(facts, by_id, after="restart", worker="the worker")
-        outage_s = timings["broker_restarted"] - timings["broker_stopped"]
-        allowed = MAX_OUTAGE_LOG_LINES_PER_WINDOW * math.ceil(outage_s / 10.0)
-        if len(noisy) > allowed:
-            problems.append(
-                f"{len(noisy)} ERROR/WARNING lines while the broker was down for {outage_s:.0f} s"
-                f" (> {allowed}), e.g. {noisy[:3]}"
+        with reported([worker]):
+            asyncio.run(scenario())
+            noisy = _noisy_lines(facts["outage_log"])
+            summaries = [line for line in noisy if "suppressed" in line]
+            print(f"timings (s since start): {timings}; events={n}")
+            print(
+                f"landed when the broker stopped: {facts['landed_at_stop']}/{half}"
+                f" (still producing: {facts['producing_at_stop']});"
+                f" worker log during the {OUTAGE_S:g} s outage: {len(noisy)} ERROR/WARNING lines"
+                f" ({len(summaries)} summaries)"
             )
-        assert not problems, "\n".join(problems)
-    except BaseException:
-        print(log_tails([worker]))
-        raise
+            problems = run_problems(facts, by_id, after="restart", worker="the worker")
+            outage_s = timings["broker_restarted"] - timings["broker_stopped"]
+            allowed = MAX_OUTAGE_LOG_LINES_PER_WINDOW * math.ceil(outage_s / 10.0)
+            if len(noisy) > allowed:
+                problems.append(
+                    f"{len(noisy)} ERROR/WARNING lines while the broker was down for {outage_s:.0f} s"
+                    f" (> {allowed}), e.g. {noisy[:3]}"
+                )
+            assert not problems, "\n".join(problems)
     finally:
-        worker.ensure_dead()
         broker.keep_data = False
         broker.stop()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -39,13 +38,13 @@ from tests.integration.harness import (
     KILL_POINT_TIMEOUT,
     QUIESCE_TIMEOUT,
     STOP_TIMEOUT,
+    Timings,
     WorkerProcess,
     generated_traffic,
-    log_tails,
-    observers,
+    observed_workers,
     permissive_rules_yaml,
+    reported,
     wait_quiescent,
-    wait_ready,
     wait_until,
 )
 
@@ -136,18 +135,12 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
     b = WorkerProcess("b", s, workdir, tmp_path / "faust-b")
     a2 = a.replacement("a2")  # the same settings as a, started after a is killed
     workers = [a, b, a2]
-    timings: dict[str, float] = {}
+    timings = Timings()
     facts: dict[str, Any] = {}
-    t0 = time.monotonic()
 
     async def scenario() -> None:
-        async with observers(s) as (sink, probe):
+        async with observed_workers(s, [a, b], timings, "workers_ready") as (sink, probe):
             try:
-                a.start()
-                b.start()
-                await wait_ready([a, b])
-                timings["workers_ready"] = time.monotonic() - t0
-
                 first = asyncio.create_task(produce(s, pairs[:half], rate=FIRST_HALF_RATE))
                 threshold = max(1, half // 4)
 
@@ -162,11 +155,11 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
                 a.kill()
                 facts["landed_at_kill"] = await sink.scalar("SELECT count() FROM {db}.touchpoints")
                 facts["produced_before_kill"] = not first.done()
-                timings["killed"] = time.monotonic() - t0
+                timings.mark("killed")
                 a2.start()
                 assert await asyncio.wait_for(first, timeout=60) == half
                 assert await asyncio.wait_for(produce(s, pairs[half:]), timeout=60) == n - half
-                timings["all_produced"] = time.monotonic() - t0
+                timings.mark("all_produced")
 
                 quiet = await wait_quiescent(
                     sink,
@@ -182,7 +175,7 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
                     timeout=QUIESCE_TIMEOUT,
                     workers=[b, a2],
                 )
-                timings["quiescent"] = time.monotonic() - t0
+                timings.mark("quiescent")
                 # Not asserted here: what is missing or doubled is the better report.
                 facts["quiet"] = quiet
                 if not quiet.reached:  # what the consumers believe, and every task's stack
@@ -218,9 +211,9 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
                 for w in (b, a2):
                     exits[w.name] = await asyncio.to_thread(w.terminate)
                 facts["exit_codes"] = exits
-                timings["workers_stopped"] = time.monotonic() - t0
+                timings.mark("workers_stopped")
 
-    try:
+    with reported(workers):
         asyncio.run(scenario())
         print(f"timings (s since start): {timings}; events={n}; components={len(expected)}")
         print(f"landed at kill: {facts['landed_at_kill']}/{half}; merges: {facts['merges']}")
@@ -285,9 +278,3 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
         if hung:
             problems.append(f"worker(s) {hung} did not stop within {STOP_TIMEOUT}s of SIGTERM")
         assert not problems, "\n".join(problems)
-    except BaseException:
-        print(log_tails(workers))
-        raise
-    finally:
-        for w in workers:
-            w.ensure_dead()

@@ -139,6 +139,17 @@ def settings_from(docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -
     return Settings()
 
 
+Deployed = tuple[list[dict[str, Any]], Settings]
+
+
+@pytest.fixture(params=TARGETS)
+def deployed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Deployed:
+    """A target's rendered documents, and the Settings its worker builds from their
+    configuration (raises if a value does not validate)."""
+    docs = render(request.param)
+    return docs, settings_from(docs, monkeypatch)
+
+
 def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
@@ -366,12 +377,8 @@ def test_every_environment_variable_is_a_settings_field(target: str) -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("target", TARGETS)
-def test_the_configuration_is_valid_for_settings(
-    target: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    docs = render(target)
-    settings = settings_from(docs, monkeypatch)  # raises if a value does not validate
+def test_the_configuration_is_valid_for_settings(deployed: Deployed) -> None:
+    docs, settings = deployed
     # The embedded engine is for local runs: on Kubernetes the sink writes to a server.
     assert settings.clickhouse_url.startswith(("http://", "https://"))
     assert settings.sink_enabled
@@ -395,12 +402,8 @@ def test_jobs_and_the_worker_run_real_cli_subcommands(target: str) -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("target", TARGETS)
-def test_probes_hit_healthz_and_readyz_on_the_web_port(
-    target: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    docs = render(target)
-    settings = settings_from(docs, monkeypatch)
+def test_probes_hit_healthz_and_readyz_on_the_web_port(deployed: Deployed) -> None:
+    docs, settings = deployed
     container = worker(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http-metrics": settings.web_port}
@@ -422,13 +425,9 @@ def test_probes_hit_healthz_and_readyz_on_the_web_port(
 
 
 @needs_kubectl
-@pytest.mark.parametrize("target", TARGETS)
-def test_topics_match_the_topic_specs_of_the_code(
-    target: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_topics_match_the_topic_specs_of_the_code(deployed: Deployed) -> None:
     """topics.yaml (Strimzi) and `touchpoints topics` (the Job, the worker) create the same."""
-    docs = render(target)
-    settings = settings_from(docs, monkeypatch)
+    docs, settings = deployed
     declared = {}
     for topic in of_kind(docs, "KafkaTopic"):
         assert topic["apiVersion"] in {"kafka.strimzi.io/v1beta2", "kafka.strimzi.io/v1"}
@@ -452,13 +451,9 @@ def test_topics_match_the_topic_specs_of_the_code(
 
 
 @needs_kubectl
-@pytest.mark.parametrize("target", TARGETS)
-def test_autoscaling_follows_the_partitions_and_the_consumer_groups(
-    target: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    docs = render(target)
+def test_autoscaling_follows_the_partitions_and_the_consumer_groups(deployed: Deployed) -> None:
+    docs, settings = deployed
     scaled_objects = of_kind(docs, "ScaledObject")
-    settings = settings_from(docs, monkeypatch)
     statefulset = one(docs, "StatefulSet")
     if not scaled_objects:  # a fixed number of workers (dev)
         assert 1 <= statefulset["spec"]["replicas"] <= settings.topic_partitions
@@ -517,9 +512,8 @@ def test_autoscaling_follows_the_partitions_and_the_consumer_groups(
 
 
 @needs_kubectl
-@pytest.mark.parametrize("target", TARGETS)
-def test_pods_run_locked_down_with_resources(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    docs = render(target)
+def test_pods_run_locked_down_with_resources(deployed: Deployed) -> None:
+    docs, settings = deployed
     for name, spec in pod_specs(docs):
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["runAsUser"] > 0, name
@@ -538,7 +532,6 @@ def test_pods_run_locked_down_with_resources(target: str, monkeypatch: pytest.Mo
                 request, limit = resources["requests"][kind], resources["limits"][kind]
                 assert 0 < quantity(request) <= quantity(limit), f"{name} {kind}"
     # The worker's DATA_DIR (tables) is on its persistent volume, not the read-only root.
-    settings = settings_from(docs, monkeypatch)
     statefulset = one(docs, "StatefulSet")
     claims = {t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]}
     mounts = worker(docs)["volumeMounts"]
@@ -564,12 +557,8 @@ def test_statefulset_has_stable_identity_and_a_disruption_budget(target: str) ->
 
 
 @needs_kubectl
-@pytest.mark.parametrize("target", TARGETS)
-def test_network_policy_allows_exactly_what_the_settings_need(
-    target: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    docs = render(target)
-    settings = settings_from(docs, monkeypatch)
+def test_network_policy_allows_exactly_what_the_settings_need(deployed: Deployed) -> None:
+    docs, settings = deployed
     spec = one(docs, "NetworkPolicy")["spec"]
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
     (ingress,) = spec["ingress"]

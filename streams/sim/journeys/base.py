@@ -121,7 +121,10 @@ class JourneyBase:
 
     def web_context(self, p: Person, b: Browser) -> ContextRecord:
         # The geo is where the IP address geolocates.
-        return records.context(p.country.code, b.geo, p.city.timezone, b.ip, b.user_agent, p.locale)
+        return records.context(
+            p.country.code, b.geo, ip=b.ip, user_agent=b.user_agent, locale=p.locale,
+            timezone=p.city.timezone,
+        )  # fmt: skip
 
     def app_context(self, p: Person, a: App, ip: str) -> ContextRecord:
         c = p.city
@@ -130,7 +133,10 @@ class JourneyBase:
             "lon": round(c.lon + (self.rnd() - 0.5) * 0.2, 5),
             "city": c.name if self.rnd() < 0.7 else None,
         }
-        return records.context(p.country.code, geo, c.timezone, ip, a.user_agent, p.locale)
+        return records.context(
+            p.country.code, geo, ip=ip, user_agent=a.user_agent, locale=p.locale,
+            timezone=c.timezone,
+        )  # fmt: skip
 
     def cc_context(self, p: Person) -> ContextRecord:
         return records.context(p.country.code, timezone=p.city.timezone, locale=p.locale)

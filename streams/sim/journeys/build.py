@@ -7,17 +7,7 @@ import math
 
 from streams.sim.journeys.base import occurred
 from streams.sim.journeys.commerce import Commerce
-from streams.sim.journeys.model import (
-    CC_C,
-    COMMERCE_C,
-    MOBILE_C,
-    SOCIAL_C,
-    TARGETS,
-    App,
-    GeneratedEvent,
-    Person,
-    Session,
-)
+from streams.sim.journeys.model import TARGETS, App, Category, GeneratedEvent, Person, Session
 from streams.sim.journeys.world import City, Country
 
 
@@ -35,13 +25,13 @@ class Journeys(Commerce):
 
     def run_session(self, p: Person) -> None:
         cat = self.pick_category(p)
-        if cat == MOBILE_C and p.apps:
+        if cat == Category.MOBILE and p.apps:
             self.app_session(p)
-        elif cat == CC_C:
+        elif cat == Category.CC:
             self.cc_session(p)
-        elif cat == SOCIAL_C and p.handle is not None:
+        elif cat == Category.SOCIAL and p.handle is not None:
             self.social(p)
-        elif cat == COMMERCE_C:
+        elif cat == Category.COMMERCE:
             self.purchase(p)
         else:
             self.web_browse(p)

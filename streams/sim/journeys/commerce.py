@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from streams.sim import records
 from streams.sim.journeys.base import copy_context, mobile
 from streams.sim.journeys.contact import ContactCentre
-from streams.sim.journeys.model import COMMERCE_C, Person
+from streams.sim.journeys.model import Category, Person
 from streams.sim.journeys.social import Social
 from streams.sim.journeys.world import (
     APP_PROPS,
@@ -77,7 +77,7 @@ class Commerce(ContactCentre, Social):
             f"customer_id:{p.customer_id}".encode(),
             self.props(PAY_PROPS),
             200 + int(self.rnd() * 2000),
-            COMMERCE_C,
+            Category.COMMERCE,
         )
 
     def order_placed(
@@ -109,7 +109,7 @@ class Commerce(ContactCentre, Social):
             key,
             self.props(WEB_PROPS if channel == "web" else APP_PROPS),
             100 + int(self.rnd() * 1500),
-            COMMERCE_C,
+            Category.COMMERCE,
         )
 
     def purchase(self, p: Person) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from streams.sim import records
 from streams.sim.journeys.base import clamp
 from streams.sim.journeys.digital import Digital
-from streams.sim.journeys.model import CC_C, COMMERCE_C, Person
+from streams.sim.journeys.model import Category, Person
 from streams.sim.journeys.people import People
 from streams.sim.journeys.world import (
     CC_PROPS,
@@ -46,7 +46,7 @@ class ContactCentre(People, Digital):
         lag = 500 + int(rnd() * 4000)
         self.emit(
             "contact_centre", medium, source, ids, context, (CONTACT, payload), key,
-            self.props(CC_PROPS), lag, CC_C,
+            self.props(CC_PROPS), lag, Category.CC,
         )  # fmt: skip
         self.t += int((wait + handle) * 1000) if medium != "email" else int(handle * 1000)
         self.follow_ups(p, payload, ids, key, lag, complaint)
@@ -120,7 +120,7 @@ class ContactCentre(People, Digital):
             body: ContactCentreRecord = {**payload, "is_complaint": True}
             self.emit(
                 "contact_centre", "complaint", "salesforce", {**ids}, self.cc_context(p),
-                (CONTACT, body), key, self.props(CC_PROPS), lag, CC_C,
+                (CONTACT, body), key, self.props(CC_PROPS), lag, Category.CC,
             )  # fmt: skip
             p.mood = -1.0
         if payload["reason"] == "return_request" and resolved and rnd() < 0.5:
@@ -135,7 +135,7 @@ class ContactCentre(People, Digital):
                 records.identifiers(customer_id=p.customer_id) if p.registered else {**ids},
                 self.cc_context(p), (COMMERCE, refund),
                 f"customer_id:{p.customer_id}".encode() if p.registered else key,
-                self.props(PAY_PROPS), 1000, COMMERCE_C,
+                self.props(PAY_PROPS), 1000, Category.COMMERCE,
             )  # fmt: skip
         if rnd() < 0.35:
             self.step(120, 1200)
@@ -149,7 +149,7 @@ class ContactCentre(People, Digital):
             }
             self.emit(
                 "contact_centre", "survey_response", "medallia", {**ids}, self.cc_context(p),
-                (CONTACT, survey), key, {}, 2000 + int(rnd() * 30000), CC_C,
+                (CONTACT, survey), key, {}, 2000 + int(rnd() * 30000), Category.CC,
             )  # fmt: skip
             if good:
                 p.mood = 0.0

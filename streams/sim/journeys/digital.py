@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streams.sim import records
 from streams.sim.journeys.base import JourneyBase, copy_context, mobile
-from streams.sim.journeys.model import MOBILE_C, WEB_C, App, Browser, Person
+from streams.sim.journeys.model import App, Browser, Category, Person
 from streams.sim.journeys.world import (
     APP_PROPS,
     CATEGORIES_SHOP,
@@ -57,7 +57,7 @@ class Digital(JourneyBase):
             key,
             self.props(WEB_PROPS),
             lag,
-            WEB_C,
+            Category.WEB,
         )
 
     def web_page(self, p: Person, b: Browser, sid: str, first: bool = False) -> None:
@@ -199,7 +199,7 @@ class Digital(JourneyBase):
             f"device_id:{a.device_id}".encode(),
             self.props(APP_PROPS),
             lag,
-            MOBILE_C,
+            Category.MOBILE,
         )
 
     def app_login(self, p: Person, a: App, ctx: ContextRecord, sid: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Final
 
 from streams.sim.journeys.world import City, Country
@@ -77,7 +78,16 @@ CATEGORY_TARGETS: Final[dict[str, float]] = {
 """Target share of events per category; ``category`` says which one an event is in."""
 
 TARGETS: Final = tuple(CATEGORY_TARGETS.values())
-WEB_C, MOBILE_C, CC_C, SOCIAL_C, COMMERCE_C = range(5)
+
+
+class Category(IntEnum):
+    """The categories of ``CATEGORY_TARGETS``, in its order (indexes of ``TARGETS``)."""
+
+    WEB = 0
+    MOBILE = 1
+    CC = 2  # contact centre
+    SOCIAL = 3
+    COMMERCE = 4
 
 
 def category(record: TouchpointRecord) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streams.sim import records
 from streams.sim.journeys.base import JourneyBase
-from streams.sim.journeys.model import SOCIAL_C, Person
+from streams.sim.journeys.model import Category, Person
 from streams.sim.journeys.world import (
     BRAND,
     DM_TEXTS,
@@ -84,5 +84,5 @@ class Social(JourneyBase):
         )  # fmt: skip
         self.emit(
             "social", kind, "sprinklr", ids, self.social_context(p), (SOCIAL, payload), key,
-            self.props(SOCIAL_PROPS), 1000 + int(self.rnd() * 60000), SOCIAL_C,
+            self.props(SOCIAL_PROPS), 1000 + int(self.rnd() * 60000), Category.SOCIAL,
         )  # fmt: skip

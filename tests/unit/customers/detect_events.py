@@ -60,7 +60,7 @@ def rec(
         records.context(
             country,
             None if geo is None else {"lat": geo[0], "lon": geo[1], "city": None},
-            tz,
+            timezone=tz,
             user_agent=ua,
         ),
         payload,

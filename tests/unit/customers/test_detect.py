@@ -271,16 +271,15 @@ def test_a_short_flight_is_too_fast_in_thirty_minutes() -> None:
     assert 1_250 < float(alert["evidence"]["distance_km"]) < 1_280  # London-Madrid
 
 
+def _london_then_sao_paulo(profile: Profile, at: int) -> list[Alert]:
+    """A London login at T0, then (arriving after it) a Sao Paulo login stamped ``at``."""
+    logins = [rec("login", ts=T0, geo=LONDON), rec("login", ts=at, geo=SAO_PAULO, country="BR")]
+    return run(only("impossible_travel"), profile, logins)
+
+
 def test_impossible_travel_with_equal_timestamps() -> None:
     profile = Profile("CRM-1")
-    [alert] = run(
-        only("impossible_travel"),
-        profile,
-        [
-            rec("login", ts=T0, geo=LONDON),
-            rec("login", ts=T0, geo=SAO_PAULO, country="BR"),
-        ],
-    )
+    [alert] = _london_then_sao_paulo(profile, T0)
     assert alert["evidence"]["speed_kmh"] == "inf"
     assert "simultaneous" in alert["summary"]
     assert alert["score"] == 100.0
@@ -322,14 +321,7 @@ def test_impossible_travel_needs_both_geos() -> None:
 
 def test_impossible_travel_with_an_out_of_order_event() -> None:
     profile = Profile("CRM-1")
-    [alert] = run(
-        only("impossible_travel"),
-        profile,
-        [
-            rec("login", ts=T0, geo=LONDON),
-            rec("login", ts=T0 - 30 * MIN, geo=SAO_PAULO, country="BR"),  # arrives late
-        ],
-    )
+    [alert] = _london_then_sao_paulo(profile, T0 - 30 * MIN)  # arrives late
     assert alert["evidence"]["elapsed_s"] == "1800"
     assert alert["evidence"]["next_country"] == "GB"  # judged against the event after it
     assert "30 min before a GB login" in alert["summary"]

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from streams.identity.graph import IdentityRules, Merge, Refusal, Resolved, offline_components
 from streams.identity.simulator import Simulator
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
+from tests.unit.identity.invariants import live_owners
 
 EXAMPLES = 500  # both tests together take ~10 s; many thousands more passed while developing
 SETTINGS = settings(
@@ -115,21 +116,14 @@ def test_default_guards_hold_and_every_refusal_is_recorded(
     rules = IdentityRules()
     sim = Simulator(n, rules, seed, redeliver=redeliver, wire=wire)
     sim.run(events)
-    idents, customers = sim.identifiers(), sim.customers()
+    idents = sim.identifiers()
     refusals = [o for o in sim.outputs if isinstance(o, Refusal)]
     for reason in sorted({r.reason for r in refusals}):
         event(f"refusal {reason.partition(':')[0]}")  # shows in --hypothesis-show-statistics
     event("merged" if any(isinstance(o, Merge) for o in sim.outputs) else "no merge")
 
     # no live customer exceeds a limit; no identifier is in two customers
-    owner: dict[str, str] = {}
-    for cid, c in customers.items():
-        if c.absorbed_into is None:
-            for kind, members in c.members.items():
-                assert len(members) <= rules.limit(kind), (cid, kind, members)
-                for key in members:
-                    assert key not in owner, (key, owner.get(key), cid)
-                    owner[key] = cid
+    owner = live_owners(sim, rules)
     # labels converged: every identifier carries the live customer that holds it
     assert {k: s.customer for k, s in idents.items()} == owner
 

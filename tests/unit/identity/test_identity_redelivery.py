@@ -31,6 +31,7 @@ from streams.identity.graph import (
 )
 from streams.identity.simulator import Simulator
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
+from tests.unit.identity.invariants import live_owners
 
 T0 = 1_700_000_000_000
 
@@ -105,14 +106,7 @@ def test_the_falsifying_example_found_by_the_property_test() -> None:
     sim = Simulator(3, rules, 4_294_967_294, redeliver=0.25, wire=False)
     sim.run(events)
 
-    owner: dict[str, str] = {}
-    for cid, c in sim.customers().items():
-        if c.absorbed_into is None:
-            for kind, members in c.members.items():
-                assert len(members) <= rules.limit(kind), (cid, kind, members)
-                for key in members:
-                    assert key not in owner, (key, owner.get(key), cid)
-                    owner[key] = cid
+    owner = live_owners(sim, rules)
     assert {k: s.customer for k, s in sim.identifiers().items()} == owner
     # the identifiers that were duplicated end with the customer that absorbed them
     assert owner["login_id:v0"] == owner["login_id:v1"] == sim.survivor("c0000000000d2dbfbc00")

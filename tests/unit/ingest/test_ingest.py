@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
 from streams.identity.graph import IdentityRules
@@ -12,7 +9,6 @@ from streams.ingest.normalise import normalise_identifiers, normalise_phone
 from streams.ingest.stage import (
     Accepted,
     Deduplicator,
-    IngestPolicy,
     IngestStage,
     Reason,
     Rejected,
@@ -20,15 +16,10 @@ from streams.ingest.stage import (
     ingest_message,
 )
 from streams.sim.samples import bad_samples, valid_template
-from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.dlq import RawMessage, parse_dead_letter_headers
 from streams.wire.envelope import partition_for
+from tests.unit.ingest.common import CODEC, NOW, POLICY
 
-CODEC = AvroCodec(
-    SchemaRegistry.from_dir(Path(__file__).resolve().parents[3] / "schemas"), TOUCHPOINT_SUBJECT
-)
-NOW = int(time.time() * 1000)
-POLICY = IngestPolicy()
 SAMPLES = bad_samples(CODEC, NOW, duplicate_of=valid_template(NOW, "dup-1"))
 IS_BLOCKED = IdentityRules().is_blocked  # what the pipeline's ingest stage is given
 

@@ -10,9 +10,7 @@ blocked), bounded timestamps, sane numbers, and a ClickHouse row that can be bui
 from __future__ import annotations
 
 import math
-import time
 import unicodedata
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -22,21 +20,15 @@ from streams.adapters.clickhouse import TOUCHPOINT_COLUMNS, touchpoint_row
 from streams.identity.graph import IdentityRules
 from streams.ingest.stage import (
     Accepted,
-    IngestPolicy,
     Reason,
     Rejected,
     anchor_key,
     ingest_message,
 )
 from streams.sim.samples import valid_template
-from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.model import CATALOGUE, IDENTIFIER_KINDS
+from tests.unit.ingest.common import CODEC, NOW, POLICY
 
-CODEC = AvroCodec(
-    SchemaRegistry.from_dir(Path(__file__).resolve().parents[3] / "schemas"), TOUCHPOINT_SUBJECT
-)
-NOW = int(time.time() * 1000)
-POLICY = IngestPolicy()
 RULES = IdentityRules()
 
 hostile_text = st.one_of(
