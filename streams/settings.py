@@ -177,8 +177,8 @@ class Settings(BaseSettings):
     dedupe_horizon_seconds: int = Field(
         3600,
         ge=0,
-        description="Event ids remembered for de-duplication at ingest and in the customer"
-        " stage (0 = off).",
+        description="Event ids remembered for de-duplication by the dedupe stage (first copy"
+        " wins) and in the customer stage (0 = off).",
     )
 
     # --- identity, detection and aggregates

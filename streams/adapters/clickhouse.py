@@ -244,16 +244,30 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
 )
 
 
-def dead_letter_row(value: bytes | None, headers: list[tuple[str, bytes]] | None) -> list[Any]:
+def dead_letter_row(
+    value: bytes | None, headers: list[tuple[str, bytes]] | None, now_ms: int = 0
+) -> list[Any]:
+    """A ``dead_letters`` row; headers a foreign writer got wrong read as 0/empty, never raise."""
     meta = parse_dead_letter_headers(headers)
     original = value or b""
     return [
         meta.get("dlq.source.topic", ""),
-        int(meta.get("dlq.source.partition", "0")),
-        int(meta.get("dlq.source.offset", "0")),
+        _header_int(meta, "dlq.source.partition", 0, 2**16 - 1),  # UInt16
+        _header_int(meta, "dlq.source.offset", 0, 2**63 - 1),
         meta.get("dlq.reason", "unknown"),
         meta.get("dlq.detail", ""),
-        int(meta.get("dlq.failed_at", "0")),
-        int(meta.get("dlq.original.size", len(original))),
+        _header_int(meta, "dlq.failed_at", now_ms, _MAX_DATETIME64_MS),
+        _header_int(meta, "dlq.original.size", len(original), 2**32 - 1),  # UInt32
         original[: 64 * 1024],
     ]
+
+
+_MAX_DATETIME64_MS = 10_413_792_000_000  # 2300-01-01: past DateTime64(3)'s range
+
+
+def _header_int(meta: dict[str, str], name: str, default: int, top: int) -> int:
+    try:
+        number = int(meta.get(name, default))
+    except ValueError:
+        return default
+    return number if 0 <= number <= top else default
