@@ -289,8 +289,8 @@ class ClickHouseSink:
         now_ms: int,
     ) -> None:
         batches = self.batches
+        message = SourceMessage(key, value, headers, partition, offset, now_ms)
         try:
-            message = SourceMessage(key, value, headers, partition, offset, now_ms)
             rows = list(self.routes[topic](message))
             for table, row in rows:  # a row ClickHouse would refuse would stall every retry
                 if table == ERASE:
@@ -299,7 +299,7 @@ class ClickHouseSink:
                 elif table not in batches or len(row) != len(batches[table].columns):
                     raise ValueError(f"a row of {len(row)} values for table {table!r}")
         except Exception as exc:  # noqa: BLE001 - whatever the bytes, the sink keeps going
-            rows = self._reject(topic, partition, offset, key, value, exc, now_ms)
+            rows = self._reject(topic, message, exc)
         for table, row in rows:
             if table == ERASE:
                 self.erasures.append(row[0])
@@ -307,15 +307,11 @@ class ClickHouseSink:
                 batches[table].add(row, topic, partition, offset)
 
     def _reject(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        exc: Exception,
-        now_ms: int,
+        self, topic: str, message: SourceMessage, exc: Exception
     ) -> list[tuple[str, list[Any]]]:
+        partition, offset, value, now_ms = (
+            message.partition, message.offset, message.value, message.now_ms
+        )  # fmt: skip
         detail = f"{type(exc).__name__}: {exc}"
         log.warning("sink cannot read %s[%d]@%d (%s)", topic, partition, offset, detail)
         if topic == self.dead_letter_topic:
@@ -326,7 +322,7 @@ class ClickHouseSink:
                 len(original), original[: 64 * 1024],
             ]  # fmt: skip
             return [("dead_letters", row)]
-        msg = RawMessage(topic, partition, offset, key, value)
+        msg = RawMessage(topic, partition, offset, message.key, value)
         dead = dead_letter(msg, UNREADABLE_OUTPUT, detail, now_ms, self.max_dead_letter_bytes)
         self.rejected.append(dead)
         metrics.DEAD_LETTERS.labels(UNREADABLE_OUTPUT).inc()

@@ -13,6 +13,10 @@ A real broker, the embedded ClickHouse, the default topology (``streams.runtime.
 4. ``BENCH alert_latency``: a steady stream of fresh events at each ``--latency-rate``;
    an alert's latency is its arrival on the alerts topic minus the produce time of the
    newest event that triggered it; and the rate the events were really produced at.
+   Before it, ``hop produced->valid|resolved``: each internal hop's envelope timestamp
+   minus the produce time of the events it carries (where the latency accumulates).
+   ``--compare VAR=VALUE``: one worker as configured and with that setting, alternating
+   (``BENCH compare``), on the same data, to measure one change side by side.
 5. ``BENCH memory``: one worker over ``--memory-events`` events, resident MiB once 10 %
    went through and at the end.
 6. ``BENCH identity_memory``: the identity state of 100,000 synthetic customers built by
@@ -44,6 +48,7 @@ from streams.runtime.runner import prepare
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate, produce
 from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.envelope import unpack
 
 __all__ = ["run_bench"]
 
@@ -145,10 +150,12 @@ class _Deployment:
         *,
         sink_apart: bool = True,
         gc_tuned: bool = True,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         log_dir = settings.data_dir / "logs"
         env = {} if gc_tuned else {"GC_FREEZE": "false", "GC_THRESHOLD": "0"}
+        env.update(worker_env or {})
         self.sink = Spawned("sink", "sink", settings, log_dir, **env) if sink_apart else None
         self.workers = [
             Spawned(
@@ -228,6 +235,7 @@ async def _pipeline_run(
     *,
     sink_apart: bool = True,
     gc_tuned: bool = True,
+    worker_env: dict[str, str] | None = None,
     timeout: float = 900.0,
 ) -> _Run:
     """Start the processes on a fresh deployment, then produce ``pairs`` and wait until
@@ -236,7 +244,9 @@ async def _pipeline_run(
     end, start-up and recovery excluded; the rate is wall clock from the first produce."""
     bench = _fresh(settings, "bench")
     prepare(bench)
-    deployment = _Deployment(bench, workers, sink_apart=sink_apart, gc_tuned=gc_tuned)
+    deployment = _Deployment(
+        bench, workers, sink_apart=sink_apart, gc_tuned=gc_tuned, worker_env=worker_env
+    )
     n = len(pairs)
     try:
         await deployment.start()
@@ -290,6 +300,16 @@ async def _alert_latency(
     )
     await consumer.start()
 
+    hops: dict[str, list[float]] = {settings.topics.valid: [], settings.topics.resolved: []}
+    hop_consumer = AIOKafkaConsumer(
+        *hops,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="latest",
+        **consumer_security(settings),
+    )
+    await hop_consumer.start()
+
     async def collect() -> None:
         async for message in consumer:
             arrived = time.time()
@@ -297,6 +317,16 @@ async def _alert_latency(
             known = [sent_at[e] for e in alert["event_ids"] if e in sent_at]
             if known:
                 latencies.append((arrived - max(known)) * 1000)
+
+    async def collect_hops() -> None:
+        """Each internal hop's envelope timestamp (when its stage produced it) minus the
+        produce time of the events in it: where the alert latency accumulates."""
+        async for message in hop_consumer:
+            for item in unpack(message.value or b""):
+                record = item.get("r")
+                sent = sent_at.get(record["event_id"]) if isinstance(record, dict) else None
+                if sent is not None:
+                    hops[message.topic].append(message.timestamp - sent * 1000)
 
     deployment = _Deployment(settings, 1)
     producer = AIOKafkaProducer(
@@ -309,6 +339,7 @@ async def _alert_latency(
     try:
         await deployment.start()
         collector = asyncio.create_task(collect())
+        hop_collector = asyncio.create_task(collect_hops())
         await asyncio.sleep(1.0)
         started = time.time()
         step = 1.0 / rate
@@ -332,10 +363,19 @@ async def _alert_latency(
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
         collector.cancel()
+        hop_collector.cancel()
     finally:
         await producer.stop()
         await asyncio.to_thread(deployment.stop)
         await consumer.stop()
+        await hop_consumer.stop()
+    for topic, values in hops.items():
+        if values:
+            values.sort()
+            click.echo(
+                f"hop produced->{topic.rsplit('.', 1)[-1]}: p50_ms={statistics.median(values):.0f}"
+                f" p99_ms={values[min(len(values) - 1, int(len(values) * 0.99))]:.0f}"
+            )
     if not latencies:
         return float("nan"), float("nan"), 0, produced_rate
     latencies.sort()
@@ -416,6 +456,9 @@ async def run_bench(
     latency_seconds: float = 10.0,
     memory_events: int = 500_000,
     baseline: bool = True,
+    pipeline: bool = True,
+    compare: tuple[str, ...] = (),
+    rounds: int = 2,
 ) -> None:
     codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
     now_ms = int(time.time() * 1000)
@@ -446,16 +489,24 @@ async def run_bench(
     if baseline:  # the same harness and data on the runtime before issue 11
         before = await _pipeline_run(settings, pairs, 1, sink_apart=False, gc_tuned=False)
         line("baseline", 1, before, " sink=in_worker gc=python_default")
-    one = await _pipeline_run(settings, pairs, 1)
-    line("pipeline", 1, one, f" sink_peak_rss_mb={one.sink_peak_rss_mb:.0f}")
-    two = await _pipeline_run(settings, pairs, 2)
-    line(
-        "pipeline",
-        2,
-        two,
-        f" sink_peak_rss_mb={two.sink_peak_rss_mb:.0f}"
-        f" speedup={two.events_per_s / one.events_per_s:.2f} cores={os.cpu_count()}",
-    )
+    if pipeline:
+        one = await _pipeline_run(settings, pairs, 1)
+        line("pipeline", 1, one, f" sink_peak_rss_mb={one.sink_peak_rss_mb:.0f}")
+        two = await _pipeline_run(settings, pairs, 2)
+        line(
+            "pipeline",
+            2,
+            two,
+            f" sink_peak_rss_mb={two.sink_peak_rss_mb:.0f}"
+            f" speedup={two.events_per_s / one.events_per_s:.2f} cores={os.cpu_count()}",
+        )
+
+    for setting in compare:  # one worker, as configured and with VAR=VALUE, alternating
+        name, _, value = setting.partition("=")
+        for round_ in range(rounds):
+            for label, env in (("default", {}), (setting, {name: value})):
+                run = await _pipeline_run(settings, pairs, 1, worker_env=env)
+                line("compare", 1, run, f" round={round_ + 1} with={label}")
 
     for latency_rate in latency_rates:  # a fresh deployment each: no backlog carried over
         latency = _fresh(settings, "lat")

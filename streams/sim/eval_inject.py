@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from streams.customers.detect import (
@@ -30,6 +31,7 @@ from streams.sim.eval_background import (
     web_page,
 )
 from streams.sim.journeys.world import COUNTRIES as _COUNTRIES
+from streams.sim.journeys.world import City, Country
 from streams.wire.model import (
     COMMERCE,
     CONTACT,
@@ -84,7 +86,10 @@ class Injector:
         contacts_free_days: float = 7.0,
         hour: float | None = None,
     ) -> int | None:
-        """A time in the waking window ``lo..hi`` days ago with no nearby activity."""
+        """A time in the waking window ``lo..hi`` days ago with no nearby activity (None: no
+        such time, or the person has no CRM id: every scenario needs one)."""
+        if person.crm is None:
+            return None
         zone = ZoneInfo(person.timezone)
         times = [r["occurred_at"] for r in person.events]
         contacts = [r["occurred_at"] for r in person.events if is_contact(r)]
@@ -101,6 +106,34 @@ class Injector:
                 continue
             return ts
         return None
+
+    def away(
+        self,
+        p: Person,
+        lo_km: float,
+        hi_km: float,
+        lo_days: float,
+        hi_days: float,
+        **quiet: Any,
+    ) -> tuple[int, Country, City] | None:
+        """A quiet time ``lo_days..hi_days`` ago and a city ``lo_km..hi_km`` (exclusive) from
+        the person's home browser (None: no known browser, quiet time or such city)."""
+        if p.geo is None or p.crm is None or p.user_agent is None:
+            return None
+        ts = self.quiet_time(p, lo_days, hi_days, **quiet)
+        if ts is None:
+            return None
+        lat, lon = p.geo["lat"], p.geo["lon"]
+        cities = [
+            (c, city)
+            for c in _COUNTRIES
+            for city in c.cities
+            if lo_km < haversine_km(lat, lon, city.lat, city.lon) < hi_km
+        ]
+        if not cities:
+            return None
+        country, city = self.rng.choice(cities)
+        return ts, country, city
 
     def web_ids(self, person: Person) -> IdentifiersRecord:
         return records.identifiers(anonymous_id=person.anonymous_id, customer_id=person.crm)
@@ -120,6 +153,19 @@ class Injector:
             self.uuid(), "web", event_type, ts, "web-sdk", ids or self.web_ids(p),
             context or self.home_context(p), (WEB, page),
         )  # fmt: skip
+
+    def failed_checkout(
+        self, p: Person, lo_days: float, hi_days: float, error: str, **quiet: Any
+    ) -> TouchpointRecord | None:
+        """A web payment step failing with ``error`` at a quiet time ``lo..hi`` days ago, on
+        the person's known browser (None: no CRM id, browser or quiet time)."""
+        if p.crm is None or p.user_agent is None:
+            return None
+        ts = self.quiet_time(p, lo_days, hi_days, **quiet)
+        if ts is None:
+            return None
+        page = web_page("checkout", success=False, error=error, step="payment")
+        return self.web_event(p, "checkout_failed", ts, page)
 
     def home_context(self, person: Person) -> ContextRecord:
         return records.context(
@@ -186,20 +232,10 @@ class Injector:
     # ---------------------------------------------------------------- scenarios
 
     def impossible_travel(self, p: Person) -> tuple[list[TouchpointRecord], list[str]] | None:
-        if p.geo is None or p.crm is None or p.user_agent is None:
+        trip = self.away(p, 3000, math.inf, 3, 20, need_quiet_ms=14 * HOUR)
+        if trip is None:
             return None
-        ts = self.quiet_time(p, 3, 20, need_quiet_ms=14 * HOUR)
-        if ts is None:
-            return None
-        far = [
-            (c, city)
-            for c in _COUNTRIES
-            for city in c.cities
-            if haversine_km(p.geo["lat"], p.geo["lon"], city.lat, city.lon) > 3000
-        ]
-        if not far:
-            return None
-        country, city = self.rng.choice(far)
+        ts, country, city = trip
         login = self.web_event(p, "login", ts, web_page("login", success=True))
         later = ts + int(self.rng.uniform(20, 90) * MINUTE)
         geo: GeoRecord = {"lat": city.lat, "lon": city.lon, "city": city.name}
@@ -231,8 +267,6 @@ class Injector:
         return [pay], [pay["event_id"]]
 
     def amount_outlier(self, p: Person) -> tuple[list[TouchpointRecord], list[str]] | None:
-        if p.crm is None:
-            return None
         ts = self.quiet_time(p, 2, 8)
         if ts is None:
             return None
@@ -249,8 +283,6 @@ class Injector:
         return [*history, outlier], [outlier["event_id"]]
 
     def velocity_burst(self, p: Person) -> tuple[list[TouchpointRecord], list[str]] | None:
-        if p.crm is None:
-            return None
         ts = self.quiet_time(p, 2, 20)
         if ts is None:
             return None
@@ -319,18 +351,10 @@ class Injector:
         return events, [r["event_id"] for r in events]
 
     def self_service_failed(self, p: Person) -> tuple[list[TouchpointRecord], list[str]] | None:
-        if p.crm is None or p.user_agent is None:
+        fail = self.failed_checkout(p, 2, 20, "PSP_TIMEOUT")
+        if fail is None:
             return None
-        ts = self.quiet_time(p, 2, 20)
-        if ts is None:
-            return None
-        fail = self.web_event(
-            p,
-            "checkout_failed",
-            ts,
-            web_page("checkout", success=False, error="PSP_TIMEOUT", step="payment"),
-        )
-        later = ts + int(self.rng.uniform(3, 55) * MINUTE)
+        later = fail["occurred_at"] + int(self.rng.uniform(3, 55) * MINUTE)
         body = contact_body(
             f"CC-{self.uuid()[:14]}", "call", resolved=True, reason="checkout_failure"
         )
@@ -338,8 +362,6 @@ class Injector:
         return [fail, call], [fail["event_id"], call["event_id"]]
 
     def high_effort(self, p: Person) -> tuple[list[TouchpointRecord], list[str]] | None:
-        if p.crm is None:
-            return None
         ts = self.quiet_time(p, 9, 25, contacts_free_days=14)
         if ts is None:
             return None
@@ -357,8 +379,6 @@ class Injector:
 
     def unhappy_valuable(self, p: Person) -> tuple[list[TouchpointRecord], list[str]] | None:
         rule = self.rules.unhappy_valuable
-        if p.crm is None:
-            return None
         ts = self.quiet_time(p, 2, 10)
         if ts is None:
             return None
@@ -406,8 +426,6 @@ class Injector:
 
     def complaint_unresolved(self, p: Person) -> tuple[list[TouchpointRecord], list[str]] | None:
         target = int(self.rules.complaint_unresolved.target_hours * HOUR)
-        if p.crm is None:
-            return None
         ts = self.quiet_time(p, 4, 20)
         if ts is None or ts + target > self.now_ms - 6 * HOUR:
             return None
@@ -426,20 +444,10 @@ class Injector:
 
     def trip(self, p: Person) -> list[TouchpointRecord] | None:
         """A real journey: home, then 1,000-3,000 km away 8-14 h later, home days later."""
-        if p.geo is None or p.crm is None or p.user_agent is None:
+        trip = self.away(p, 1000, 3000, 6, 25, need_quiet_ms=4 * DAY, contacts_free_days=0)
+        if trip is None:
             return None
-        ts = self.quiet_time(p, 6, 25, need_quiet_ms=4 * DAY, contacts_free_days=0)
-        if ts is None:
-            return None
-        near = [
-            (c, city)
-            for c in _COUNTRIES
-            for city in c.cities
-            if 1000 < haversine_km(p.geo["lat"], p.geo["lon"], city.lat, city.lon) < 3000
-        ]
-        if not near:
-            return None
-        country, city = self.rng.choice(near)
+        ts, country, city = trip
         geo: GeoRecord = {"lat": city.lat, "lon": city.lon, "city": city.name}
         away = records.context(country.code, geo, p.timezone, "88.12.1.2", p.user_agent)
         there = ts + int(self.rng.uniform(8, 14) * HOUR)
@@ -455,8 +463,6 @@ class Injector:
 
     def payment_retry(self, p: Person) -> list[TouchpointRecord] | None:
         """Declined twice, approved on the third try, within minutes."""
-        if p.crm is None:
-            return None
         ts = self.quiet_time(p, 2, 30, contacts_free_days=0)
         if ts is None:
             return None
@@ -468,18 +474,10 @@ class Injector:
 
     def two_contacts(self, p: Person) -> list[TouchpointRecord] | None:
         """Two contacts three days apart, the first a failed checkout 2-3 h earlier."""
-        if p.crm is None or p.user_agent is None:
+        fail = self.failed_checkout(p, 5, 30, "HTTP_502", contacts_free_days=10)
+        if fail is None:
             return None
-        ts = self.quiet_time(p, 5, 30, contacts_free_days=10)
-        if ts is None:
-            return None
-        fail = self.web_event(
-            p,
-            "checkout_failed",
-            ts,
-            web_page("checkout", success=False, error="HTTP_502", step="payment"),
-        )
-        first = ts + int(self.rng.uniform(2, 3) * HOUR)
+        first = fail["occurred_at"] + int(self.rng.uniform(2, 3) * HOUR)
         second = first + int(self.rng.uniform(2.5, 3.5) * DAY)
         return [
             fail,

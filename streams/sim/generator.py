@@ -159,68 +159,19 @@ async def produce(
         max_batch_size=512 * 1024,
         **consumer_security(settings),
     )
-    delivered = 0
-    failed = 0
-    first_error: BaseException | None = None
-    in_flight: deque[tuple[asyncio.Future[Any], int]] = deque()
-    in_flight_records = 0
-
-    def account(future: asyncio.Future[Any], count: int) -> None:
-        nonlocal delivered, failed, first_error
-        exc = future.exception()
-        if exc is None:
-            delivered += count
-        else:
-            failed += count
-            first_error = first_error or exc
-
-    async def settle(down_to: int) -> None:
-        """Await the oldest batches until at most ``down_to`` records are in flight."""
-        nonlocal in_flight_records
-        while in_flight and in_flight_records > down_to:
-            future, count = in_flight.popleft()
-            in_flight_records -= count
-            await asyncio.wait([future])
-            account(future, count)
-        if progress is not None:
-            progress(delivered)
-
-    def reap() -> None:
-        """Count the batches already acknowledged, without waiting."""
-        nonlocal in_flight_records
-        reaped = False
-        while in_flight and in_flight[0][0].done():
-            future, count = in_flight.popleft()
-            in_flight_records -= count
-            account(future, count)
-            reaped = True
-        if reaped and progress is not None:
-            progress(delivered)
-
+    batches = _Batches(producer, topic, progress)
     try:
         await producer.start()
         partitions = sorted(await producer.partitions_for(topic))
         n_partitions = len(partitions)
         partition_of: dict[bytes, int] = {}
-        builders: dict[int, Any] = {}
-
-        async def submit(partition: int) -> None:
-            nonlocal in_flight_records
-            builder = builders.pop(partition)
-            builder.close()
-            count = builder.record_count()
-            future = await producer.send_batch(builder, topic, partition=partition)
-            in_flight.append((future, count))
-            in_flight_records += count
-
         # Paced: every tick (1/20 s of messages) the open batches go out, then we wait.
         tick = max(1, int(rate / 20)) if rate is not None else 0
         start = time.monotonic()
         for i, (key, value) in enumerate(pairs):
             if tick and i and i % tick == 0:
-                for partition in list(builders):
-                    await submit(partition)
-                reap()
+                await batches.submit_all()
+                batches.reap()
                 delay = start + i / cast(float, rate) - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -228,23 +179,88 @@ async def produce(
             if partition < 0:
                 partition = partitions[(murmur2(key) & 0x7FFFFFFF) % n_partitions]
                 partition_of[key] = partition
-            builder = builders.get(partition)
-            if builder is None:
-                builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:
-                await submit(partition)
-                builder = builders[partition] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None) is None:
+            if not batches.add(partition, key, value):
+                await batches.submit(partition)
+                if not batches.add(partition, key, value):
                     raise ValueError(f"message {i} ({len(value)} bytes) exceeds max_batch_size")
-                if in_flight_records >= _WINDOW:
-                    await settle(_WINDOW // 2)
+                if batches.in_flight_records >= _WINDOW:
+                    await batches.settle(_WINDOW // 2)
                 else:
-                    reap()
-        for partition in list(builders):
-            await submit(partition)
-        await settle(0)
+                    batches.reap()
+        await batches.submit_all()
+        await batches.settle(0)
     finally:
         await producer.stop()
-    if failed:
-        log.error("%d of %d messages were not delivered: %r", failed, len(pairs), first_error)
-    return delivered
+    if batches.failed:
+        log.error(
+            "%d of %d messages were not delivered: %r",
+            batches.failed,
+            len(pairs),
+            batches.first_error,
+        )
+    return batches.delivered
+
+
+class _Batches:
+    """``produce``'s open record batches, one per partition, and its deliveries in flight."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, progress: Callable[[int], None] | None
+    ) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.progress = progress
+        self.builders: dict[int, Any] = {}
+        self.in_flight: deque[tuple[asyncio.Future[Any], int]] = deque()
+        self.in_flight_records = 0
+        self.delivered = 0
+        self.failed = 0
+        self.first_error: BaseException | None = None
+
+    def add(self, partition: int, key: bytes, value: bytes) -> bool:
+        """Append to the partition's open batch; False when it is full."""
+        builder = self.builders.get(partition)
+        if builder is None:
+            builder = self.builders[partition] = self.producer.create_batch()
+        return builder.append(key=key, value=value, timestamp=None) is not None
+
+    async def submit(self, partition: int) -> None:
+        builder = self.builders.pop(partition)
+        builder.close()
+        count = builder.record_count()
+        future = await self.producer.send_batch(builder, self.topic, partition=partition)
+        self.in_flight.append((future, count))
+        self.in_flight_records += count
+
+    async def submit_all(self) -> None:
+        for partition in list(self.builders):
+            await self.submit(partition)
+
+    def account(self, future: asyncio.Future[Any], count: int) -> None:
+        exc = future.exception()
+        if exc is None:
+            self.delivered += count
+        else:
+            self.failed += count
+            self.first_error = self.first_error or exc
+
+    async def settle(self, down_to: int) -> None:
+        """Await the oldest batches until at most ``down_to`` records are in flight."""
+        while self.in_flight and self.in_flight_records > down_to:
+            future, count = self.in_flight.popleft()
+            self.in_flight_records -= count
+            await asyncio.wait([future])
+            self.account(future, count)
+        if self.progress is not None:
+            self.progress(self.delivered)
+
+    def reap(self) -> None:
+        """Count the batches already acknowledged, without waiting."""
+        reaped = False
+        while self.in_flight and self.in_flight[0][0].done():
+            future, count = self.in_flight.popleft()
+            self.in_flight_records -= count
+            self.account(future, count)
+            reaped = True
+        if reaped and self.progress is not None:
+            self.progress(self.delivered)

@@ -6,9 +6,7 @@ worker-process tests."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +25,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streams.adapters.clickhouse import connect
 from streams.adapters.sink import SinkService
 from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
+from streams.runtime.processes import free_port
+from streams.runtime.processes import settings_env as worker_env
 from streams.runtime.runner import prepare, query, wait_for
 from streams.settings import Settings
+from streams.sim.generator import encode_events, generate
 from streams.topology import consumer_groups
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
@@ -46,25 +47,6 @@ READY_TIMEOUT = 90.0
 KILL_POINT_TIMEOUT = 60.0
 QUIESCE_TIMEOUT = 150.0
 STOP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
-    """The worker's environment: every Settings field as its variable, plus overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CLICKHOUSE_"))}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[name.upper()] = str(value)
-    env.update(overrides)
-    return env
 
 
 def _http_status(url: str) -> int:
@@ -388,3 +370,18 @@ async def landed_ids(pipeline: Pipeline, db: str, count: int) -> set[str]:
     landed = await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", count)
     assert landed == count
     return {r[0] for r in await query(pipeline, f"SELECT event_id FROM {db}.touchpoints_v")}
+
+
+def generated_traffic(
+    s: Settings, customers: int, seed: int, span_ms: int = 2 * 3600 * 1000
+) -> tuple[list[tuple[bytes, bytes]], dict[str, TouchpointRecord]]:
+    """Seeded journeys up to now as Confluent-Avro pairs (a tenth on the v1 schema), and the
+    records ingest makes of them, by event id (asserted unique), in the pairs' order."""
+    codec = codec_for(s)
+    now_ms = int(time.time() * 1000)
+    events = generate(customers, seed=seed, now_ms=now_ms, span_ms=span_ms)
+    pairs = encode_events(events, codec, old_schema_fraction=0.1, seed=seed)
+    records = normalised_records(pairs, codec, s, now_ms)
+    by_id = {r["event_id"]: r for r in records}
+    assert len(by_id) == len(records), "generated event ids must be unique"
+    return pairs, by_id

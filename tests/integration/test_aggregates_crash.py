@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.customers.measures import Measures
 from streams.customers.recompute import recompute
 from streams.settings import Settings
-from streams.sim.generator import encode_events, generate, produce
+from streams.sim.generator import produce
 from streams.wire.envelope import unpack
 from streams.wire.model import ResolvedEvent
 from tests.integration.harness import (
@@ -46,9 +46,8 @@ from tests.integration.harness import (
     InTestSink,
     LagProbe,
     WorkerProcess,
-    codec_for,
+    generated_traffic,
     log_tails,
-    normalised_records,
     observers,
     wait_quiescent,
     wait_ready,
@@ -355,21 +354,6 @@ async def collect_aggregate_facts(sink: InTestSink, s: Settings) -> dict[str, An
     return facts
 
 
-def generated_traffic(
-    s: Settings, customers: int, seed: int
-) -> tuple[list[tuple[bytes, bytes]], dict[str, Any]]:
-    """Seeded journeys over SPAN_MS as Confluent-Avro pairs (a tenth on the v1 schema), and
-    the records ingest makes of them, by event id (asserted unique)."""
-    codec = codec_for(s)
-    now_ms = int(time.time() * 1000)
-    events = generate(customers, seed=seed, now_ms=now_ms, span_ms=SPAN_MS)
-    pairs = encode_events(events, codec, old_schema_fraction=0.1, seed=seed)
-    records = normalised_records(pairs, codec, s, now_ms)
-    by_id = {r["event_id"]: r for r in records}
-    assert len(by_id) == len(records), "generated event ids must be unique"
-    return pairs, by_id
-
-
 def run_problems(
     facts: dict[str, Any], by_id: Mapping[str, Any], *, after: str, worker: str
 ) -> list[str]:
@@ -465,7 +449,7 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
     s = settings.model_copy(
         update={"aggregate_lateness_seconds": LATENESS_S, "kafka_session_timeout_seconds": 10.0}
     )
-    pairs, by_id = generated_traffic(s, CUSTOMERS, SEED)
+    pairs, by_id = generated_traffic(s, CUSTOMERS, SEED, SPAN_MS)
     n = len(by_id)
 
     workdir = tmp_path / "workers"

@@ -35,6 +35,7 @@ from streams.sim.generator import produce
 from tests.integration.harness import (
     READY_TIMEOUT,
     WorkerProcess,
+    generated_traffic,
     log_tails,
     observers,
     wait_ready,
@@ -42,7 +43,6 @@ from tests.integration.harness import (
 )
 from tests.integration.test_aggregates_crash import (
     LATENESS_S,
-    generated_traffic,
     run_problems,
     settle_and_collect,
 )

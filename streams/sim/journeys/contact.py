@@ -15,7 +15,7 @@ from streams.sim.journeys.world import (
     PAY_PROPS,
     SHOP,
 )
-from streams.wire.model import COMMERCE, CONTACT, ContactCentreRecord
+from streams.wire.model import COMMERCE, CONTACT, ContactCentreRecord, IdentifiersRecord
 
 
 class ContactCentre(People, Digital):
@@ -27,6 +27,38 @@ class ContactCentre(People, Digital):
         r = rnd()
         medium = "call" if r < 0.55 else "chat" if r < 0.85 else "email"
         verified = p.registered and rnd() < 0.65
+        ids, key, source, wait, handle = self.reached_by(p, medium, verified)
+        resolved = rnd() < (0.55 if reason in ("checkout_failure", "payment_declined") else 0.75)
+        transferred = rnd() < 0.18
+        complaint = rnd() < complaint_rate
+        contact_id = f"CC-{self.hex(14)}"
+        queue = CC_QUEUES[reason]
+        if p.locale[:2] not in ("en",) and rnd() < 0.6:
+            queue = f"{queue}-{p.locale[:2]}"
+        agent = f"AG-{self.randint(1000, 1399)}"
+        context = self.cc_context(p)
+        payload = records.contact_centre(
+            contact_id=contact_id, medium=medium, queue=queue, agent_id=agent, reason=reason,
+            wait_seconds=round(wait, 1), handle_seconds=round(handle, 1), resolved=resolved,
+            transferred=transferred, is_complaint=complaint,
+        )  # fmt: skip
+        # occurred_at is when the contact came in; its wait and handle time follow.
+        lag = 500 + int(rnd() * 4000)
+        self.emit(
+            "contact_centre", medium, source, ids, context, (CONTACT, payload), key,
+            self.props(CC_PROPS), lag, CC_C,
+        )  # fmt: skip
+        self.t += int((wait + handle) * 1000) if medium != "email" else int(handle * 1000)
+        self.follow_ups(p, payload, ids, key, lag, complaint)
+        self.trap = ""
+        return resolved
+
+    def reached_by(
+        self, p: Person, medium: str, verified: bool
+    ) -> tuple[IdentifiersRecord, bytes, str, float, float]:
+        """What the contact centre's system knows of the person on this medium: their
+        identifiers and key, the system, and the wait and handle times (seconds)."""
+        rnd = self.rnd
         if medium == "call":
             # Caller id (E.164 or as the carrier presents it), else what the IVR or agent took.
             r = rnd()
@@ -69,27 +101,20 @@ class ContactCentre(People, Digital):
             source = "zendesk"
             wait = clamp(self.rng.lognormvariate(8.0, 0.7), 300, 86400)
             handle = clamp(self.rng.lognormvariate(5.5, 0.5), 60, 3600)
-        resolved = rnd() < (0.55 if reason in ("checkout_failure", "payment_declined") else 0.75)
-        transferred = rnd() < 0.18
-        complaint = rnd() < complaint_rate
-        contact_id = f"CC-{self.hex(14)}"
-        queue = CC_QUEUES[reason]
-        if p.locale[:2] not in ("en",) and rnd() < 0.6:
-            queue = f"{queue}-{p.locale[:2]}"
-        agent = f"AG-{self.randint(1000, 1399)}"
-        context = self.cc_context(p)
-        payload = records.contact_centre(
-            contact_id=contact_id, medium=medium, queue=queue, agent_id=agent, reason=reason,
-            wait_seconds=round(wait, 1), handle_seconds=round(handle, 1), resolved=resolved,
-            transferred=transferred, is_complaint=complaint,
-        )  # fmt: skip
-        # occurred_at is when the contact came in; its wait and handle time follow.
-        lag = 500 + int(rnd() * 4000)
-        self.emit(
-            "contact_centre", medium, source, ids, context, (CONTACT, payload), key,
-            self.props(CC_PROPS), lag, CC_C,
-        )  # fmt: skip
-        self.t += int((wait + handle) * 1000) if medium != "email" else int(handle * 1000)
+        return ids, key, source, wait, handle
+
+    def follow_ups(
+        self,
+        p: Person,
+        payload: ContactCentreRecord,
+        ids: IdentifiersRecord,
+        key: bytes,
+        lag: int,
+        complaint: bool,
+    ) -> None:
+        """After a contact: the complaint logged, a refund, a survey answered."""
+        rnd = self.rnd
+        resolved = payload["resolved"]
         if complaint:
             self.step(20, 300)
             body: ContactCentreRecord = {**payload, "is_complaint": True}
@@ -98,7 +123,7 @@ class ContactCentre(People, Digital):
                 (CONTACT, body), key, self.props(CC_PROPS), lag, CC_C,
             )  # fmt: skip
             p.mood = -1.0
-        if reason == "return_request" and resolved and rnd() < 0.5:
+        if payload["reason"] == "return_request" and resolved and rnd() < 0.5:
             self.step(30, 600)
             refund = self.sale(
                 p, order_id=f"ORD-{self.hex(12).upper()}", transaction_id=f"TX-{self.hex(20)}",
@@ -128,8 +153,6 @@ class ContactCentre(People, Digital):
             )  # fmt: skip
             if good:
                 p.mood = 0.0
-        self.trap = ""
-        return resolved
 
     def cc_session(self, p: Person) -> None:
         reason = self.weighted(CC_REASONS, CC_REASON_WEIGHTS)

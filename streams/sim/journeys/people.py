@@ -38,29 +38,9 @@ class People(JourneyBase):
         first = self.pick(country.first_names)
         last = self.pick(country.last_names)
         n = f"{self.suffixes[index]:0{self.suffix_width}d}"
-        style = self.randint(0, 3)
-        if style == 0:
-            local = f"{first}.{last}{n}"
-        elif style == 1:
-            local = f"{first[0]}{last}{n}"
-        elif style == 2:
-            local = f"{first}_{last[:3]}{n}"
-        else:
-            local = f"{last}.{first}{n}"
-        domain = self.pick(EMAIL_DOMAINS)
-        email = f"{local.lower()}@{domain}"
-        email_forms = (
-            f"{local}@{domain.capitalize()}",
-            f"  {local}@{domain.upper()} ",
-            f"{email.upper()}",
-            f"{email} ",
-        )
+        email, email_forms = self.email_address(first, last, n)
         login_id = self.pick((f"{first}{last}{n}", f"{first.lower()}{n}", f"{last}_{first}{n}"))
-        nsn = self.phone_number(country, city)
-        e164 = f"+{country.calling_code}{nsn}"
-        national = fill(self.pick(country.national), nsn)
-        international = fill(self.pick(country.international), nsn)
-        typed = self.pick((e164, national, international, national, international))
+        e164, national, international, typed = self.phones(country, city)
         handle: str | None = None
         if rnd() < 0.45:
             handle = self.pick((f"{first}{last[0]}_{n}", f"{first.lower()}.{last.lower()}{n}"))
@@ -114,6 +94,36 @@ class People(JourneyBase):
             apps=apps,
             affinity=affinity,
         )
+
+    def email_address(self, first: str, last: str, n: str) -> tuple[str, tuple[str, ...]]:
+        """An email address (canonical spelling) and the odd spellings of it that occur."""
+        style = self.randint(0, 3)
+        if style == 0:
+            local = f"{first}.{last}{n}"
+        elif style == 1:
+            local = f"{first[0]}{last}{n}"
+        elif style == 2:
+            local = f"{first}_{last[:3]}{n}"
+        else:
+            local = f"{last}.{first}{n}"
+        domain = self.pick(EMAIL_DOMAINS)
+        email = f"{local.lower()}@{domain}"
+        email_forms = (
+            f"{local}@{domain.capitalize()}",
+            f"  {local}@{domain.upper()} ",
+            f"{email.upper()}",
+            f"{email} ",
+        )
+        return email, email_forms
+
+    def phones(self, country: Country, city: City) -> tuple[str, str, str, str]:
+        """A new number: E.164, national and international spellings, and as typed."""
+        nsn = self.phone_number(country, city)
+        e164 = f"+{country.calling_code}{nsn}"
+        national = fill(self.pick(country.national), nsn)
+        international = fill(self.pick(country.international), nsn)
+        typed = self.pick((e164, national, international, national, international))
+        return e164, national, international, typed
 
     def centre_phone(self, p: Person) -> str:
         """The contact centre's own number in the caller's country (E.164)."""
