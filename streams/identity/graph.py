@@ -27,8 +27,10 @@ are exactly the members that move. Handlers are idempotent: applying any op twic
 leaves the state as applying it once (proposals carry a lock number).
 
 A lock number names its proposal, not only its place in the customer's sequence: it is
-a digest of the previous number, the survivor asked and the members and absorbed ids
-proposed. A crash that loses state writes rolls the customer back to an earlier
+a digest of the previous number, the survivor asked, the members and absorbed ids
+proposed and the evidence (the value it came through, the event): a survivor refuses a
+merge through a value found shared (``shared_via``) and accepts the same members through
+another. A crash that loses state writes rolls the customer back to an earlier
 number while the proposals it already sent stay in flight; a plain counter would give
 the next, different proposal the same number, and the late UNLOCK (or ABSORBED) of
 the forgotten one would release (or settle) the new lock, leaving the customer live
@@ -64,9 +66,12 @@ the weak anchor of the JOIN that asked for the merge, else the identifier it cam
 through, unless a weak value put that one in its customer (``IdState.via``: the blame
 moves on, at most ``_MAX_BLAME_HOPS``). The shared value is quarantined and moved to a
 customer of its own, ``h`` + ..., that claims no person (``is_household``); a relabel
-that reaches it makes the sender drop it (``RemoveMemberOp.keep``). Undoing what joined
-the person through it (``UNDO_THROUGH``, ``IdentityNode(undo_through=True)``) is off by
-default: the guarded property test finds rare divergence with it under redelivery.
+that reaches it makes the sender drop it (``RemoveMemberOp.keep``). Its old customer
+then undoes what joined the person through it (``UNDO_THROUGH``: each such identifier
+is split off unless a strong id vouched for it; ``IdentityNode(undo_through=False)``
+turns that off). A split is a replay when the identifier already had the customer it
+makes (its label or ``former``), and an undo never moves a quarantined identifier: a
+redelivered undo would otherwise pull a value found shared since out of its household.
 """
 
 from __future__ import annotations
@@ -208,7 +213,7 @@ class Effects:
 class IdentityNode:
     """Handles ops against one partition's state. Stateless itself; safe to share."""
 
-    def __init__(self, rules: IdentityRules | None = None, *, undo_through: bool = False) -> None:
+    def __init__(self, rules: IdentityRules | None = None, *, undo_through: bool = True) -> None:
         self.rules = rules or IdentityRules()
         self.undo_through = undo_through
         # one method per op, named after its tag: LinkOp -> self._link
@@ -393,10 +398,13 @@ class IdentityNode:
             return
         old = s.customer
         undo = op.unless_confirmed
-        if old == _fresh_id(op.ts, op.identifier, op.event_id, op.household, undo):
-            return  # replay
-        if op.unless_confirmed and (s.confirmed or s.customer in s.strong_glued):
-            return  # a strong id on one event vouched for its customer since
+        fresh = _fresh_id(op.ts, op.identifier, op.event_id, op.household, undo)
+        if old == fresh or fresh in s.former:
+            return  # replay (also after it moved on from the customer this split made)
+        if undo and (s.quarantined or s.confirmed or s.customer in s.strong_glued):
+            # a shared value is not undone (it is, or becomes, a household); a strong id
+            # on one event vouched for its customer since
+            return
         s.quarantined = s.quarantined or op.quarantine
         rejoin, s.rejoin = s.rejoin, None
         vouched = next((c for c in s.strong_glued if c != old), "")  # a strong id saw it there
@@ -522,12 +530,14 @@ class IdentityNode:
         if c.absorbed_into is not None:
             fx.ops.append(replace(op, customer=c.absorbed_into))
             return
-        if c.pending is not None:
-            _defer(c, op, cid, st)
-            return
         kind = _kind(key)
         have = c.members.get(kind, [])
         if key in have:
+            # Before the lock check: a redelivered copy deferred behind a RemoveMember
+            # (the identifier left since) would put it back when the lock is released.
+            return
+        if c.pending is not None:
+            _defer(c, op, cid, st)
             return
         if len(have) >= self.rules.limit(kind):
             fx.outputs.append(
@@ -584,7 +594,9 @@ class IdentityNode:
                 _defer(c, op, cid, st)
             return
         c.pending = op.survivor
-        c.lock_seq = _lock_number(c.lock_seq, op.survivor, _flat(c.members), tuple(c.absorbed))
+        c.lock_seq = _lock_number(
+            c.lock_seq, op.survivor, _flat(c.members), tuple(c.absorbed), op.via, op.event_id
+        )
         st.put(cid, c)
         fx.ops.append(
             ProposeOp(
@@ -785,11 +797,19 @@ def _remember_through(c: CustState, via: str, key: str) -> None:
 
 
 def _lock_number(
-    previous: int, survivor: str, members: tuple[str, ...], absorbed: tuple[str, ...]
+    previous: int,
+    survivor: str,
+    members: tuple[str, ...],
+    absorbed: tuple[str, ...],
+    via: str,
+    event_id: str,
 ) -> int:
-    """The next lock's number: it names the proposal (to whom, what), so a number reused
-    after lost state writes belongs to the same proposal. 52 bits: exact as a JSON number."""
-    return int(_digest("lock", str(previous), survivor, *members, "/", *absorbed)[:13], 16)
+    """The next lock's number: it names the proposal (to whom, what, on which evidence), so
+    a number reused after lost state writes belongs to the same proposal. The evidence
+    counts: a survivor refuses a merge through a value found shared (``shared_via``) and
+    accepts the same members through another one. 52 bits: exact as a JSON number."""
+    digest = _digest("lock", str(previous), survivor, *members, "/", *absorbed, "/", via, event_id)
+    return int(digest[:13], 16)
 
 
 def _remember_former(s: IdState, label: str) -> None:
