@@ -67,9 +67,10 @@ through, unless a weak value put that one in its customer (``IdState.via``: the 
 moves on, at most ``_MAX_BLAME_HOPS``). The shared value is quarantined and moved to a
 customer of its own, ``h`` + ..., that claims no person (``is_household``); a relabel
 that reaches it makes the sender drop it (``RemoveMemberOp.keep``). Its old customer
-then undoes what joined the person through it (``UNDO_THROUGH``: each such identifier
-is split off unless a strong id vouched for it; ``IdentityNode(undo_through=False)``
-turns that off). A split is a replay when the identifier already had the customer it
+then undoes what joined the person through it (``UNDO_THROUGH``: the identifiers first
+labelled on an event anchored at it, and the side of a merge asked on such an event, each
+split off unless a strong id vouched for it; ``IdentityNode(undo_through=False)`` turns
+that off). A split is a replay when the identifier already had the customer it
 makes (its label or ``former``), and an undo never moves a quarantined identifier: a
 redelivered undo would otherwise pull a value found shared since out of its household.
 """
@@ -90,6 +91,7 @@ from streams.identity.events import (
 from streams.identity.ids import (
     _MAX_BLAME_HOPS,
     _MAX_FORMER,
+    _MAX_REFUSED,
     _MAX_THROUGH,
     _MAX_THROUGH_VIAS,
     _SEP,
@@ -616,7 +618,9 @@ class IdentityNode:
     def _propose(self, op: ProposeOp, st: StateView, fx: Effects) -> None:
         cid = op.survivor
         c = _cust(st, cid)
-        if c.erased:
+        if c.erased or _proposal_tag(op) in c.refused:
+            # A proposal is answered once: a redelivered copy that reaches this customer
+            # again (or, forwarded, its survivor) must not be accepted after its UNLOCK.
             fx.ops.append(UnlockOp(op.absorbed, op.seq, op.event_id, op.ts))
             return
         if c.absorbed_into is not None:  # our survivor is older still
@@ -642,7 +646,7 @@ class IdentityNode:
                     evidence=("household", op.via),
                 )
             )
-            fx.ops.append(UnlockOp(op.absorbed, op.seq, op.event_id, op.ts))
+            _refuse(c, op, st, fx)
             return
         merged = {kind: list(keys) for kind, keys in c.members.items()}
         for key in op.members:
@@ -664,7 +668,7 @@ class IdentityNode:
                         evidence=tuple(merged[kind]),
                     )
                 )
-                fx.ops.append(UnlockOp(op.absorbed, op.seq, op.event_id, op.ts))
+                _refuse(c, op, st, fx)
                 if kind in STRONG_KINDS and not _is_strong(op.via):
                     # two accounts glued through a weak value: find the shared one
                     fx.ops.append(
@@ -683,6 +687,11 @@ class IdentityNode:
                         )
                     )
                 return
+        if self.undo_through and op.anchor and op.anchor != op.via and not _is_strong(op.anchor):
+            # asked on an event anchored at a weak value: if it turns out shared, the side
+            # that came through it is undone
+            for key in _came_through(_flat(c.members), op):
+                _remember_through(c, op.anchor, key)
         c.members = merged
         for pair in op.through:
             via, _, member = pair.partition(_SEP)
@@ -727,7 +736,12 @@ class IdentityNode:
         if c.pending is None or c.lock_seq != op.seq:
             return  # not the proposal we are waiting for
         members, waiting = _flat(c.members), c.waiting
-        st.put(cid, CustState(c.created_ms, absorbed_into=op.survivor, lock_seq=c.lock_seq))
+        st.put(
+            cid,
+            CustState(
+                c.created_ms, absorbed_into=op.survivor, lock_seq=c.lock_seq, refused=c.refused
+            ),
+        )
         gone = {w.identifier for w in waiting if isinstance(w, RemoveMemberOp)}
         for key in members:
             if key in gone:  # it left while we were locked: the survivor drops it, no relabel
@@ -781,6 +795,33 @@ def _set_label(key: str, s: IdState, customer: str, ts: int, fx: Effects) -> Non
         s.left.remove(customer)
     s.version += 1
     fx.outputs.append(IdentityUpdate(key, customer, ts, s.version))
+
+
+def _proposal_tag(op: ProposeOp) -> str:
+    return f"{op.absorbed}{_SEP}{op.seq}"
+
+
+def _refuse(c: CustState, op: ProposeOp, st: StateView, fx: Effects) -> None:
+    """UNLOCK the proposer, and remember the answer: the same proposal redelivered later,
+    when this customer's members (or its survivor's, forwarded) may take it, is refused
+    again; otherwise its late ABSORBED would find the proposer unlocked by the first
+    answer and the survivor would hold members the proposer still holds."""
+    tag = _proposal_tag(op)
+    if tag not in c.refused:
+        c.refused = [*c.refused, tag][-_MAX_REFUSED:]
+        st.put(op.survivor, c)
+    fx.ops.append(UnlockOp(op.absorbed, op.seq, op.event_id, op.ts))
+
+
+def _came_through(survivor: tuple[str, ...], op: ProposeOp) -> tuple[str, ...]:
+    """The members a merge asked on an event anchored at a weak value brought over: the
+    side of the identifier the JOIN reached (not the anchor's), unless only that side has
+    an account (then the anchor's side, the anchor itself excepted)."""
+    absorbed_joined = op.via in op.members or op.anchor in survivor
+    joined, other = (op.members, survivor) if absorbed_joined else (survivor, op.members)
+    if any(_is_strong(m) for m in joined) and not any(_is_strong(m) for m in other):
+        joined = other
+    return tuple(m for m in joined if m != op.anchor)
 
 
 def _remember_through(c: CustState, via: str, key: str) -> None:

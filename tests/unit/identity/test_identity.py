@@ -203,6 +203,34 @@ def test_what_joined_through_a_shared_email_is_undone_when_asked(undo: bool) -> 
         assert handle == anna and not refusals(sim, "undone")
 
 
+@pytest.mark.parametrize("undo", [False, True])
+def test_a_customer_merged_through_a_shared_email_is_undone(undo: bool) -> None:
+    """Ben's handle has a customer of its own (his social posts) before his DM with the
+    couple's email merges it with Anna's: the merge came through the email (the DM's
+    anchor). When Ben's CRM id with the email proves it shared, the side that came
+    through it (Ben's handle) is split off again; Anna keeps hers."""
+    events = [
+        record("ben-post", T0, social_handle="ben"),
+        record("anna-chat", T0 + MINUTE, customer_id="CRM-ANNA", email="family@mail.com"),
+        record("anna-web", T0 + 2 * MINUTE, customer_id="CRM-ANNA", anonymous_id="anna-ck"),
+        record("ben-dm", T0 + 3 * MINUTE, email="family@mail.com", social_handle="ben"),
+        record("ben-chat", T0 + 9 * MINUTE, customer_id="CRM-BEN", email="family@mail.com"),
+    ]
+    sim = simulate(*events, undo_through=undo)
+    assert [m.via for m in merges(sim)][:1] == ["social_handle:ben"]
+    anna = sim.customer_of("customer_id:CRM-ANNA")
+    assert anna is not None and sim.customer_of("anonymous_id:anna-ck") == anna
+    family = sim.customer_of("email:family@mail.com")
+    assert family is not None and is_household(family)
+    handle = sim.customer_of("social_handle:ben")
+    if undo:
+        assert handle not in (anna, family)
+        (undone,) = refusals(sim, "undone")
+        assert undone.identifier == "social_handle:ben"
+    else:
+        assert handle == anna and not refusals(sim, "undone")
+
+
 def test_two_people_sharing_an_email_are_refused_and_recorded() -> None:
     sim = simulate(
         record("anna-1", T0, customer_id="CRM-ANNA", email="family@mail.com", login_id="anna"),

@@ -217,3 +217,29 @@ def test_a_redelivered_add_member_does_not_overtake_a_removal_waiting_on_the_loc
     after = st.get(cid)
     assert isinstance(after, CustState) and after.pending is None
     assert after.members == {"loyalty_id": ["loyalty_id:v1"]}
+
+
+def test_a_refused_proposal_redelivered_after_its_survivor_was_absorbed_is_refused_again() -> None:
+    """A survivor refuses a proposal (two CRM ids) and is later absorbed by an older
+    customer without one. A redelivered copy of the proposal used to be forwarded there
+    and accepted: its ABSORBED found the proposer already unlocked by the first answer,
+    and both customers held the proposer's identifiers (found with undo on). A proposal is
+    answered once: the copy is refused again, where it was refused."""
+    node, st = IdentityNode(IdentityRules()), DictState()
+    older, survivor = customer_id(T0, "older"), customer_id(T0 + 1, "survivor")
+    young = customer_id(T0 + 2, "young")
+    st.put(survivor, CustState(T0 + 1, {"customer_id": ["customer_id:s"]}))
+    st.put(young, CustState(T0 + 2, {"customer_id": ["customer_id:y"]}))
+    propose = proposal(node.handle(MergeOp(young, survivor, "email:shared", "e1", T0), st).ops)
+    first = node.handle(propose, st).ops
+    assert [type(op) for op in first] == [UnlockOp, SharedOp]
+    node.handle(first[0], st)  # the proposer is unlocked
+
+    # the survivor is absorbed by an older customer that holds no CRM id
+    absorbing = proposal(node.handle(MergeOp(survivor, older, "phone:+44", "e2", T0), st).ops)
+    node.handle(AbsorbedOp(survivor, older, absorbing.seq, "e2", T0), st)
+    gone = st.get(survivor)
+    assert isinstance(gone, CustState) and gone.absorbed_into == older
+
+    again = node.handle(propose, st).ops  # redelivered
+    assert again == [UnlockOp(young, propose.seq, "e1", T0)]
