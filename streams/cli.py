@@ -474,12 +474,28 @@ def demo(customers: int, rate: float | None, timeout: float, workers: int) -> No
     show_default=True,
     help="also run the pre-issue-11 runtime (sink in the worker, default GC) on the same data",
 )
+@click.option(
+    "--pipeline/--no-pipeline",
+    default=True,
+    show_default=True,
+    help="the BENCH pipeline runs of 1 and 2 workers (off: only the other parts, to iterate)",
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    metavar="VAR=VALUE",
+    help="also run one worker with this setting and without it, alternating (BENCH compare)",
+)
+@click.option("--rounds", default=2, show_default=True, help="alternations of each --compare")
 def bench(
     events: int,
     latency_rate: tuple[float, ...],
     latency_seconds: float,
     memory_events: int,
     baseline: bool,
+    pipeline: bool,
+    compare: tuple[str, ...],
+    rounds: int,
 ) -> None:
     """CPU per event and rate of 1 and 2 workers against a ceiling, alert latency,
     memory over a long run (make bench)."""
@@ -496,6 +512,9 @@ def bench(
             latency_seconds=latency_seconds,
             memory_events=memory_events,
             baseline=baseline,
+            pipeline=pipeline,
+            compare=compare,
+            rounds=rounds,
         )
     )
 

@@ -24,6 +24,7 @@ __all__ = [
     "LATE_EVENTS",
     "LOG_LINES_SUPPRESSED",
     "DEAD_LETTERS",
+    "DEDUPE_BATCH_SECONDS",
     "EVENTS_CONSUMED",
     "EVENT_LAG_SECONDS",
     "INGEST_BATCH_SECONDS",
@@ -60,13 +61,21 @@ DEAD_LETTERS = Counter(
 )
 INGEST_REPLAYED = Counter(
     "touchpoints_ingest_replayed_events_total",
-    "Raw events read again at the offset they were first taken at (a batch replayed after a"
-    " crash or rebalance; its output was already delivered): skipped, not dead-lettered.",
+    "Copies of an event read again from the raw position (partition, offset) its first copy"
+    " was taken from (a batch replayed after a crash, a rebalance or a retry; its output was"
+    " already delivered): dropped by the dedupe stage, not dead-lettered.",
     registry=REGISTRY,
 )
 INGEST_BATCH_SECONDS = Histogram(
     "touchpoints_ingest_batch_seconds",
     "Time to process one ingest batch, delivery of its output included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+DEDUPE_BATCH_SECONDS = Histogram(
+    "touchpoints_dedupe_batch_seconds",
+    "Time to process one batch of the dedupe stage (first copy of an event id wins),"
+    " delivery of its output and state included.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )

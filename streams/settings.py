@@ -154,7 +154,13 @@ class Settings(BaseSettings):
     revoke_wait_seconds: float = Field(
         20.0, gt=0, description="On a rebalance, how long in-flight batches may finish."
     )
-    max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
+    max_message_bytes: int = Field(
+        64 * 1024,
+        ge=256,
+        description="Larger messages are rejected. At most (max.message.bytes of the internal"
+        " topics - 16 KiB) / 7, 147,457 with the broker's default: an accepted message travels"
+        " as its bytes plus its JSON form; the worker refuses to start above it.",
+    )
     dead_letter_max_bytes: int = Field(
         512 * 1024,
         ge=4096,
@@ -177,8 +183,8 @@ class Settings(BaseSettings):
     dedupe_horizon_seconds: int = Field(
         3600,
         ge=0,
-        description="Event ids remembered for de-duplication at ingest and in the customer"
-        " stage (0 = off).",
+        description="Event ids remembered for de-duplication by the dedupe stage (first copy"
+        " wins) and in the customer stage (0 = off).",
     )
 
     # --- identity, detection and aggregates

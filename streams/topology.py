@@ -94,6 +94,13 @@ TOPICS: tuple[Topic, ...] = (
         outside="operators: touchpoints dlq show / replay",
     ),
     Topic(
+        "checked",
+        "touchpoints.checked",
+        "- (explicit partition: event id)",
+        "frames of {valid item, its partition, raw position + bytes}",
+        Retention.RAW,
+    ),
+    Topic(
         "valid",
         "touchpoints.valid",
         "- (explicit partition)",
@@ -163,7 +170,7 @@ TOPICS: tuple[Topic, ...] = (
 )
 
 TABLES: tuple[Table, ...] = (
-    Table("ingest-dedupe", "ingest", "event ids seen per raw partition, one entry per batch"),
+    Table("event-dedupe", "dedupe", "event ids taken (+ raw position) per partition, per batch"),
     Table("identity", "identity", "identifier -> customer label; customer -> members"),
     Table("customers", "customers", "aggregate partials, profiles, moved ids, windows, 360"),
 )
@@ -173,9 +180,17 @@ STAGES: tuple[Stage, ...] = (
         "ingest",
         "worker",
         inputs=("raw",),
+        outputs=("checked", "dead_letter"),
+        tables=(),
+        does="decode, validate, normalise (stateless)",
+    ),
+    Stage(
+        "dedupe",
+        "worker",
+        inputs=("checked",),
         outputs=("valid", "dead_letter"),
-        tables=("ingest-dedupe",),
-        does="decode, validate, normalise, dedupe",
+        tables=("event-dedupe",),
+        does="first copy of an event id wins; replays dropped, later copies dead-lettered",
     ),
     Stage(
         "identity",
@@ -230,6 +245,7 @@ class TopicNames:
     One attribute per declared topic (``raw``, ``valid``, ``dead_letter`` ...)."""
 
     raw: str
+    checked: str
     valid: str
     dead_letter: str
     identity_ops: str

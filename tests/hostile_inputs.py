@@ -9,12 +9,11 @@ each must be dead-lettered with a reason or land in ClickHouse exactly once.
 
 from __future__ import annotations
 
-import copy
 import random
 import struct
 from typing import Any
 
-from streams.sim.samples import BadSample, bad_samples, valid_template
+from streams.sim.samples import BadSample, bad_samples, template_variant
 from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
 
 __all__ = ["Hostile", "fuzzed", "hostile_classes"]
@@ -31,14 +30,7 @@ headers on top (the judge's MessageSizeTooLargeError)."""
 
 
 def _record(now_ms: int, name: str, **changes: Any) -> dict[str, Any]:
-    rec = copy.deepcopy(valid_template(now_ms, event_id=f"hostile-{name}"))
-    for path, value in changes.items():
-        target = rec
-        parts = path.split("__")
-        for part in parts[:-1]:
-            target = target[part]
-        target[parts[-1]] = value
-    return rec
+    return template_variant(now_ms, f"hostile-{name}", **changes)
 
 
 def hostile_classes(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from mode import Service
 
 from streams import metrics
@@ -33,6 +33,7 @@ from streams.adapters.clickhouse import (
     ClickHouse,
     dead_letter_row,
     migrate,
+    stored_original,
     touchpoint_row,
 )
 from streams.adapters.kafka import consumer_security
@@ -54,6 +55,7 @@ from streams.ingest.stage import from_json
 from streams.settings import Settings
 from streams.topology import SINK_ROUTES
 from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaUnavailableError
+from streams.wire.dlq import DEFAULT_MAX_DEAD_LETTER_BYTES, DeadLetter, RawMessage, dead_letter
 from streams.wire.envelope import unpack
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "ClickHouseSink",
     "RowMapper",
     "SinkService",
+    "SourceMessage",
     "TableBatch",
     "default_routes",
 ]
@@ -90,24 +93,27 @@ class TableBatch:
         self.spans.clear()
 
 
-RowMapper = Callable[
-    [bytes | None, bytes | None, list[tuple[str, bytes]] | None, int, int, int],
-    Iterable[tuple[str, list[Any]]],
-]
-"""(key, value, headers, partition, offset, now_ms) -> (table, row) pairs."""
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """One consumed message, as a row mapper reads it."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    partition: int
+    offset: int
+    now_ms: int
 
 
-def _resolved_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
+RowMapper = Callable[[SourceMessage], Iterable[tuple[str, list[Any]]]]
+"""A consumed message -> its (table, row) pairs."""
+
+
+def _resolved_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
     """Touchpoints, stamped with the customer they resolved to (merge notices skipped)."""
-    assert value is not None
-    for item in unpack(value):
+    assert message.value is not None
+    partition, offset, now_ms = message.partition, message.offset, message.now_ms
+    for item in unpack(message.value):
         if item["t"] != ItemKind.EVENT:
             continue
         record = from_json(item["r"])
@@ -115,16 +121,9 @@ def _resolved_rows(
         yield "touchpoints", row
 
 
-def _identity_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
-    assert value is not None
-    for item in unpack(value):
+def _identity_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+    assert message.value is not None
+    for item in unpack(message.value):
         out = output_from_json(item)
         if isinstance(out, IdentityUpdate):
             if out.customer is not None:  # erased identifiers are deleted, not rewritten
@@ -162,28 +161,14 @@ def _identity_rows(
             yield ERASE, [sorted({out.customer, *out.customers})]
 
 
-def _aggregate_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
-    assert value is not None
-    for item in unpack(value):
+def _aggregate_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+    assert message.value is not None
+    for item in unpack(message.value):
         yield decode_row(item)
 
 
-def _dead_letter_rows(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
-    partition: int,
-    offset: int,
-    now_ms: int,
-) -> Iterable[tuple[str, list[Any]]]:
-    yield "dead_letters", dead_letter_row(value, headers)
+def _dead_letter_rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+    yield "dead_letters", dead_letter_row(message.value, message.headers, message.now_ms)
 
 
 ERASE = "__erase__"
@@ -219,16 +204,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def _alert_rows(codec: AvroCodec) -> RowMapper:
-    def rows(
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None,
-        partition: int,
-        offset: int,
-        now_ms: int,
-    ) -> Iterable[tuple[str, list[Any]]]:
-        assert value is not None
-        yield "alerts", alert_row(cast(Alert, codec.decode(value)))
+    def rows(message: SourceMessage) -> Iterable[tuple[str, list[Any]]]:
+        assert message.value is not None
+        yield "alerts", alert_row(cast(Alert, codec.decode(message.value)))
 
     return rows
 
@@ -262,8 +240,20 @@ def erase_statements(database: str, customers: list[str]) -> list[str]:
     ]
 
 
+UNREADABLE_OUTPUT = "unreadable_output"
+"""Dead-letter reason: a message on a topic the sink reads that its route cannot turn into rows
+(a foreign writer, a corrupt or truncated record). The sink goes on; the bytes go to the DLQ."""
+UNREADABLE_DEAD_LETTER = "unreadable_dead_letter"
+"""A message on the dead-letter topic itself whose headers cannot be read: stored in
+``dead_letters`` as it is (sending it to the DLQ again would loop)."""
+
+
 class ClickHouseSink:
-    """Rows per table; ``flush`` runs in the ClickHouse thread (blocking client)."""
+    """Rows per table; ``flush`` runs in the ClickHouse thread (blocking client).
+
+    A message its route cannot read never stops the sink: it becomes a dead letter
+    (``rejected``, sent to ``dead_letter_topic`` before the offsets covering it are committed),
+    or, read from the dead-letter topic itself, a ``dead_letters`` row as it is."""
 
     def __init__(
         self,
@@ -271,6 +261,8 @@ class ClickHouseSink:
         database: str,
         routes: dict[str, RowMapper],
         columns: dict[str, tuple[str, ...]] | None = None,
+        dead_letter_topic: str = "",
+        max_dead_letter_bytes: int = DEFAULT_MAX_DEAD_LETTER_BYTES,
     ) -> None:
         self.client = client
         self.database = database
@@ -279,6 +271,9 @@ class ClickHouseSink:
             table: TableBatch(table, cols) for table, cols in (columns or TABLE_COLUMNS).items()
         }
         self.erasures: list[list[str]] = []
+        self.dead_letter_topic = dead_letter_topic
+        self.max_dead_letter_bytes = max_dead_letter_bytes
+        self.rejected: list[DeadLetter] = []
 
     @property
     def pending_rows(self) -> int:
@@ -295,11 +290,44 @@ class ClickHouseSink:
         now_ms: int,
     ) -> None:
         batches = self.batches
-        for table, row in self.routes[topic](key, value, headers, partition, offset, now_ms):
+        message = SourceMessage(key, value, headers, partition, offset, now_ms)
+        try:
+            rows = list(self.routes[topic](message))
+            for table, row in rows:  # a row ClickHouse would refuse would stall every retry
+                if table == ERASE:
+                    if not all(isinstance(c, str) for c in row[0]):
+                        raise ValueError("erasure of a non-string customer id")
+                elif table not in batches or len(row) != len(batches[table].columns):
+                    raise ValueError(f"a row of {len(row)} values for table {table!r}")
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes, the sink keeps going
+            rows = self._reject(topic, message, exc)
+        for table, row in rows:
             if table == ERASE:
                 self.erasures.append(row[0])
             else:
                 batches[table].add(row, topic, partition, offset)
+
+    def _reject(
+        self, topic: str, message: SourceMessage, exc: Exception
+    ) -> list[tuple[str, list[Any]]]:
+        partition, offset, value, now_ms = (
+            message.partition, message.offset, message.value, message.now_ms
+        )  # fmt: skip
+        detail = f"{type(exc).__name__}: {exc}"
+        log.warning("sink cannot read %s[%d]@%d (%s)", topic, partition, offset, detail)
+        if topic == self.dead_letter_topic:
+            metrics.DEAD_LETTERS.labels(UNREADABLE_DEAD_LETTER).inc()
+            original = value or b""
+            row = [
+                topic, partition, offset, UNREADABLE_DEAD_LETTER, detail[:1000], now_ms,
+                len(original), *stored_original(original),
+            ]  # fmt: skip
+            return [("dead_letters", row)]
+        msg = RawMessage(topic, partition, offset, message.key, value)
+        dead = dead_letter(msg, UNREADABLE_OUTPUT, detail, now_ms, self.max_dead_letter_bytes)
+        self.rejected.append(dead)
+        metrics.DEAD_LETTERS.labels(UNREADABLE_OUTPUT).inc()
+        return []
 
     def flush(self) -> int:
         written = 0
@@ -357,6 +385,7 @@ class SinkService(Service):
         self.topics = sorted(self.routes)
         self.sink: ClickHouseSink | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._last_flush = time.monotonic()
         self._flush_lock = asyncio.Lock()
@@ -368,7 +397,20 @@ class SinkService(Service):
         await loop.run_in_executor(
             self.executor, migrate, client, self.settings.clickhouse_database
         )
-        self.sink = ClickHouseSink(client, self.settings.clickhouse_database, self.routes)
+        self.sink = ClickHouseSink(
+            client,
+            self.settings.clickhouse_database,
+            self.routes,
+            dead_letter_topic=self.settings.topics.dead_letter,
+            max_dead_letter_bytes=self.settings.dead_letter_max_bytes,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            **consumer_security(self.settings),
+        )
+        await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.settings.sink_group_id,
@@ -387,6 +429,8 @@ class SinkService(Service):
                 await self.flush_and_commit()
             finally:
                 await self.consumer.stop()
+                if self.producer is not None:
+                    await self.producer.stop()
 
     async def _consume(self) -> None:
         assert self.consumer is not None and self.sink is not None
@@ -432,6 +476,21 @@ class SinkService(Service):
                 delay = min(delay * 2, 30.0)
         return True
 
+    async def _send_rejected(self, sink: ClickHouseSink) -> None:
+        """Dead letters of messages the sink could not read, delivered (acked) before the
+        offsets that cover them are committed."""
+        if not sink.rejected:
+            return
+        assert self.producer is not None
+        topic = self.settings.topics.dead_letter
+        futures = [
+            await self.producer.send(topic, d.value, key=d.key, headers=d.headers)
+            for d in sink.rejected
+        ]
+        for future in futures:
+            await future
+        sink.rejected.clear()
+
     async def flush_and_commit(self) -> None:
         """Insert what is pending, then commit exactly the offsets it covers."""
         async with self._flush_lock:
@@ -446,6 +505,7 @@ class SinkService(Service):
             loop = asyncio.get_running_loop()
             while True:
                 try:
+                    await self._send_rejected(sink)
                     await loop.run_in_executor(self.executor, sink.flush)
                     self.healthy = True
                     break

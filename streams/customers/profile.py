@@ -233,14 +233,6 @@ def _money(amount: float, currency: str) -> str:
     return f"{amount:,.2f} {currency}" if amount < 1000 else f"{amount:,.0f} {currency}"
 
 
-def _payload(record: TouchpointRecord, kind: str) -> dict[str, Any] | None:
-    payload = record["payload"]
-    if payload is None or payload[0] != kind:
-        return None
-    body: dict[str, Any] = payload[1]  # type: ignore[assignment]
-    return body
-
-
 def _device_key(record: TouchpointRecord) -> str | None:
     device = record["identifiers"]["device_id"]
     if device:

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
+
+from streams.ingest.dedupe import DedupeStage
 from streams.ingest.normalise import normalise_country, normalise_identifiers
+from streams.wire.checked import frame, iter_frames
 from streams.wire.codec import AvroCodec, DecodeError, SchemaUnavailableError
 from streams.wire.dlq import DEFAULT_MAX_DEAD_LETTER_BYTES, DeadLetter, RawMessage, dead_letter
+from streams.wire.envelope import partition_for
 from streams.wire.model import (
     CATALOGUE,
     COMMERCE,
@@ -31,6 +36,7 @@ if TYPE_CHECKING:  # typing only: the pure step never reads settings itself
 __all__ = [
     "Accepted",
     "BatchResult",
+    "CheckResult",
     "DedupeBatch",
     "Deduplicator",
     "IngestPolicy",
@@ -427,12 +433,22 @@ class ValidOut:
 
 
 @dataclass(slots=True)
+class CheckResult:
+    """One raw batch through ingest: frames for ``touchpoints.checked`` (by the partition
+    of their event id), dead letters, and the accepted events' count."""
+
+    checked: dict[int, list[bytes]]
+    dead: list[DeadLetter]
+    accepted: int = 0
+
+
+@dataclass(slots=True)
 class BatchResult:
     valid: list[ValidOut]
     dead: list[DeadLetter]
     state_puts: list[tuple[int, str, dict[str, Any]]]  # (partition, key, value)
     state_deletes: list[tuple[int, str]]
-    replayed: int = 0  # events read again at the offset they were first taken at
+    replayed: int = 0  # copies read again from the raw position they were first taken at
 
 
 def from_json(record: TouchpointRecord) -> TouchpointRecord:
@@ -444,10 +460,13 @@ def from_json(record: TouchpointRecord) -> TouchpointRecord:
 
 
 class IngestStage:
-    """Batch step of the ingest agent: decode, validate, normalise, de-duplicate.
+    """Batch step of the ingest agent: decode, validate, normalise (``check``), stateless.
 
-    Holds one ``Deduplicator`` per source partition; returns what to produce
-    and what state to persist. No Faust, no I/O.
+    ``check`` returns frames for ``touchpoints.checked``, partitioned by event id, that the
+    de-duplication stage (``streams.ingest.dedupe``) forwards — first copy wins — to
+    ``touchpoints.valid`` by anchor. ``process`` runs both in one process (tests, the
+    chained simulation), with the de-duplication state of every event-id partition here.
+    No Faust, no I/O.
     """
 
     def __init__(
@@ -456,35 +475,19 @@ class IngestStage:
         policy: IngestPolicy,
         dedupe_horizon_ms: int,
         is_blocked: Callable[[str], bool] | None = None,
+        partitions: int = 1,
     ) -> None:
         self.codec = codec
         self.policy = policy
         self.is_blocked = is_blocked
-        self.dedupe_horizon_ms = dedupe_horizon_ms
-        self._dedupers: dict[int, Deduplicator] = {}
+        self.partitions = partitions
+        self.dedupe = DedupeStage(dedupe_horizon_ms, policy.max_dead_letter_bytes)
+        self._next_offset: dict[int, int] = {}  # ``process``: hand-offs numbered per partition
 
-    def restore(self, partition: int, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        dedupe = Deduplicator(self.dedupe_horizon_ms)
-        dedupe.restore(
-            [
-                DedupeBatch(key, int(v["seen_ms"]), tuple(v["ids"]), tuple(v.get("offsets", ())))
-                for key, v in entries
-            ]
-        )
-        self._dedupers[partition] = dedupe
-
-    def forget(self, partition: int) -> None:
-        self._dedupers.pop(partition, None)
-
-    def has_partition(self, partition: int) -> bool:
-        return partition in self._dedupers
-
-    def process(self, messages: list[RawMessage], now_ms: int) -> BatchResult:
-        result = BatchResult([], [], [], [])
-        fresh: dict[int, list[str]] = {}
-        fresh_offsets: dict[int, list[int]] = {}
-        fresh_sets: dict[int, set[str]] = {}
-        first_offset: dict[int, int] = {}
+    def check(self, messages: list[RawMessage], now_ms: int) -> CheckResult:
+        result = CheckResult({}, [])
+        n = self.partitions
+        dumps = orjson.dumps
         for msg in messages:
             try:
                 outcome = ingest_message(
@@ -494,30 +497,25 @@ class IngestStage:
                 raise  # not the message's fault: the batch waits and is retried whole
             except Exception as exc:  # noqa: BLE001 - never lose an event, never crash
                 outcome = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            if isinstance(outcome, Accepted) and self.dedupe_horizon_ms > 0:
-                event_id = outcome.record["event_id"]
-                pending = fresh_sets.setdefault(msg.partition, set())
-                dedupe = self._dedupers.setdefault(
-                    msg.partition, Deduplicator(self.dedupe_horizon_ms)
-                )
-                seen = dedupe.check(event_id, msg.offset, pending)
-                if seen is Seen.REPLAY:
-                    # Its output was delivered before the state that remembers it (see the
-                    # agent): a crash or rebalance replays the batch; nothing to send again.
-                    result.replayed += 1
-                    continue
-                if seen is Seen.DUPLICATE:
-                    outcome = Rejected(
-                        Reason.DUPLICATE_EVENT_ID, f"event_id {event_id!r} already ingested"
-                    )
-                else:
-                    pending.add(event_id)
-                    fresh.setdefault(msg.partition, []).append(event_id)
-                    fresh_offsets.setdefault(msg.partition, []).append(msg.offset)
-                    first_offset.setdefault(msg.partition, msg.offset)
             if isinstance(outcome, Accepted):
-                anchor = anchor_key(outcome.record, self.is_blocked)
-                result.valid.append(ValidOut(anchor, outcome.record))
+                record = outcome.record
+                event_id = record["event_id"]
+                anchor = anchor_key(record, self.is_blocked)
+                result.checked.setdefault(partition_for(event_id, n), []).append(
+                    frame(
+                        event_id,
+                        record["channel"],
+                        partition_for(anchor, n),
+                        dumps({"a": anchor, "r": record}),
+                        msg.topic,
+                        msg.partition,
+                        msg.offset,
+                        msg.timestamp_ms,
+                        msg.key,
+                        msg.value or b"",
+                    )
+                )
+                result.accepted += 1
             else:
                 result.dead.append(
                     dead_letter(
@@ -528,21 +526,42 @@ class IngestStage:
                         self.policy.max_dead_letter_bytes,
                     )
                 )
-        for partition, ids in fresh.items():
-            dedupe = self._dedupers[partition]
-            key = f"{partition}:{first_offset[partition]}"
-            batch = dedupe.remember(key, ids, now_ms, fresh_offsets[partition])
-            if batch is not None:
-                result.state_puts.append(
-                    (
-                        partition,
-                        key,
-                        {
-                            "seen_ms": batch.seen_ms,
-                            "ids": list(batch.event_ids),
-                            "offsets": list(batch.offsets),
-                        },
-                    )
-                )
-            result.state_deletes.extend((partition, k) for k in dedupe.expire(now_ms))
         return result
+
+    def restore(self, partition: int, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """De-duplication state of event-id partition ``partition`` (``process`` only)."""
+        self.dedupe.restore(partition, entries)
+        offsets = [int(key.split(":", 1)[1]) for key, _ in entries]
+        self._next_offset[partition] = max(offsets, default=-1) + 1
+
+    def process(self, messages: list[RawMessage], now_ms: int) -> BatchResult:
+        """``check`` then de-duplication, in one process: each partition's frames are one
+        hand-off, numbered after the restored ones as the checked topic's offsets would be."""
+        checked = self.check(messages, now_ms)
+        handoffs = []
+        for partition, frames in sorted(checked.checked.items()):
+            offset = self._next_offset.get(partition, 0)
+            self._next_offset[partition] = offset + 1
+            handoffs.append((partition, offset, b"".join(frames)))
+        deduped = self.dedupe.process(handoffs, now_ms)
+        # in the order of ``messages``, as one ingest agent would have sent them
+        index = {(m.partition, m.offset): i for i, m in enumerate(messages)}
+        first: dict[str, int] = {}
+        for _, _, value in handoffs:
+            for f in iter_frames(value):
+                first.setdefault(f.event_id, index[f.origin])
+        valid = sorted(
+            (
+                ValidOut(item["a"], from_json(item["r"]))
+                for items in deduped.valid.values()
+                for item in map(orjson.loads, items)
+            ),
+            key=lambda v: first[v.record["event_id"]],
+        )
+        dead = sorted([*checked.dead, *deduped.dead], key=lambda d: index[_position(d.headers)])
+        return BatchResult(valid, dead, deduped.state_puts, deduped.state_deletes, deduped.replayed)
+
+
+def _position(headers: list[tuple[str, bytes]]) -> tuple[int, int]:
+    meta = dict(headers)
+    return (int(meta["dlq.source.partition"]), int(meta["dlq.source.offset"]))

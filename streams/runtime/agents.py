@@ -31,18 +31,26 @@ from streams.identity.graph import (
     state_from_json,
     state_to_json,
 )
+from streams.ingest.dedupe import DUPLICATE_REASON
 from streams.ingest.stage import from_json
 from streams.runtime.parts import log
 from streams.runtime.protocol import PipelineProtocol
 from streams.runtime.state import StoredView, TableShard
 from streams.wire import keys
+from streams.wire.checked import pack_frames
 from streams.wire.codec import (
     ALERT_SUBJECT,
     AvroCodec,
     SchemaUnavailableError,
 )
 from streams.wire.dlq import RawMessage
-from streams.wire.envelope import group_by_partition, partition_for, unpack
+from streams.wire.envelope import (
+    MAX_ENVELOPE_BYTES,
+    group_by_partition,
+    join_chunks,
+    partition_for,
+    unpack,
+)
 
 
 class PipelineAgents(PipelineProtocol):
@@ -54,9 +62,11 @@ class PipelineAgents(PipelineProtocol):
             await self._guarded("ingest", self._ingest_batch, events, stream)
 
     async def _ingest_batch(self, events: list[Any]) -> None:
+        """Raw messages -> frames on ``touchpoints.checked`` (by event id) + dead letters.
+        Stateless: a replayed batch is recognised downstream by its raw positions."""
         settings = self.settings
         producer = self.app.producer
-        valid_topic, dlq_topic = settings.topics.valid, settings.topics.dead_letter
+        checked_topic, dlq_topic = settings.topics.checked, settings.topics.dead_letter
         started = time.perf_counter()
         if self.first_batch_at is None:
             self.first_batch_at = started
@@ -71,9 +81,6 @@ class PipelineAgents(PipelineProtocol):
             )
             for e in events
         ]
-        for partition in {m.partition for m in messages}:
-            if not self.stage.has_partition(partition):
-                self.stage.restore(partition, self._dedupe_entries(partition))
         if self.remote_schemas is not None:
             # Writer schemas fetched off the loop; raises SchemaUnavailableError while the registry
             # does not answer: ``_guarded`` retries the batch, nothing is acked or dead-lettered.
@@ -81,28 +88,64 @@ class PipelineAgents(PipelineProtocol):
                 None, self.codec.prefetch, [m.value for m in messages]
             )
         now_ms = int(time.time() * 1000)
-        result = self.stage.process(messages, now_ms)
-        pending = []
-        # Valid records travel in envelopes, one per destination partition (by anchor).
-        grouped = group_by_partition(
-            ((out.anchor, {"a": out.anchor, "r": out.record}) for out in result.valid),
-            settings.topic_partitions,
-        )
-        for partition, records in grouped.items():
-            pending.extend(await self._send_envelopes(valid_topic, partition, records))
-        for channel, count in Counter(out.record["channel"] for out in result.valid).items():
-            metrics.VALID_EVENTS.labels(channel).inc(count)
+        result = self.stage.check(messages, now_ms)
+        pending = [
+            await producer.send(checked_topic, None, chunk, partition, None, None)
+            for partition, frames in result.checked.items()
+            for chunk in pack_frames(frames, MAX_ENVELOPE_BYTES)
+        ]
         dead_sent = [
             (dead, await producer.send(dlq_topic, dead.key, dead.value, None, None, dead.headers))
             for dead in result.dead
         ]
         for dead in result.dead:
             metrics.DEAD_LETTERS.labels(dead.reason).inc()
+        # Delivered before the ack: a crash before it re-sends the same raw positions, which
+        # the dedupe stage drops as replays.
+        await asyncio.gather(*pending)
+        await self._deliver_dead_letters(dlq_topic, dead_sent)
+        metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
+        self._export_lag("ingest", messages)
+        metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _dedupe_agent(self, stream: Any) -> None:
+        settings = self.settings
+        async for events in stream.noack_take(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        ):
+            await self._guarded("dedupe", self._dedupe_batch, events, stream)
+
+    async def _dedupe_batch(self, events: list[Any]) -> None:
+        """Checked frames -> the first copy of each event id to ``touchpoints.valid`` (by
+        anchor, bytes as ingest encoded them), later copies dead-lettered; then the state."""
+        settings = self.settings
+        valid_topic, dlq_topic = settings.topics.valid, settings.topics.dead_letter
+        stage = self.dedupe_stage
+        started = time.perf_counter()
+        batch = [(e.message.partition, e.message.offset, e.message.value) for e in events]
+        for partition in {p for p, _, _ in batch}:
+            if not stage.has_partition(partition):
+                stage.restore(partition, self._dedupe_entries(partition))
+        result = stage.process(batch, int(time.time() * 1000))
+        pending = []
+        for partition, items in result.valid.items():
+            for chunk in join_chunks(items):
+                pending.append(
+                    await self.app.producer.send(valid_topic, None, chunk, partition, None, None)
+                )
+        dead_sent = [
+            (d, await self.app.producer.send(dlq_topic, d.key, d.value, None, None, d.headers))
+            for d in result.dead
+        ]
+        for channel, count in result.channels.items():
+            metrics.VALID_EVENTS.labels(channel).inc(count)
+        if result.dead:
+            metrics.DEAD_LETTERS.labels(DUPLICATE_REASON).inc(len(result.dead))
         if result.replayed:
             metrics.INGEST_REPLAYED.inc(result.replayed)
-        # Output delivered BEFORE the de-duplication state that vouches for it: a crash in
-        # between replays the batch as new events (downstream is idempotent) instead of
-        # refusing them as duplicates of events that never left. Both before the ack.
+        # Output delivered BEFORE the state that vouches for it: a crash in between replays
+        # the batch as new events (downstream is idempotent) instead of refusing them as
+        # duplicates of events that never left. Both before the ack.
         await asyncio.gather(*pending)
         await self._deliver_dead_letters(dlq_topic, dead_sent)
         shard = TableShard(self.dedupe_table, self.app.producer)
@@ -111,9 +154,10 @@ class PipelineAgents(PipelineProtocol):
         for partition, key in result.state_deletes:
             shard.delete(partition, key)
         await asyncio.gather(*(await shard.flush_async()))
-        metrics.EVENTS_CONSUMED.labels(settings.topics.raw).inc(len(messages))
-        self._export_lag("ingest", messages)
-        metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.EVENTS_CONSUMED.labels(settings.topics.checked).inc(len(events))
+        topic = settings.topics.checked
+        self._export_lag("dedupe", [RawMessage(topic, p, o, None, None) for p, o, _ in batch])
+        metrics.DEDUPE_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _identity_agent(self, stream: Any) -> None:
         settings = self.settings

@@ -2,11 +2,11 @@
 
 The topology (which topic feeds which agent, which table it keeps, what it writes) is
 declared in ``streams.topology`` and printed by ``touchpoints topology``; this module wires
-it: the ingest, identity and customers agents, their tables, the ClickHouse sink service
-(when ``SINK_ENABLED``), the webhook dispatcher and the HTTP views.
+it: the ingest, dedupe, identity and customers agents, their tables, the ClickHouse sink
+service (when ``SINK_ENABLED``), the webhook dispatcher and the HTTP views.
 
 Agents are thin batch loops; the logic lives in pure steps (``streams.ingest.stage``,
-``streams.identity.graph``, ``streams.customers.stage``).
+``streams.ingest.dedupe``, ``streams.identity.graph``, ``streams.customers.stage``).
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ class Pipeline(PipelineAgents, PipelineViews):
         t = settings.topics
         stages = {s.name: s for s in topology.STAGES}
         self.raw_topic = self._bytes_topic(*map(t.of, stages["ingest"].inputs))
+        self.checked_topic = self._bytes_topic(*map(t.of, stages["dedupe"].inputs))
         self.dlq_topic = self._bytes_topic(t.dead_letter)
         # identity: LINK ops come from ingest (valid), the others from identity itself (ops)
         self.identity_in = self._bytes_topic(*map(t.of, stages["identity"].inputs))
@@ -115,10 +116,11 @@ class Pipeline(PipelineAgents, PipelineViews):
             )
             for table in topology.TABLES
         }
-        self.dedupe_table = declared["ingest"]
+        self.dedupe_table = declared["dedupe"]
         self.identity_table = declared["identity"]
         self.customer_table = declared["customers"]
         app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
+        app.agent(self.checked_topic, name="dedupe")(self._dedupe_agent)
         app.agent(self.identity_in, name="identity")(self._identity_agent)
         app.agent(self.resolved_topic, name="customers")(self._customer_agent)
         app.timer(60.0, on_leader=False)(self._tick_customers)
@@ -169,7 +171,9 @@ class Pipeline(PipelineAgents, PipelineViews):
             IngestPolicy.from_settings(settings),
             dedupe_horizon_ms=settings.dedupe_horizon_seconds * 1000,
             is_blocked=self.identity_rules.is_blocked,
+            partitions=settings.topic_partitions,
         )
+        self.dedupe_stage = self.stage.dedupe  # the dedupe agent's step (first copy wins)
         self.rules = (
             Rules.from_yaml(settings.rules_file) if settings.rules_file else Rules.default()
         )

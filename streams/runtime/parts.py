@@ -18,6 +18,7 @@ from streams.adapters.webhooks import WebhookDispatcher
 from streams.customers.detect import Rules
 from streams.customers.stage import CustomerStage
 from streams.identity.graph import IdentityNode, IdentityRules, ResolutionMemory
+from streams.ingest.dedupe import DedupeStage
 from streams.ingest.stage import IngestStage
 from streams.settings import Settings
 from streams.wire.codec import AvroCodec, SchemaRegistry
@@ -40,12 +41,14 @@ class PipelineParts:
     identity_rules: IdentityRules
     identity: IdentityNode
     stage: IngestStage
+    dedupe_stage: DedupeStage
     rules: Rules
     customer_stage: CustomerStage
     webhooks: WebhookDispatcher | None
     sink: SinkService | None
     clickhouse_executor: ThreadPoolExecutor
     raw_topic: Any
+    checked_topic: Any
     dlq_topic: Any
     identity_in: Any
     resolved_topic: Any

@@ -58,7 +58,7 @@ class PipelineProtocol(PipelineParts):
                     metrics.STAGE_FAILURES.labels(stage).inc()
                     self.failing.add(stage)
                     for partition in {e.message.partition for e in events}:
-                        self.stage.forget(partition)
+                        self.dedupe_stage.forget(partition)
                         self.customer_stage.forget(partition)
                         self._resolutions.pop(partition, None)
                     await asyncio.sleep(delay)
@@ -103,8 +103,8 @@ class PipelineProtocol(PipelineParts):
                 "%d batch(es) still in flight after %.0fs of a rebalance", self._inflight, timeout
             )
         for tp in revoked:
-            if tp.topic == self.settings.topics.raw:
-                self.stage.forget(tp.partition)
+            if tp.topic == self.settings.topics.checked:
+                self.dedupe_stage.forget(tp.partition)
             elif tp.topic == self.settings.topics.resolved:
                 self.customer_stage.forget(tp.partition)
             elif tp.topic == self.settings.topics.valid:

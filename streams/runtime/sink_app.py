@@ -22,8 +22,9 @@ from mode import Service
 from streams import metrics
 from streams.adapters.clickhouse import ClickHouse, connect
 from streams.adapters.sink import SinkService
-from streams.ops.operator import find_customer, identifier_key, timeline
+from streams.ops.operator import timeline
 from streams.runtime import gc_tuning
+from streams.runtime.views import customer_of_query
 from streams.settings import Settings
 
 __all__ = ["SinkProcess"]
@@ -112,19 +113,10 @@ class SinkProcess(Service):
 
     async def _timeline_by_identifier(self, request: aioweb.Request) -> aioweb.Response:
         """``GET /timeline?email=...`` (or phone, device_id, customer_id, login_id, ...)."""
-        db = self.settings.clickhouse_database
-        given = list(request.query.items())
-        if len(given) != 1:
-            return aioweb.json_response({"error": "give one identifier, e.g. ?email="}, status=400)
-        kind, value = given[0]
-        try:
-            key = identifier_key(kind, value)
-        except ValueError as exc:
-            return aioweb.json_response({"error": str(exc)}, status=400)
-        customer = await self.call(lambda c: find_customer(c, db, key))
-        if customer is None:
-            return aioweb.json_response({"error": f"no customer has {key}"}, status=404)
-        return await self._timeline_of(customer)
+        found = await customer_of_query(request, self.settings.clickhouse_database, self.call)
+        if isinstance(found, aioweb.Response):
+            return found
+        return await self._timeline_of(found)
 
 
 def _json_dumps(value: Any) -> str:

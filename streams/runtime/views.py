@@ -4,7 +4,7 @@ timelines where this process owns ClickHouse."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -111,18 +111,10 @@ class PipelineViews(PipelineParts):
         db = self.settings.clickhouse_database
         if self.sink is None and not self.settings.clickhouse_url:
             return _no_clickhouse()
-        given = list(request.query.items())
-        if len(given) != 1:
-            return aioweb.json_response({"error": "give one identifier, e.g. ?email="}, status=400)
-        kind, value = given[0]
-        try:
-            key = identifier_key(kind, value)
-        except ValueError as exc:
-            return aioweb.json_response({"error": str(exc)}, status=400)
-        customer = await self._clickhouse_call(lambda c: find_customer(c, db, key))
-        if customer is None:
-            return aioweb.json_response({"error": f"no customer has {key}"}, status=404)
-        return await self._timeline(request, customer)
+        found = await customer_of_query(request, db, self._clickhouse_call)
+        if isinstance(found, aioweb.Response):
+            return found
+        return await self._timeline(request, found)
 
     async def _metrics(self, request: Any) -> aioweb.Response:
         return aioweb.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
@@ -137,3 +129,22 @@ def _no_clickhouse() -> aioweb.Response:
         {"error": "ClickHouse is embedded in another process here; ask the sink's worker"},
         status=503,
     )
+
+
+async def customer_of_query(
+    request: Any, db: str, call: Callable[[Callable[[ClickHouse], Any]], Awaitable[Any]]
+) -> str | aioweb.Response:
+    """The customer a ``?<kind>=<value>`` query names (found through ``call``), or the
+    400/404 answer. Serves ``GET /timeline`` of the worker and of the sink process."""
+    given = list(request.query.items())
+    if len(given) != 1:
+        return aioweb.json_response({"error": "give one identifier, e.g. ?email="}, status=400)
+    kind, value = given[0]
+    try:
+        key = identifier_key(kind, value)
+    except ValueError as exc:
+        return aioweb.json_response({"error": str(exc)}, status=400)
+    customer = await call(lambda c: find_customer(c, db, key))
+    if customer is None:
+        return aioweb.json_response({"error": f"no customer has {key}"}, status=404)
+    return str(customer)

@@ -13,6 +13,10 @@ A real broker, the embedded ClickHouse, the default topology (``streams.runtime.
 4. ``BENCH alert_latency``: a steady stream of fresh events at each ``--latency-rate``;
    an alert's latency is its arrival on the alerts topic minus the produce time of the
    newest event that triggered it; and the rate the events were really produced at.
+   Before it, ``hop produced->valid|resolved``: each internal hop's envelope timestamp
+   minus the produce time of the events it carries (where the latency accumulates).
+   ``--compare VAR=VALUE``: one worker as configured and with that setting, alternating
+   (``BENCH compare``), on the same data, to measure one change side by side.
 5. ``BENCH memory``: one worker over ``--memory-events`` events, resident MiB once 10 %
    went through and at the end.
 6. ``BENCH identity_memory``: the identity state of 100,000 synthetic customers built by
@@ -44,6 +48,7 @@ from streams.runtime.runner import prepare
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate, produce
 from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
+from streams.wire.envelope import unpack
 
 __all__ = ["run_bench"]
 
@@ -145,10 +150,12 @@ class _Deployment:
         *,
         sink_apart: bool = True,
         gc_tuned: bool = True,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         log_dir = settings.data_dir / "logs"
         env = {} if gc_tuned else {"GC_FREEZE": "false", "GC_THRESHOLD": "0"}
+        env.update(worker_env or {})
         self.sink = Spawned("sink", "sink", settings, log_dir, **env) if sink_apart else None
         self.workers = [
             Spawned(
@@ -228,6 +235,7 @@ async def _pipeline_run(
     *,
     sink_apart: bool = True,
     gc_tuned: bool = True,
+    worker_env: dict[str, str] | None = None,
     timeout: float = 900.0,
 ) -> _Run:
     """Start the processes on a fresh deployment, then produce ``pairs`` and wait until
@@ -236,7 +244,9 @@ async def _pipeline_run(
     end, start-up and recovery excluded; the rate is wall clock from the first produce."""
     bench = _fresh(settings, "bench")
     prepare(bench)
-    deployment = _Deployment(bench, workers, sink_apart=sink_apart, gc_tuned=gc_tuned)
+    deployment = _Deployment(
+        bench, workers, sink_apart=sink_apart, gc_tuned=gc_tuned, worker_env=worker_env
+    )
     n = len(pairs)
     try:
         await deployment.start()
@@ -268,6 +278,71 @@ async def _pipeline_run(
         await asyncio.to_thread(deployment.stop)
 
 
+def _p50_p99(values: list[float]) -> tuple[float, float]:
+    values.sort()
+    return statistics.median(values), values[min(len(values) - 1, int(len(values) * 0.99))]
+
+
+class _Hops:
+    """Each internal hop's envelope timestamp (when its stage produced it) minus the
+    produce time of the events it carries: where the alert latency accumulates."""
+
+    def __init__(self, settings: Settings, sent_at: dict[str, float]) -> None:
+        self.sent_at = sent_at
+        self.values: dict[str, list[float]] = {
+            settings.topics.valid: [],
+            settings.topics.resolved: [],
+        }
+        self.consumer = AIOKafkaConsumer(
+            *self.values,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="latest",
+            **consumer_security(settings),
+        )
+
+    async def collect(self) -> None:
+        async for message in self.consumer:
+            for item in unpack(message.value or b""):
+                record = item.get("r")
+                sent = self.sent_at.get(record["event_id"]) if isinstance(record, dict) else None
+                if sent is not None:
+                    self.values[message.topic].append(message.timestamp - sent * 1000)
+
+    def report(self) -> None:
+        for topic, values in self.values.items():
+            if values:
+                p50, p99 = _p50_p99(values)
+                click.echo(
+                    f"hop produced->{topic.rsplit('.', 1)[-1]}: p50_ms={p50:.0f} p99_ms={p99:.0f}"
+                )
+
+
+async def _produce_steady(
+    settings: Settings,
+    codec: AvroCodec,
+    producer: AIOKafkaProducer,
+    events: list[Any],
+    rate: float,
+    sent_at: dict[str, float],
+) -> float:
+    """``events`` at ``rate`` (stamped now, chunks every 10 ms); the rate really reached."""
+    started = time.time()
+    step = 1.0 / rate
+    chunk = max(1, int(rate / 100))
+    deliveries = []
+    for i in range(0, len(events), chunk):
+        await asyncio.sleep(max(0.0, started + i * step - time.time()))
+        for e in events[i : i + chunk]:
+            record: dict[str, Any] = dict(e.record)
+            record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
+            value = codec.encode(record)
+            sent_at[str(record["event_id"])] = time.time()
+            deliveries.append(await producer.send(settings.topics.raw, value, key=e.key))
+    await asyncio.gather(*deliveries)
+    return len(events) / max(time.time() - started, 1e-9)
+
+
 async def _alert_latency(
     settings: Settings, codec: AvroCodec, rate: float, seconds: float
 ) -> tuple[float, float, int, float]:
@@ -289,6 +364,8 @@ async def _alert_latency(
         **consumer_security(settings),
     )
     await consumer.start()
+    hops = _Hops(settings, sent_at)
+    await hops.consumer.start()
 
     async def collect() -> None:
         async for message in consumer:
@@ -308,39 +385,27 @@ async def _alert_latency(
     await producer.start()  # one producer for the run: starting one per chunk lags the rate
     try:
         await deployment.start()
-        collector = asyncio.create_task(collect())
+        collectors = [asyncio.create_task(collect()), asyncio.create_task(hops.collect())]
         await asyncio.sleep(1.0)
-        started = time.time()
-        step = 1.0 / rate
-        chunk = max(1, int(rate / 100))  # every 10 ms
-        deliveries = []
-        for i in range(0, len(events), chunk):
-            target = started + i * step
-            await asyncio.sleep(max(0.0, target - time.time()))
-            for e in events[i : i + chunk]:
-                record: dict[str, Any] = dict(e.record)
-                record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
-                value = codec.encode(record)
-                sent_at[str(record["event_id"])] = time.time()
-                deliveries.append(await producer.send(settings.topics.raw, value, key=e.key))
-        await asyncio.gather(*deliveries)
-        produced_rate = len(events) / max(time.time() - started, 1e-9)
+        produced_rate = await _produce_steady(settings, codec, producer, events, rate, sent_at)
         deadline = time.monotonic() + 180
         while await asyncio.to_thread(deployment.customer_events) < len(events):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
-        collector.cancel()
+        for task in collectors:
+            task.cancel()
     finally:
         await producer.stop()
         await asyncio.to_thread(deployment.stop)
         await consumer.stop()
+        await hops.consumer.stop()
+    hops.report()
     if not latencies:
         return float("nan"), float("nan"), 0, produced_rate
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return statistics.median(latencies), p99, len(latencies), produced_rate
+    p50, p99 = _p50_p99(latencies)
+    return p50, p99, len(latencies), produced_rate
 
 
 async def _memory_run(
@@ -395,6 +460,20 @@ async def _memory_run(
         await asyncio.to_thread(deployment.stop)
 
 
+async def _latency_lines(
+    settings: Settings, codec: AvroCodec, rates: tuple[float, ...], seconds: float
+) -> None:
+    for rate in rates:  # a fresh deployment each: no backlog carried over
+        latency = _fresh(settings, "lat")
+        prepare(latency)
+        p50, p99, alerts, produced = await _alert_latency(latency, codec, rate, seconds)
+        click.echo(f"alert latency over {alerts} alerts; events produced at {produced:,.0f}/s")
+        click.echo(
+            f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f}"
+            f" at_events_per_s={rate:.0f} produced_events_per_s={produced:.0f}"
+        )
+
+
 def _fresh(settings: Settings, tag: str) -> Settings:
     run = uuid.uuid4().hex[:8]
     return settings.model_copy(
@@ -416,6 +495,9 @@ async def run_bench(
     latency_seconds: float = 10.0,
     memory_events: int = 500_000,
     baseline: bool = True,
+    pipeline: bool = True,
+    compare: tuple[str, ...] = (),
+    rounds: int = 2,
 ) -> None:
     codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
     now_ms = int(time.time() * 1000)
@@ -446,28 +528,26 @@ async def run_bench(
     if baseline:  # the same harness and data on the runtime before issue 11
         before = await _pipeline_run(settings, pairs, 1, sink_apart=False, gc_tuned=False)
         line("baseline", 1, before, " sink=in_worker gc=python_default")
-    one = await _pipeline_run(settings, pairs, 1)
-    line("pipeline", 1, one, f" sink_peak_rss_mb={one.sink_peak_rss_mb:.0f}")
-    two = await _pipeline_run(settings, pairs, 2)
-    line(
-        "pipeline",
-        2,
-        two,
-        f" sink_peak_rss_mb={two.sink_peak_rss_mb:.0f}"
-        f" speedup={two.events_per_s / one.events_per_s:.2f} cores={os.cpu_count()}",
-    )
+    if pipeline:
+        one = await _pipeline_run(settings, pairs, 1)
+        line("pipeline", 1, one, f" sink_peak_rss_mb={one.sink_peak_rss_mb:.0f}")
+        two = await _pipeline_run(settings, pairs, 2)
+        line(
+            "pipeline",
+            2,
+            two,
+            f" sink_peak_rss_mb={two.sink_peak_rss_mb:.0f}"
+            f" speedup={two.events_per_s / one.events_per_s:.2f} cores={os.cpu_count()}",
+        )
 
-    for latency_rate in latency_rates:  # a fresh deployment each: no backlog carried over
-        latency = _fresh(settings, "lat")
-        prepare(latency)
-        p50, p99, alerts, produced = await _alert_latency(
-            latency, codec, latency_rate, latency_seconds
-        )
-        click.echo(f"alert latency over {alerts} alerts; events produced at {produced:,.0f}/s")
-        click.echo(
-            f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f}"
-            f" at_events_per_s={latency_rate:.0f} produced_events_per_s={produced:.0f}"
-        )
+    for setting in compare:  # one worker, as configured and with VAR=VALUE, alternating
+        name, _, value = setting.partition("=")
+        for round_ in range(rounds):
+            for label, env in (("default", {}), (setting, {name: value})):
+                run = await _pipeline_run(settings, pairs, 1, worker_env=env)
+                line("compare", 1, run, f" round={round_ + 1} with={label}")
+
+    await _latency_lines(settings, codec, latency_rates, latency_seconds)
 
     if memory_events > 0:
         count, start_mb, end_mb, sink_mb = await _memory_run(settings, codec, memory_events)

@@ -199,10 +199,26 @@ async def run_demo(
         await _settle(sink.query, db)
         report = await _report(sink.query, db)
 
+    _print_report(report, db, customers, len(pairs), len(bad), produced_s)
+    ok = landed >= expected
+    rate_s = expected / elapsed if elapsed else 0.0
+    click.echo(
+        f"end to end: {landed:,}/{expected:,} messages landed in {elapsed:.1f}s ({rate_s:,.0f}/s)"
+    )
+    if not ok:
+        click.secho("not everything landed before the timeout", fg="red")
+    return ok
+
+
+def _print_report(
+    report: dict[str, Any], db: str, customers: int, touchpoints: int, bad: int, produced_s: float
+) -> None:
+    """What the demo shows of the run: channels, dead letters, identity, a timeline, alerts,
+    the last minutes of the dashboard and the ClickHouse totals."""
     click.echo()
     click.secho(
-        f"{customers:,} simulated customers -> {len(pairs):,} touchpoints "
-        f"(+{len(bad)} deliberately bad messages), produced in {produced_s:.1f}s",
+        f"{customers:,} simulated customers -> {touchpoints:,} touchpoints "
+        f"(+{bad} deliberately bad messages), produced in {produced_s:.1f}s",
         bold=True,
     )
     _table("Ingested into ClickHouse, by channel:", report["channels"])
@@ -210,7 +226,7 @@ async def run_demo(
     ids, people, merges = report["identity"]
     refusals = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in report["refusals"]) or "none"
     click.secho(
-        f"Identity: {len(pairs):,} events -> {people:,} customers ({ids:,} identifiers); "
+        f"Identity: {touchpoints:,} events -> {people:,} customers ({ids:,} identifiers); "
         f"{merges:,} merges; refused: {refusals}",
         bold=True,
     )
@@ -245,11 +261,3 @@ async def run_demo(
         f"ClickHouse {db}.touchpoints_v: {rows_:,} events, {commerce:,} commerce events, "
         f"approved payments {revenue:,}"
     )
-    ok = landed >= expected
-    rate_s = expected / elapsed if elapsed else 0.0
-    click.echo(
-        f"end to end: {landed:,}/{expected:,} messages landed in {elapsed:.1f}s ({rate_s:,.0f}/s)"
-    )
-    if not ok:
-        click.secho("not everything landed before the timeout", fg="red")
-    return ok

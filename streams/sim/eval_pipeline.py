@@ -49,9 +49,8 @@ import logging
 import shutil
 import time
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections import Counter
+from collections.abc import Callable
 from typing import Any, Final
 
 import yaml
@@ -73,7 +72,8 @@ from streams.sim.eval_data import (
     labelled_stream,
     run_detector,
 )
-from streams.sim.eval_identity import PairScore, format_identity, score_identity
+from streams.sim.eval_diagnosis import Back, identity_summary, misses, read_back, replay
+from streams.sim.eval_identity import IdentityScore, PairScore, format_identity, score_identity
 from streams.sim.generator import produce
 from streams.topology import consumer_groups
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
@@ -190,204 +190,6 @@ async def _settled(
     return landed, behind, False
 
 
-# --------------------------------------------------------------------------- reading back
-
-
-def _ms(value: Any) -> int:
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    return int(value)
-
-
-def _alert(row: Sequence[Any]) -> Alert:
-    alert_id, customer, rule, severity, score, summary, ids, evidence, occurred, detected = row
-    return {
-        "alert_id": str(alert_id),
-        "customer_id": str(customer),
-        "rule": str(rule),
-        "severity": str(severity),
-        "score": float(score),
-        "summary": str(summary),
-        "event_ids": [str(e) for e in ids],
-        "evidence": {str(k): str(v) for k, v in dict(evidence).items()},
-        "occurred_at": _ms(occurred),
-        "detected_at": _ms(detected),
-    }
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Back:
-    alerts: list[Alert]
-    at_ingest: dict[str, str]  # event id -> customer the detectors judged it under
-    current: dict[str, str]  # event id -> customer after every merge
-    dead_letters: dict[str, int]
-    merges: int
-    refusals: dict[str, int]
-
-
-async def _read_back(pipeline: Any, db: str) -> _Back:
-    async def q(sql: str) -> list[tuple[Any, ...]]:
-        return await query(pipeline, sql)
-
-    alerts = [
-        _alert(r)
-        for r in await q(
-            "SELECT alert_id, customer_id, rule, severity, score, summary, event_ids, "
-            f"evidence, occurred_at, detected_at FROM {db}.alerts_v"
-        )
-    ]
-    at_ingest = await q(
-        f"SELECT event_id, any(customer_id_at_ingest) FROM {db}.touchpoints GROUP BY event_id"
-    )
-    current = await q(
-        f"SELECT event_id, any(customer_id) FROM {db}.customer_touchpoints_v GROUP BY event_id"
-    )
-    dead = await q(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason")
-    refusals = await q(f"SELECT reason, count() FROM {db}.identity_refusals FINAL GROUP BY reason")
-    merges = (await q(f"SELECT count() FROM {db}.customer_merges FINAL"))[0][0]
-    return _Back(
-        alerts=alerts,
-        at_ingest={str(e): str(c) for e, c in at_ingest},
-        current={str(e): str(c) for e, c in current},
-        dead_letters={str(r): int(n) for r, n in dead},
-        merges=int(merges),
-        refusals={str(r): int(n) for r, n in refusals},
-    )
-
-
-# --------------------------------------------------------------------------- diagnosis
-
-
-def _identity_summary(stream: LabelledStream, back: _Back) -> dict[str, Any]:
-    """How resolution grouped the true customers: as the detectors saw it, and finally."""
-
-    def grouping(resolved: dict[str, str]) -> dict[str, int]:
-        by_person: dict[str, Counter[str]] = defaultdict(Counter)
-        persons_of: dict[str, set[str]] = defaultdict(set)
-        for e in stream.events:
-            customer = resolved.get(e.record["event_id"])
-            if customer:
-                by_person[e.customer_id][customer] += 1
-                persons_of[customer].add(e.customer_id)
-        split = [c for c in by_person.values() if len(c) > 1]
-        return {
-            "resolved_customers": len(persons_of),
-            "true_customers_split": len(split),
-            "events_off_main_customer": sum(
-                sum(c.values()) - c.most_common(1)[0][1] for c in split
-            ),
-            "resolved_customers_mixing_people": sum(1 for p in persons_of.values() if len(p) > 1),
-        }
-
-    return {
-        "true_customers": len({e.customer_id for e in stream.events}),
-        "events_without_customer": sum(
-            1 for e in stream.events if back.at_ingest.get(e.record["event_id"]) == ""
-        ),
-        "at_judgement": grouping(back.at_ingest),
-        "final": grouping(back.current),
-    }
-
-
-def _replay(stream: LabelledStream, resolved: dict[str, str], rules: Rules) -> list[Alert]:
-    """The pure detector in event-time order, per customer as ``resolved`` groups them.
-
-    Events that never reached ClickHouse are left out, as the pipeline left them out.
-    """
-    grouped = (
-        (resolved[e.record["event_id"]], e.record)
-        for e in stream.events
-        if resolved.get(e.record["event_id"])
-    )
-    return run_detector(grouped, Detector(rules), stream.now_ms)
-
-
-_CAUSES: Final = {
-    "final": "identity_cannot_link",
-    "judged": "merged_too_late",
-    "pipeline": "order_or_state",
-}
-
-
-def _misses(
-    stream: LabelledStream,
-    alerts: list[Alert],
-    replays: dict[str, list[Alert]],
-    back: _Back,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Labels the pipeline missed and its false alerts, each with a cause.
-
-    ``replays`` are the pure detector in event-time order with the customers grouped
-    as the offline run (``offline``: the true customer), as identity finally grouped
-    them (``final``, after every merge) and as the detectors saw them (``judged``: the
-    customer at processing time, no merges). A label's cause is the first step of that
-    ladder that misses it:
-
-    * ``identity_cannot_link``: missed even per final resolved customer — nothing in the
-      stream links the history to the customer of the label's events;
-    * ``merged_too_late``: found per final customer, missed per customer at processing
-      time — the history joined the customer by a merge after the event was judged;
-    * ``order_or_state``: found with the same grouping in event-time order, missed by the
-      pipeline — the order the events reached the customer stage, or lost state.
-
-    A false alert's cause is the first replay that raises it too (``offline``: the
-    detector's own false positive), else ``order_or_state``.
-    """
-    by_id = {e.record["event_id"]: e for e in stream.events}
-
-    def found(found_by: list[Alert]) -> set[tuple[str, str]]:
-        return {(a["rule"], e) for a in found_by for e in a["event_ids"]}
-
-    hits = found(alerts)
-    ladder = [(step, found(replays[step])) for step in ("offline", "final", "judged")]
-    missed = []
-    for label in stream.labels:
-        keys = [(label.rule, e) for e in label.event_ids]
-        if any(k in hits for k in keys):
-            continue
-        cause = next(
-            (_CAUSES[step] for step, got in ladder[1:] if not any(k in got for k in keys)),
-            _CAUSES["pipeline"],
-        )
-        if not any(k in ladder[0][1] for k in keys):
-            cause = "offline_misses_too"
-        missed.append(
-            {
-                "rule": label.rule,
-                "true_customer": label.customer_id,
-                "cause": cause,
-                "judged_under": back.at_ingest.get(label.event_ids[-1], ""),
-                "customer_now": back.current.get(label.event_ids[-1], ""),
-                "label_event_types": [by_id[e].record["event_type"] for e in label.event_ids],
-            }
-        )
-    label_keys = {(lab.rule, e) for lab in stream.labels for e in lab.event_ids}
-    raised = {
-        step: {(a["rule"], tuple(sorted(a["event_ids"]))) for a in replays[step]}
-        for step in ("offline", "final", "judged")
-    }
-    false = []
-    for a in alerts:
-        if any((a["rule"], e) in label_keys for e in a["event_ids"]):
-            continue
-        key = (a["rule"], tuple(sorted(a["event_ids"])))
-        step = next((s for s in ("offline", "final", "judged") if key in raised[s]), None)
-        false.append(
-            {
-                "rule": a["rule"],
-                "customer": a["customer_id"],
-                "cause": {"offline": "detector", None: "order_or_state"}.get(
-                    step, _CAUSES.get(step or "", "")
-                ),
-                "true_customers": sorted(
-                    {by_id[e].customer_id if e in by_id else "?" for e in a["event_ids"]}
-                ),
-                "summary": a["summary"],
-            }
-        )
-    return missed, false
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -447,7 +249,7 @@ async def run_eval(
     ``offline`` (per detector and ``overall``: alerts, labels, true_alerts, detected,
     false_alerts, precision, recall, false_per_10k), ``by_identity`` (the same for the
     pure detector in event-time order per customer as identity grouped them in the end,
-    ``final``, and when the detectors ran, ``judged``; see :func:`_misses`), ``run``
+    ``final``, and when the detectors ran, ``judged``; see :func:`misses`), ``run``
     (counts, timings, whether it settled, the deployment's names), ``identity`` (how
     people were grouped), ``missed`` and ``false_alerts`` (first 25, each with a cause;
     totals in ``*_total`` and ``*_by_cause``).
@@ -483,7 +285,6 @@ async def run_eval(
     eval_settings, widened = _eval_settings(
         settings, run, rules, events[0].record["occurred_at"], timeout
     )
-    db = eval_settings.clickhouse_database
     codec = AvroCodec(SchemaRegistry.from_dir(eval_settings.schemas_dir), TOUCHPOINT_SUBJECT)
     pairs = encode_stream(stream, codec)
     say(
@@ -491,6 +292,109 @@ async def run_eval(
         f"{len(stream.labels)} labels (stream and offline run in {built_s:.1f}s); "
         f"deployment {eval_settings.topic_prefix}*"
     )
+    done = await _through_pipeline(eval_settings, pairs, timeout, keep, say)
+    built = _Built(customers, seed, stream, offline_alerts, offline, rules, built_s, started)
+    identity_rules = _identity_rules(settings)
+    max_age = widened or settings.max_event_age_seconds
+    metrics, lines = _scored(built, done, eval_settings, keep, len(pairs), identity_rules, max_age)
+    return metrics, "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Built:
+    """The labelled stream and the offline run over it."""
+
+    customers: int
+    seed: int
+    stream: LabelledStream
+    offline_alerts: list[Alert]
+    offline: EvalReport
+    rules: Rules
+    seconds: float  # to build both
+    started: float  # time.monotonic() at the start of the eval
+
+
+def _scored(
+    built: _Built,
+    done: _Run,
+    eval_settings: Settings,
+    keep: bool,
+    events: int,
+    identity_rules: IdentityRules,
+    max_age: int,
+) -> tuple[dict[str, Any], list[str]]:
+    """The metrics and the report lines of a run (see :func:`run_eval`)."""
+    customers, seed, stream, rules = built.customers, built.seed, built.stream, built.rules
+    offline_alerts, offline = built.offline_alerts, built.offline
+    back = done.back
+
+    alerts = back.alerts
+    result = evaluate(alerts, stream.labels, stream.normal_event_count)
+    replays = {
+        "offline": offline_alerts,
+        "final": replay(stream, back.current, rules),
+        "judged": replay(stream, back.at_ingest, rules),
+    }
+    final = evaluate(replays["final"], stream.labels, stream.normal_event_count)
+    judged = evaluate(replays["judged"], stream.labels, stream.normal_event_count)
+    missed, false = misses(stream, alerts, replays, back)
+    identity = identity_summary(stream, back)
+    pairwise = score_identity(stream.events, back.current, identity_rules)
+    identity["pairwise"] = _pairwise_dict(pairwise)
+    seconds = {"stream_and_offline": built.seconds, **done.seconds}
+    seconds["total"] = time.monotonic() - built.started
+    facts = _run_facts(eval_settings, keep, done, events, len(offline_alerts), max_age)
+    facts["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
+    metrics: dict[str, Any] = {
+        "customers": customers,
+        "seed": seed,
+        "now_ms": stream.now_ms,
+        "events": events,
+        "labels": len(stream.labels),
+        "normal_events": stream.normal_event_count,
+        "pipeline": _as_dict(result),
+        "offline": _as_dict(offline),
+        "by_identity": {"final": _as_dict(final), "judged": _as_dict(judged)},
+        "run": facts,
+        "identity": identity,
+        "missed": missed[:_SHOWN],
+        "missed_total": len(missed),
+        "missed_by_cause": dict(Counter(f"{m['rule']}:{m['cause']}" for m in missed)),
+        "false_alerts": false[:_SHOWN],
+        "false_alerts_total": len(false),
+        "false_by_cause": dict(Counter(f"{f['rule']}:{f['cause']}" for f in false)),
+    }
+    lines = [
+        *format_report(result),
+        *("OFFLINE" + line.removeprefix("EVAL") for line in format_report(offline)),
+        *_side_by_side(result, offline, final, judged),
+        *format_identity(pairwise),
+        *_closing_lines(metrics, seconds["total"]),
+    ]
+    return metrics, lines
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Run:
+    """What the deployment did with the stream."""
+
+    back: Back
+    landed: int
+    behind: dict[str, int]
+    settled: bool
+    seconds: dict[str, float]  # worker_start, produce, process
+
+
+async def _through_pipeline(
+    eval_settings: Settings,
+    pairs: list[tuple[bytes, bytes]],
+    timeout: float,
+    keep: bool,
+    say: Callable[[str], None],
+) -> _Run:
+    """Start the deployment, produce ``pairs``, wait until it settles, read it back, stop
+    it (and remove it unless ``keep``)."""
+    db = eval_settings.clickhouse_database
     count_sql = (
         f"SELECT (SELECT uniqExact(event_id) FROM {db}.touchpoints)"
         f" + (SELECT count() FROM {db}.dead_letters)"
@@ -520,7 +424,7 @@ async def run_eval(
             _, behind, settled = await _settled(
                 pipeline, lag, count_sql, len(pairs), time.monotonic() + 30.0
             )
-        back = await _read_back(pipeline, db)
+        back = await read_back(pipeline, db)
     finally:
         try:
             await asyncio.wait_for(stack.aclose(), timeout=_STOP_TIMEOUT_S)
@@ -532,87 +436,67 @@ async def run_eval(
             await _remove(eval_settings)
     if not settled:
         log.warning("eval: the pipeline had not settled within %.0fs: %s", timeout, behind)
+    seconds = {"worker_start": start_s, "produce": produce_s, "process": process_s}
+    return _Run(back, landed, behind, settled, seconds)
 
-    alerts = back.alerts
-    result = evaluate(alerts, stream.labels, stream.normal_event_count)
-    replays = {
-        "offline": offline_alerts,
-        "final": _replay(stream, back.current, rules),
-        "judged": _replay(stream, back.at_ingest, rules),
+
+def _run_facts(
+    eval_settings: Settings,
+    keep: bool,
+    done: _Run,
+    events: int,
+    alerts_offline: int,
+    max_event_age_seconds: int,
+) -> dict[str, Any]:
+    """``metrics["run"]``: the deployment, whether it settled, counts and timings."""
+    back = done.back
+    return {
+        "deployment": {
+            "app_id": eval_settings.app_id,
+            "topic_prefix": eval_settings.topic_prefix,
+            "clickhouse_database": eval_settings.clickhouse_database,
+            "kept": keep,
+        },
+        "settled": done.settled,
+        "behind": done.behind,
+        "landed": done.landed,
+        "dead_letters": back.dead_letters,
+        "events_missing": events - len(back.at_ingest) - sum(back.dead_letters.values()),
+        "alerts": len(back.alerts),
+        "alerts_offline": alerts_offline,
+        "merges": back.merges,
+        "identity_refusals": back.refusals,
+        "max_event_age_seconds": max_event_age_seconds,
+        "seconds": {},  # the caller's
     }
-    final = evaluate(replays["final"], stream.labels, stream.normal_event_count)
-    judged = evaluate(replays["judged"], stream.labels, stream.normal_event_count)
-    missed, false = _misses(stream, alerts, replays, back)
-    identity = _identity_summary(stream, back)
-    pairwise = score_identity(stream.events, back.current, _identity_rules(settings))
-    identity["pairwise"] = {
+
+
+def _pairwise_dict(pairwise: IdentityScore) -> dict[str, Any]:
+    return {
         "overall": _pair_dict(pairwise.overall),
         "by_trap": {trap: _pair_dict(m) for trap, m in pairwise.by_trap.items()},
         "unattributed_events": pairwise.unattributed,
         "households": pairwise.households,
     }
-    total_s = time.monotonic() - started
-    dead = sum(back.dead_letters.values())
-    metrics: dict[str, Any] = {
-        "customers": customers,
-        "seed": seed,
-        "now_ms": stream.now_ms,
-        "events": len(pairs),
-        "labels": len(stream.labels),
-        "normal_events": stream.normal_event_count,
-        "pipeline": _as_dict(result),
-        "offline": _as_dict(offline),
-        "by_identity": {"final": _as_dict(final), "judged": _as_dict(judged)},
-        "run": {
-            "deployment": {
-                "app_id": eval_settings.app_id,
-                "topic_prefix": eval_settings.topic_prefix,
-                "clickhouse_database": db,
-                "kept": keep,
-            },
-            "settled": settled,
-            "behind": behind,
-            "landed": landed,
-            "dead_letters": back.dead_letters,
-            "events_missing": len(pairs) - len(back.at_ingest) - dead,
-            "alerts": len(alerts),
-            "alerts_offline": len(offline_alerts),
-            "merges": back.merges,
-            "identity_refusals": back.refusals,
-            "max_event_age_seconds": widened or settings.max_event_age_seconds,
-            "seconds": {
-                "stream_and_offline": round(built_s, 2),
-                "worker_start": round(start_s, 2),
-                "produce": round(produce_s, 2),
-                "process": round(process_s, 2),
-                "total": round(total_s, 2),
-            },
-        },
-        "identity": identity,
-        "missed": missed[:_SHOWN],
-        "missed_total": len(missed),
-        "missed_by_cause": dict(Counter(f"{m['rule']}:{m['cause']}" for m in missed)),
-        "false_alerts": false[:_SHOWN],
-        "false_alerts_total": len(false),
-        "false_by_cause": dict(Counter(f"{f['rule']}:{f['cause']}" for f in false)),
-    }
+
+
+def _closing_lines(metrics: dict[str, Any], total_s: float) -> list[str]:
+    """The ``MISSED``, ``FALSE`` and ``RUN`` lines of the report."""
     causes = " ".join(f"{k}={v}" for k, v in sorted(metrics["missed_by_cause"].items()))
     false_causes = " ".join(f"{k}={v}" for k, v in sorted(metrics["false_by_cause"].items()))
-    lines = [
-        *format_report(result),
-        *("OFFLINE" + line.removeprefix("EVAL") for line in format_report(offline)),
-        *_side_by_side(result, offline, final, judged),
-        *format_identity(pairwise),
+    run, identity = metrics["run"], metrics["identity"]
+    return [
         f"MISSED {causes or 'none'}",
         f"FALSE {false_causes or 'none'}",
-        f"RUN customers={customers} seed={seed} now_ms={stream.now_ms} events={len(pairs)} "
-        f"labels={len(stream.labels)} landed={landed} dead_letters={dead} "
-        f"alerts={len(alerts)} merges={back.merges} "
+        f"RUN customers={metrics['customers']} seed={metrics['seed']}"
+        f" now_ms={metrics['now_ms']} events={metrics['events']}"
+        f" labels={metrics['labels']} landed={run['landed']}"
+        f" dead_letters={sum(run['dead_letters'].values())}"
+        f" alerts={run['alerts']} merges={run['merges']} "
         f"resolved_customers={identity['final']['resolved_customers']} "
         f"true_customers={identity['true_customers']} "
-        f"settled={'yes' if settled else 'no'} seconds={total_s:.1f}",
+        f"settled={'yes' if run['settled'] else 'no'} seconds={total_s:.1f}",
     ]
-    return metrics, "\n".join(lines)
 
 
 async def _remove(settings: Settings) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from streams.wire.codec import AvroCodec
 
-__all__ = ["BadSample", "bad_samples", "valid_template"]
+__all__ = ["BadSample", "bad_samples", "template_variant", "valid_template"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,19 @@ def valid_template(now_ms: int, event_id: str = "tpl-0001") -> dict[str, Any]:
     }
 
 
+def template_variant(now_ms: int, event_id: str, /, **changes: Any) -> dict[str, Any]:
+    """The valid template with ``changes``: ``context__country="FR"`` sets a nested field."""
+    rec = copy.deepcopy(valid_template(now_ms, event_id=event_id))
+    for path, value in changes.items():
+        target = rec
+        parts = path.split("__")
+        for part in parts[:-1]:
+            target = target[part]
+        target[parts[-1]] = value
+    return rec
+
+
+# Long on purpose: a flat catalogue, one bad message per dead-letter reason (test_sizes.py).
 def bad_samples(
     codec: AvroCodec, now_ms: int, duplicate_of: dict[str, Any], duplicate_key: bytes = b"dup"
 ) -> list[BadSample]:
@@ -48,14 +61,7 @@ def bad_samples(
     """
 
     def variant(name: str, **changes: Any) -> dict[str, Any]:
-        rec = copy.deepcopy(valid_template(now_ms, event_id=f"bad-{name}"))
-        for path, value in changes.items():
-            target = rec
-            parts = path.split("__")
-            for part in parts[:-1]:
-                target = target[part]
-            target[parts[-1]] = value
-        return rec
+        return template_variant(now_ms, f"bad-{name}", **changes)
 
     good = codec.encode(variant("base"))
     body = good[5:]

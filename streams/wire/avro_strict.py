@@ -102,88 +102,104 @@ class _Gen:
 
     def emit(self, schema: Any, out: list[str], ind: str, ns: str) -> None:
         if isinstance(schema, list):
-            # Branch i is the one byte 2*i (zig-zag); any other byte is out of range, or an
-            # overlong encoding no Avro writer produces: both corrupt.
-            out += [f"{ind}b = d[p]", f"{ind}p += 1"]
-            for i, branch in enumerate(schema):
-                out.append(f"{ind}{'if' if i == 0 else 'elif'} b == {2 * i}:")
-                body: list[str] = []
-                self.emit(branch, body, ind + "    ", ns)
-                out += body or [f"{ind}    pass"]
-            out += [
-                f"{ind}else:",
-                f"{ind}    _bad_union(d, p - 1, {len(schema)})",
-            ]
+            self.union(schema, out, ind, ns)
             return
         if isinstance(schema, dict) and schema["type"] in _PRIMITIVE:
             schema = schema["type"]  # {"type": "long", "logicalType": ...}
         if isinstance(schema, str):
             if schema in _PRIMITIVE:
                 self.primitive(schema, out, ind)
-                return
-            full = schema if "." in schema or not ns else f"{ns}.{schema}"
-            if full not in self.names and schema in self.names:
-                full = schema
-            if full in self.enums:
-                self.enum(full, out, ind)
-            elif full in self.fixed:
-                out.append(f"{ind}p += {self.fixed[full]}")
-            elif full in self.names:
-                out.append(f"{ind}p = {self.names[full]}(d, p)")
             else:
-                raise ValueError(f"unknown named type {schema!r}")
+                self.reference(schema, out, ind, ns)
             return
         kind = schema["type"]
         if kind in ("record", "error", "enum", "fixed"):
-            name = schema["name"]
-            ns = schema.get("namespace", ns)
-            full = name if "." in name or not ns else f"{ns}.{name}"
-            if kind == "enum":
-                self.enums[full] = (len(schema["symbols"]), full)
-                self.enum(full, out, ind)
-            elif kind == "fixed":
-                self.fixed[full] = int(schema["size"])
-                out.append(f"{ind}p += {self.fixed[full]}")
-            else:
-                fn = f"_record{len(self.names)}"
-                self.names[full] = fn
-                code: list[str] = []
-                for field in schema["fields"]:
-                    self.emit(field["type"], code, "    ", ns)
-                self.functions[fn] = [f"def {fn}(d, p):", *code, "    return p"]
-                out.append(f"{ind}p = {fn}(d, p)")
-            return
-        if kind in ("array", "map"):
-            count, size, start = self.var(), self.var(), self.var()
-            item = schema["items"] if kind == "array" else schema["values"]
-            out.append(f"{ind}while True:")
-            inner = ind + "    "
-            self.long(out, inner, count)
-            out += [
-                f"{inner}if {count} == 0:",
-                f"{inner}    break",
-                f"{inner}{size} = -1",
-                f"{inner}if {count} < 0:",
-                f"{inner}    {count} = -{count}",
-                f"{inner}    {size}, p = _long(d, p)",
-                f"{inner}    if {size} < 0:",
-                f"{inner}        _corrupt('{kind} block size %d is negative' % {size})",
-                f"{inner}_check_count({count}, len(d) - p, '{kind}')",
-                f"{inner}{start} = p",
-                f"{inner}for _ in range({count}):",
-            ]
-            items: list[str] = []
-            if kind == "map":
-                self.primitive("string", items, inner + "    ")
-            self.emit(item, items, inner + "    ", ns)
-            out += items or [f"{inner}    pass"]
-            out += [
-                f"{inner}if {size} >= 0 and p - {start} != {size}:",
-                f"{inner}    _corrupt('{kind} block size %d, its items take %d' % "
-                f"({size}, p - {start}))",
-            ]
-            return
-        raise ValueError(f"unsupported Avro type {kind!r}")
+            self.named(schema, out, ind, ns)
+        elif kind in ("array", "map"):
+            self.repeated(schema, out, ind, ns)
+        else:
+            raise ValueError(f"unsupported Avro type {kind!r}")
+
+    def union(self, schema: list[Any], out: list[str], ind: str, ns: str) -> None:
+        # Branch i is the one byte 2*i (zig-zag); any other byte is out of range, or an
+        # overlong encoding no Avro writer produces: both corrupt.
+        out += [f"{ind}b = d[p]", f"{ind}p += 1"]
+        for i, branch in enumerate(schema):
+            out.append(f"{ind}{'if' if i == 0 else 'elif'} b == {2 * i}:")
+            body: list[str] = []
+            self.emit(branch, body, ind + "    ", ns)
+            out += body or [f"{ind}    pass"]
+        out += [
+            f"{ind}else:",
+            f"{ind}    _bad_union(d, p - 1, {len(schema)})",
+        ]
+
+    def reference(self, schema: str, out: list[str], ind: str, ns: str) -> None:
+        """A named type used by name (defined earlier)."""
+        full = schema if "." in schema or not ns else f"{ns}.{schema}"
+        if full not in self.names and schema in self.names:
+            full = schema
+        if full in self.enums:
+            self.enum(full, out, ind)
+        elif full in self.fixed:
+            out.append(f"{ind}p += {self.fixed[full]}")
+        elif full in self.names:
+            out.append(f"{ind}p = {self.names[full]}(d, p)")
+        else:
+            raise ValueError(f"unknown named type {schema!r}")
+
+    def named(self, schema: dict[str, Any], out: list[str], ind: str, ns: str) -> None:
+        """A record, error, enum or fixed defined here."""
+        kind = schema["type"]
+        name = schema["name"]
+        ns = schema.get("namespace", ns)
+        full = name if "." in name or not ns else f"{ns}.{name}"
+        if kind == "enum":
+            self.enums[full] = (len(schema["symbols"]), full)
+            self.enum(full, out, ind)
+        elif kind == "fixed":
+            self.fixed[full] = int(schema["size"])
+            out.append(f"{ind}p += {self.fixed[full]}")
+        else:
+            fn = f"_record{len(self.names)}"
+            self.names[full] = fn
+            code: list[str] = []
+            for field in schema["fields"]:
+                self.emit(field["type"], code, "    ", ns)
+            self.functions[fn] = [f"def {fn}(d, p):", *code, "    return p"]
+            out.append(f"{ind}p = {fn}(d, p)")
+
+    def repeated(self, schema: dict[str, Any], out: list[str], ind: str, ns: str) -> None:
+        """An array or a map: blocks of items, each block counted (and maybe sized)."""
+        kind = schema["type"]
+        count, size, start = self.var(), self.var(), self.var()
+        item = schema["items"] if kind == "array" else schema["values"]
+        out.append(f"{ind}while True:")
+        inner = ind + "    "
+        self.long(out, inner, count)
+        out += [
+            f"{inner}if {count} == 0:",
+            f"{inner}    break",
+            f"{inner}{size} = -1",
+            f"{inner}if {count} < 0:",
+            f"{inner}    {count} = -{count}",
+            f"{inner}    {size}, p = _long(d, p)",
+            f"{inner}    if {size} < 0:",
+            f"{inner}        _corrupt('{kind} block size %d is negative' % {size})",
+            f"{inner}_check_count({count}, len(d) - p, '{kind}')",
+            f"{inner}{start} = p",
+            f"{inner}for _ in range({count}):",
+        ]
+        items: list[str] = []
+        if kind == "map":
+            self.primitive("string", items, inner + "    ")
+        self.emit(item, items, inner + "    ", ns)
+        out += items or [f"{inner}    pass"]
+        out += [
+            f"{inner}if {size} >= 0 and p - {start} != {size}:",
+            f"{inner}    _corrupt('{kind} block size %d, its items take %d' % "
+            f"({size}, p - {start}))",
+        ]
 
     def enum(self, full: str, out: list[str], ind: str) -> None:
         symbols, name = self.enums[full]

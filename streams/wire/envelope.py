@@ -22,6 +22,7 @@ import orjson
 __all__ = [
     "MAX_ENVELOPE_BYTES",
     "group_by_partition",
+    "join_chunks",
     "pack",
     "pack_chunks",
     "partition_for",
@@ -75,3 +76,20 @@ def group_by_partition(keyed: Iterable[tuple[str, Any]], partitions: int) -> dic
     for key, record in keyed:
         out[partition_for(key, partitions)].append(record)
     return dict(out)
+
+
+def join_chunks(parts: list[bytes], max_bytes: int = MAX_ENVELOPE_BYTES) -> list[bytes]:
+    """Records already JSON-encoded (``parts``) as envelopes of at most ``max_bytes`` (a
+    lone oversize record excepted): the bytes ``pack_chunks`` gives for the decoded records."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 2
+    for part in parts:
+        if current and size + len(part) > max_bytes:
+            chunks.append(b"[" + b",".join(current) + b"]")
+            current, size = [], 2
+        current.append(part)
+        size += len(part) + 1
+    if current:
+        chunks.append(b"[" + b",".join(current) + b"]")
+    return chunks

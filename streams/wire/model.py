@@ -8,7 +8,7 @@ field names here match the Avro schemas exactly.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
 
 __all__ = [
     "CATALOGUE",
@@ -26,6 +26,7 @@ __all__ = [
     "SocialRecord",
     "TouchpointRecord",
     "WebRecord",
+    "payload_body",
 ]
 
 
@@ -136,6 +137,15 @@ class TouchpointRecord(TypedDict):
     payload: tuple[str, Payload] | None  # (Avro record name, record)
     properties: dict[str, str]
     consent: str | None
+
+
+def payload_body(record: TouchpointRecord, kind: str) -> dict[str, Any] | None:
+    """The payload record if it is a ``kind`` one (a union branch name below), else None."""
+    payload = record["payload"]
+    if payload is None or payload[0] != kind:
+        return None
+    body: dict[str, Any] = payload[1]  # type: ignore[assignment]
+    return body
 
 
 IDENTIFIER_KINDS: Final[tuple[str, ...]] = (

@@ -6,9 +6,7 @@ worker-process tests."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +17,25 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.adapters.clickhouse import connect
 from streams.adapters.sink import SinkService
 from streams.ingest.stage import Accepted, IngestPolicy, ingest_message
-from streams.runtime.runner import prepare
+from streams.runtime.processes import free_port
+from streams.runtime.processes import settings_env as worker_env
+from streams.runtime.runner import prepare, query, wait_for
 from streams.settings import Settings
+from streams.sim.generator import encode_events, generate
 from streams.topology import consumer_groups
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
+
+if TYPE_CHECKING:
+    from streams.runtime.app import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,25 +47,6 @@ READY_TIMEOUT = 90.0
 KILL_POINT_TIMEOUT = 60.0
 QUIESCE_TIMEOUT = 150.0
 STOP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
-    """The worker's environment: every Settings field as its variable, plus overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CLICKHOUSE_"))}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[name.upper()] = str(value)
-    env.update(overrides)
-    return env
 
 
 def _http_status(url: str) -> int:
@@ -343,3 +329,59 @@ def permissive_rules_yaml(path: Path, limit: int = 10_000) -> Path:
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+async def produce_raw(settings: Settings, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+    """Write ``(key, value)`` pairs to the raw topic and wait for every acknowledgement."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.topics.raw, v, key=k) for k, v in pairs]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    settings: Settings, topic: str, expected: int, timeout: float = 30.0
+) -> list[Any]:
+    """Messages of ``topic`` from the start, until ``expected`` are read or ``timeout``."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(messages)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def landed_ids(pipeline: Pipeline, db: str, count: int) -> set[str]:
+    """Wait until ``count`` touchpoints are in ClickHouse (asserted); their distinct event ids."""
+    landed = await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", count)
+    assert landed == count
+    return {r[0] for r in await query(pipeline, f"SELECT event_id FROM {db}.touchpoints_v")}
+
+
+def generated_traffic(
+    s: Settings, customers: int, seed: int, span_ms: int = 2 * 3600 * 1000
+) -> tuple[list[tuple[bytes, bytes]], dict[str, TouchpointRecord]]:
+    """Seeded journeys up to now as Confluent-Avro pairs (a tenth on the v1 schema), and the
+    records ingest makes of them, by event id (asserted unique), in the pairs' order."""
+    codec = codec_for(s)
+    now_ms = int(time.time() * 1000)
+    events = generate(customers, seed=seed, now_ms=now_ms, span_ms=span_ms)
+    pairs = encode_events(events, codec, old_schema_fraction=0.1, seed=seed)
+    records = normalised_records(pairs, codec, s, now_ms)
+    by_id = {r["event_id"]: r for r in records}
+    assert len(by_id) == len(records), "generated event ids must be unique"
+    return pairs, by_id

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.customers.measures import Measures
 from streams.customers.recompute import recompute
 from streams.settings import Settings
-from streams.sim.generator import encode_events, generate, produce
+from streams.sim.generator import produce
 from streams.wire.envelope import unpack
 from streams.wire.model import ResolvedEvent
 from tests.integration.harness import (
@@ -46,9 +46,8 @@ from tests.integration.harness import (
     InTestSink,
     LagProbe,
     WorkerProcess,
-    codec_for,
+    generated_traffic,
     log_tails,
-    normalised_records,
     observers,
     wait_quiescent,
     wait_ready,
@@ -355,6 +354,23 @@ async def collect_aggregate_facts(sink: InTestSink, s: Settings) -> dict[str, An
     return facts
 
 
+def run_problems(
+    facts: dict[str, Any], by_id: Mapping[str, Any], *, after: str, worker: str
+) -> list[str]:
+    """``aggregate_problems`` (printing the history-dependent differences), plus any dead
+    letter and an unclean SIGTERM exit. Issue 12, item 6: every generated event is valid and
+    unique, so any dead letter is a replayed batch taken for duplicates (before:
+    duplicate_event_id after a crash)."""
+    print(f"dead letters by reason: {facts['dead_letters']}")
+    problems, history = aggregate_problems(facts, by_id)
+    print(f"history-dependent measures, streaming minus recompute: {dict(history)}")
+    if facts["dead_letters"]:
+        problems.append(f"dead letters after the {after}: {facts['dead_letters']}")
+    if facts["exit_code"] != 0:
+        problems.append(f"{worker} exited with {facts['exit_code']} on SIGTERM")
+    return problems
+
+
 def aggregate_problems(
     facts: dict[str, Any], by_id: Mapping[str, Any]
 ) -> tuple[list[str], Counter[str]]:
@@ -433,14 +449,8 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
     s = settings.model_copy(
         update={"aggregate_lateness_seconds": LATENESS_S, "kafka_session_timeout_seconds": 10.0}
     )
-    codec = codec_for(s)
-    now_ms = int(time.time() * 1000)
-    events = generate(CUSTOMERS, seed=SEED, now_ms=now_ms, span_ms=SPAN_MS)
-    pairs = encode_events(events, codec, old_schema_fraction=0.1, seed=SEED)
-    records = normalised_records(pairs, codec, s, now_ms)
-    by_id = {r["event_id"]: r for r in records}
-    assert len(by_id) == len(records), "generated event ids must be unique"
-    n = len(records)
+    pairs, by_id = generated_traffic(s, CUSTOMERS, SEED, SPAN_MS)
+    n = len(by_id)
 
     workdir = tmp_path / "workers"
     workdir.mkdir()
@@ -503,16 +513,7 @@ def test_aggregates_are_exact_after_a_worker_is_killed_mid_stream(
                 f"event ids written to the {stage} topic more than once: {len(duplicates)}"
                 f" (extra copies: {sum(duplicates.values()) - len(duplicates)})"
             )
-        print(f"dead letters by reason: {facts['dead_letters']}")
-
-        problems, history = aggregate_problems(facts, by_id)
-        print(f"history-dependent measures, streaming minus recompute: {dict(history)}")
-        # Issue 12, item 6: every generated event is valid and unique, so any dead letter is
-        # a replayed batch taken for duplicates (before: duplicate_event_id after a crash).
-        if facts["dead_letters"]:
-            problems.append(f"dead letters after the crash: {facts['dead_letters']}")
-        if facts["exit_code"] != 0:
-            problems.append(f"the restarted worker exited with {facts['exit_code']} on SIGTERM")
+        problems = run_problems(facts, by_id, after="crash", worker="the restarted worker")
         assert not problems, "\n".join(problems)
     except BaseException:
         print(log_tails(workers))

@@ -31,21 +31,19 @@ from typing import Any
 import pytest
 
 from streams.settings import Settings
-from streams.sim.generator import encode_events, generate, produce
+from streams.sim.generator import produce
 from tests.integration.harness import (
     READY_TIMEOUT,
     WorkerProcess,
-    codec_for,
+    generated_traffic,
     log_tails,
-    normalised_records,
     observers,
     wait_ready,
     wait_until,
 )
 from tests.integration.test_aggregates_crash import (
     LATENESS_S,
-    SPAN_MS,
-    aggregate_problems,
+    run_problems,
     settle_and_collect,
 )
 
@@ -89,14 +87,8 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
             "kafka_session_timeout_seconds": 10.0,
         }
     )
-    codec = codec_for(s)
-    now_ms = int(time.time() * 1000)
-    events = generate(CUSTOMERS, seed=SEED, now_ms=now_ms, span_ms=SPAN_MS)
-    pairs = encode_events(events, codec, old_schema_fraction=0.1, seed=SEED)
-    records = normalised_records(pairs, codec, s, now_ms)
-    by_id = {r["event_id"]: r for r in records}
-    assert len(by_id) == len(records), "generated event ids must be unique"
-    n = len(records)
+    pairs, by_id = generated_traffic(s, CUSTOMERS, SEED)
+    n = len(by_id)
     half = n // 2
 
     workdir = tmp_path / "workers"
@@ -156,13 +148,7 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(
             f" worker log during the {OUTAGE_S:g} s outage: {len(noisy)} ERROR/WARNING lines"
             f" ({len(summaries)} summaries)"
         )
-        print(f"dead letters by reason: {facts['dead_letters']}")
-        problems, history = aggregate_problems(facts, by_id)
-        print(f"history-dependent measures, streaming minus recompute: {dict(history)}")
-        if facts["dead_letters"]:
-            problems.append(f"dead letters after the restart: {facts['dead_letters']}")
-        if facts["exit_code"] != 0:
-            problems.append(f"the worker exited with {facts['exit_code']} on SIGTERM")
+        problems = run_problems(facts, by_id, after="restart", worker="the worker")
         outage_s = timings["broker_restarted"] - timings["broker_stopped"]
         allowed = MAX_OUTAGE_LOG_LINES_PER_WINDOW * math.ceil(outage_s / 10.0)
         if len(noisy) > allowed:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -311,6 +312,12 @@ def test_a_dead_letter_the_broker_refuses_goes_again_truncated_and_blocks_nothin
             ) == len(good)
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", 1) == 1
             assert not pipeline.failing
+            stored = await query(
+                pipeline,
+                f"SELECT truncated, original_sha256, size_bytes FROM {db}.dead_letters",
+            )
+        # ClickHouse says its copy is not the whole original and names the original's hash
+        assert stored == [(True, hashlib.sha256(near.value).hexdigest(), len(near.value))]
         return await _read_topic(s, s.topics.dead_letter)
 
     dlq = asyncio.run(scenario())
@@ -322,19 +329,15 @@ def test_a_dead_letter_the_broker_refuses_goes_again_truncated_and_blocks_nothin
     assert metrics.STAGE_FAILURES.labels("ingest")._value.get() == failures_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 12 item 4, not built: ingest de-duplicates per raw partition; first-wins"
-    " across partitions needs state keyed by event id (README, Known issues)",
-)
 def test_one_event_id_on_two_partitions_first_wins_in_clickhouse_and_aggregates(
     settings: Settings,
 ) -> None:
     """The decided rule: the first copy of an event id wins. A second copy on another raw
     partition, with other identifiers, must neither add a row to ``touchpoints_v`` nor be
-    counted in the aggregates. Today it does both (the copies anchor on different
-    identifiers and resolve to different customers)."""
+    counted in the aggregates (before the dedupe stage it did both: the copies anchor on
+    different identifiers and resolve to different customers). It is dead-lettered
+    ``duplicate_event_id`` with its original bytes and raw position, in the topic and in
+    ClickHouse ``dead_letters``."""
     registry = SchemaRegistry.from_dir(settings.schemas_dir)
     codec = AvroCodec(registry, TOUCHPOINT_SUBJECT)
     now = int(time.time() * 1000)
@@ -354,18 +357,41 @@ def test_one_event_id_on_two_partitions_first_wins_in_clickhouse_and_aggregates(
         finally:
             await producer.stop()
 
-    async def scenario() -> tuple[Any, Any]:
+    async def scenario() -> tuple[Any, Any, Any, list[Any]]:
         prepare(settings)
         async with running(settings) as pipeline:
             await send(first, 0)
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints_v", 1) == 1
             await send(second, 1)
-            await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints_v", 2, timeout=20)
-            await asyncio.sleep(6)  # past the aggregates' rolling flush
+            # the copy is decided once it is dead-lettered (or, were it let through, in
+            # touchpoints_v); then past the aggregates' rolling flush
+            dead_sql = f"SELECT count() FROM {db}.dead_letters"
+            if await wait_for(pipeline, dead_sql, 1, timeout=20) < 1:
+                await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints_v", 2, timeout=5)
+            await asyncio.sleep(6)
             rows = await query(pipeline, f"SELECT email FROM {db}.touchpoints_v")
             counted = await query(pipeline, f"SELECT sum(events) FROM {db}.customer_360_v")
-        return rows, counted
+            dead = await query(pipeline, f"SELECT reason FROM {db}.dead_letters")
+        return rows, counted, dead, await _read_topic(settings, settings.topics.dead_letter)
 
-    rows, counted = asyncio.run(scenario())
+    rows, counted, dead, dlq = asyncio.run(scenario())
     assert rows == [("first@example.com",)], rows
     assert counted == [(1,)], counted
+    assert dead == [("duplicate_event_id",)], dead
+    (copy,) = dlq
+    meta = parse_dead_letter_headers(copy.headers)
+    assert meta["dlq.reason"] == "duplicate_event_id"
+    assert (meta["dlq.source.topic"], meta["dlq.source.partition"]) == (settings.topics.raw, "1")
+    assert (copy.key, copy.value) == (b"k", codec.encode(second))
+
+
+def test_start_up_refuses_a_max_message_bytes_the_broker_cannot_carry(settings: Settings) -> None:
+    """MAX_MESSAGE_BYTES was unbounded relative to the broker's max.message.bytes: an accepted
+    message near it would make a checked frame the broker refuses, and the worker would
+    retry that batch for good. ``prepare`` (every worker's start-up) reads the topics' limit
+    from the broker and refuses such a setting, naming what would work."""
+    prepare(settings)  # the default fits
+    too_large = settings.model_copy(update={"max_message_bytes": 900_000})
+    with pytest.raises(ValueError, match=r"MAX_MESSAGE_BYTES=900000 is too large") as refused:
+        prepare(too_large)
+    assert re.search(r"max.message.bytes \d+\): .* <= \d+", str(refused.value))

@@ -34,15 +34,14 @@ import yaml
 from streams.identity.graph import IdentityRules, event_identifiers, offline_components
 from streams.ingest.stage import anchor_key
 from streams.settings import Settings
-from streams.sim.generator import GeneratedEvent, encode_events, generate, produce
+from streams.sim.generator import produce
 from tests.integration.harness import (
     KILL_POINT_TIMEOUT,
     QUIESCE_TIMEOUT,
     STOP_TIMEOUT,
     WorkerProcess,
-    codec_for,
+    generated_traffic,
     log_tails,
-    normalised_records,
     observers,
     permissive_rules_yaml,
     wait_quiescent,
@@ -115,13 +114,8 @@ def test_identity_across_two_workers_with_one_killed_matches_offline_components(
         }
     )
     rules = IdentityRules.from_mapping(yaml.safe_load(rules_path.read_text()))
-    codec = codec_for(s)
-    now_ms = int(time.time() * 1000)
-    events: list[GeneratedEvent] = generate(CUSTOMERS, seed=SEED, now_ms=now_ms)
-    pairs = encode_events(events, codec, old_schema_fraction=0.1, seed=SEED)
-    records = normalised_records(pairs, codec, s, now_ms)
-    by_id = {r["event_id"]: r for r in records}
-    assert len(by_id) == len(records), "generated event ids must be unique"
+    pairs, by_id = generated_traffic(s, CUSTOMERS, SEED)
+    records = list(by_id.values())
     n = len(records)
     half = n // 2
 

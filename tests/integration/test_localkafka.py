@@ -33,6 +33,27 @@ import localkafka  # noqa: E402  (deploy/local is not a package)
 from localkafka import LocalKafka  # noqa: E402
 
 
+def _cli(workdir: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run the localkafka command line on ``workdir`` (with the shared jars)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            *args,
+            "--workdir",
+            str(workdir),
+            "--libs-dir",
+            str(LIBS_DIR),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
 def _port_open(bootstrap: str) -> bool:
     host, _, port = bootstrap.rpartition(":")
     try:
@@ -201,19 +222,7 @@ def test_aiokafka_transactions(kafka: LocalKafka) -> None:
 def test_cli_detached_start_status_stop(tmp_path: Path) -> None:
     """`start` leaves a detached broker behind (pid + bootstrap files), `status` sees it and
     `stop` ends it and closes the port."""
-    base = [sys.executable, str(SCRIPT)]
-    where = ["--workdir", str(tmp_path), "--libs-dir", str(LIBS_DIR)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    started = subprocess.run(
-        [*base, "start", *where],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    started = _cli(tmp_path, "start")
     assert started.returncode == 0, started.stderr
     bootstrap = started.stdout.strip().splitlines()[-1]
     try:
@@ -223,44 +232,21 @@ def test_cli_detached_start_status_stop(tmp_path: Path) -> None:
         assert _pid_alive(pid)  # survived the CLI process exiting
         assert _port_open(bootstrap)
 
-        status = subprocess.run(
-            [*base, "status", *where],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-            check=False,
-        )
+        status = _cli(tmp_path, "status", timeout=30)
         assert status.returncode == 0, status.stderr
         assert status.stdout.strip().splitlines()[-1] == bootstrap
 
-        again = subprocess.run(
-            [*base, "start", *where],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
+        again = _cli(tmp_path, "start", timeout=60)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip().splitlines()[-1] == bootstrap  # idempotent
     finally:
-        stopped = subprocess.run(
-            [*base, "stop", *where],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
+        stopped = _cli(tmp_path, "stop", timeout=60)
     assert stopped.returncode == 0, stopped.stderr
     assert not _port_open(bootstrap)
     assert not _pid_alive(pid)
     assert not (tmp_path / "broker.pid").exists()
 
-    status = subprocess.run(
-        [*base, "status", *where], capture_output=True, text=True, timeout=30, env=env, check=False
-    )
+    status = _cli(tmp_path, "status", timeout=30)
     assert status.returncode == 1
     assert status.stdout.strip() == "stopped"
 
@@ -272,24 +258,33 @@ def test_cli_restarts_on_kept_data_on_the_same_port(tmp_path: Path) -> None:
     kafka_python = pytest.importorskip("kafka", reason="kafka-python not installed")
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    base = [sys.executable, str(SCRIPT)]
-    where = ["--workdir", str(tmp_path), "--libs-dir", str(LIBS_DIR)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
     def cli(*args: str) -> str:
-        done = subprocess.run(
-            [*base, *args, *where],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        done = _cli(tmp_path, *args)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
     topic, group = "kept-topic", "kept-group"
+
+    def consume(want: int, *, seconds: float, commit: bool) -> list[bytes]:
+        """Read as the group: at most ``want`` messages when committing (the rest stay)."""
+        consumer = kafka_python.KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        got: list[bytes] = []
+        deadline = time.monotonic() + seconds
+        while len(got) < want and time.monotonic() < deadline:
+            limit = {"max_records": want - len(got)} if commit else {}
+            for records in consumer.poll(timeout_ms=500, **limit).values():
+                got.extend(r.value for r in records)
+        if commit:
+            consumer.commit()
+        consumer.close()
+        return got
+
     bootstrap = cli("start")
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -302,39 +297,14 @@ def test_cli_restarts_on_kept_data_on_the_same_port(tmp_path: Path) -> None:
             producer.send(topic, f"m{i}".encode())
         producer.flush(timeout=30)
         producer.close(timeout=10)
-        consumer = kafka_python.KafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        got: list[bytes] = []
-        deadline = time.monotonic() + 30
-        while len(got) < 4 and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500, max_records=4 - len(got)).values():
-                got.extend(r.value for r in records)
-        consumer.commit()
-        consumer.close()
+        got = consume(4, seconds=30, commit=True)
         assert len(got) == 4
 
         cli("stop", "--keep-data")
         assert not _port_open(bootstrap)
         assert cli("start") == bootstrap  # same port, same storage
 
-        consumer = kafka_python.KafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        rest: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while len(rest) < 6 and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                rest.extend(r.value for r in records)
-        consumer.close()
+        rest = consume(6, seconds=60, commit=False)
         assert rest == [f"m{i}".encode() for i in range(4, 10)]  # the group resumes at 4
 
         cli("stop", "--keep-data")

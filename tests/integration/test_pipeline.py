@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from streams.adapters.clickhouse import ClickHouse, connect
@@ -17,6 +16,7 @@ from streams.sim.generator import encode_events, generate
 from streams.sim.samples import bad_samples, valid_template
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.dlq import parse_dead_letter_headers
+from tests.integration.harness import landed_ids, produce_raw, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -25,37 +25,19 @@ def _codec(settings: Settings) -> AvroCodec:
     return AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
 
 
-async def _produce(settings: Settings, pairs: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        futures = [await producer.send(settings.topics.raw, value, key=key) for key, value in pairs]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+def _records(prefix: str, n: int) -> list[dict[str, Any]]:
+    """``n`` valid events with ids ``<prefix>0``, ``<prefix>1``, ..."""
+    now = int(time.time() * 1000)
+    return [valid_template(now, f"{prefix}{i}") for i in range(n)]
 
 
-async def _read_all(
-    settings: Settings, topic: str, expected: int, timeout: float = 30.0
-) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
+async def _prepare_with(settings: Settings, records: list[dict[str, Any]]) -> None:
+    """Fresh topics and tables, then ``records`` on the raw topic under keys k0, k1, ..."""
+    prepare(settings)
+    codec = _codec(settings)
+    await produce_raw(
+        settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)]
     )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(out) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for messages in batch.values():
-                out.extend(messages)
-    finally:
-        await consumer.stop()
-    return out
 
 
 def test_good_events_land_in_clickhouse_and_every_bad_input_in_the_dlq(settings: Settings) -> None:
@@ -76,21 +58,16 @@ def test_good_events_land_in_clickhouse_and_every_bad_input_in_the_dlq(settings:
 
     async def scenario() -> None:
         prepare(settings)
-        await _produce(settings, traffic)
+        await produce_raw(settings, traffic)
         async with running(settings) as pipeline:
-            landed = await wait_for(
-                pipeline, f"SELECT count() FROM {db}.touchpoints", len(good_ids)
-            )
-            assert landed == len(good_ids)
+            assert await landed_ids(pipeline, db, len(good_ids)) == good_ids
             dead = await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", len(bad))
             assert dead == len(bad)
-            ids = {r[0] for r in await query(pipeline, f"SELECT event_id FROM {db}.touchpoints_v")}
-            assert ids == good_ids
             reasons = await query(
                 pipeline, f"SELECT reason, original FROM {db}.dead_letters ORDER BY source_offset"
             )
             assert sorted(r for r, _ in reasons) == sorted(s.reason for s in bad)
-        dlq = await _read_all(settings, settings.topics.dead_letter, len(bad))
+        dlq = await read_topic(settings, settings.topics.dead_letter, len(bad))
         by_value = {m.value: m for m in dlq}
         assert len(dlq) == len(bad)
         for sample in bad:
@@ -152,16 +129,11 @@ def _valid_committed(settings: Settings) -> dict[tuple[str, int], int]:
 
 
 def test_offsets_are_committed_only_after_clickhouse_accepts_the_batch(settings: Settings) -> None:
-    codec = _codec(settings)
-    now = int(time.time() * 1000)
-    records = [valid_template(now, f"c{i}") for i in range(50)]
+    records = _records("c", 50)
     db = settings.clickhouse_database
 
     async def scenario() -> None:
-        prepare(settings)
-        await _produce(
-            settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)]
-        )
+        await _prepare_with(settings, records)
         failing: list[_FailingClient] = []
 
         def broken_factory() -> ClickHouse:
@@ -186,16 +158,11 @@ def test_offsets_are_committed_only_after_clickhouse_accepts_the_batch(settings:
 
 def test_replayed_output_creates_no_duplicates(settings: Settings) -> None:
     """A crash after insert but before commit replays the batch: still one row per event."""
-    codec = _codec(settings)
-    now = int(time.time() * 1000)
-    records = [valid_template(now, f"r{i}") for i in range(30)]
+    records = _records("r", 30)
     db = settings.clickhouse_database
 
     async def scenario() -> None:
-        prepare(settings)
-        await _produce(
-            settings, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)]
-        )
+        await _prepare_with(settings, records)
         async with running(settings) as pipeline:
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 30) == 30
         # Forget the sink's committed offsets: the next run re-reads and re-inserts everything.
@@ -221,17 +188,16 @@ def test_replayed_output_creates_no_duplicates(settings: Settings) -> None:
 
 def test_dedupe_state_survives_a_restart(settings: Settings) -> None:
     codec = _codec(settings)
-    now = int(time.time() * 1000)
-    first = [valid_template(now, f"d{i}") for i in range(20)]
+    first = _records("d", 20)
     db = settings.clickhouse_database
 
     async def scenario() -> None:
         prepare(settings)
-        await _produce(settings, [(b"same-key", codec.encode(r)) for r in first])
+        await produce_raw(settings, [(b"same-key", codec.encode(r)) for r in first])
         async with running(settings) as pipeline:
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", 20) == 20
         # new worker process state: the dedupe table comes back from its changelog
-        await _produce(settings, [(b"same-key", codec.encode(r)) for r in first[:5]])
+        await produce_raw(settings, [(b"same-key", codec.encode(r)) for r in first[:5]])
         async with running(settings) as pipeline:
             dups = await wait_for(
                 pipeline,
@@ -248,17 +214,14 @@ def test_dead_letters_replay_byte_for_byte_after_a_fix(settings: Settings) -> No
     """Rejected under a too-strict limit; after the limit is fixed, a replay ingests them."""
     from streams.ops.dlq_tools import replay_dead_letters
 
-    codec = _codec(settings)
-    now = int(time.time() * 1000)
-    records = [valid_template(now, f"big{i}") for i in range(5)]
+    records = _records("big", 5)
     for r in records:
         r["properties"] = {"note": "z" * 800}
     strict = settings.model_copy(update={"max_message_bytes": 512})
     db = settings.clickhouse_database
 
     async def scenario() -> None:
-        prepare(strict)
-        await _produce(strict, [(f"k{i}".encode(), codec.encode(r)) for i, r in enumerate(records)])
+        await _prepare_with(strict, records)
         async with running(strict) as pipeline:
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", 5) == 5
             reasons = await query(pipeline, f"SELECT DISTINCT reason FROM {db}.dead_letters")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from click.testing import CliRunner
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -30,6 +29,7 @@ from streams.settings import Settings
 from streams.sim.generator import GeneratedEvent, encode_events, generate
 from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, SchemaRegistry
 from streams.wire.dlq import parse_dead_letter_headers
+from tests.integration.harness import landed_ids, produce_raw, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -67,36 +67,6 @@ def _evolved_pairs(
 def _schema_id(value: bytes) -> int:
     assert value[0] == 0
     return int.from_bytes(value[1:5], "big")
-
-
-async def _produce(settings: Settings, pairs: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        futures = [await producer.send(settings.topics.raw, v, key=k) for k, v in pairs]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def _read(settings: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(out) < expected and time.monotonic() < deadline:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(messages)
-    finally:
-        await consumer.stop()
-    return out
 
 
 def _burst(events: list[GeneratedEvent], now: int) -> list[GeneratedEvent]:
@@ -142,18 +112,13 @@ def test_confluent_producers_evolved_schema_bad_ids_and_alerts_for_confluent_con
 
     async def scenario() -> list[Any]:
         prepare(settings)
-        await _produce(settings, traffic)
+        await produce_raw(settings, traffic)
         async with running(settings) as pipeline:
-            landed = await wait_for(
-                pipeline, f"SELECT count() FROM {db}.touchpoints", len(good_ids)
-            )
-            assert landed == len(good_ids)
-            ids = {r[0] for r in await query(pipeline, f"SELECT event_id FROM {db}.touchpoints_v")}
-            assert ids == good_ids
+            assert await landed_ids(pipeline, db, len(good_ids)) == good_ids
             dead = await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", 2)
             assert dead == 2
-            alerts = await _read(settings, settings.topics.alerts, 1)
-        dlq = await _read(settings, settings.topics.dead_letter, 2)
+            alerts = await read_topic(settings, settings.topics.alerts, 1)
+        dlq = await read_topic(settings, settings.topics.dead_letter, 2)
         reasons = {m.key: parse_dead_letter_headers(m.headers)["dlq.reason"] for m in dlq}
         assert reasons == {b"bad-1": "unknown_schema_id", b"bad-2": "wrong_subject"}
         assert {m.value for m in dlq} == {v for _, v in bad}  # original bytes
@@ -266,7 +231,7 @@ def test_the_registry_going_away_mid_stream_loses_nothing_and_dead_letters_nothi
 
     async def scenario() -> None:
         prepare(settings)
-        await _produce(settings, first)
+        await produce_raw(settings, first)
         async with running(settings) as pipeline:
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.touchpoints", len(first))
             deadline = time.monotonic() + 30.0  # the first part's offsets commit (1 s interval)
@@ -276,7 +241,7 @@ def test_the_registry_going_away_mid_stream_loses_nothing_and_dead_letters_nothi
             assert committed_before == len(first)
             local_registry.stop()
             try:
-                await _produce(settings, second)
+                await produce_raw(settings, second)
                 await asyncio.sleep(8.0)
                 landed = await query(pipeline, f"SELECT count() FROM {db}.touchpoints")
                 assert landed[0][0] == len(first)  # waiting, not skipped
@@ -295,6 +260,6 @@ def test_the_registry_going_away_mid_stream_loses_nothing_and_dead_letters_nothi
             assert ids == {e.record["event_id"] for e in events}
             dead = await query(pipeline, f"SELECT count() FROM {db}.dead_letters")
             assert dead[0][0] == 0
-        assert await _read(settings, settings.topics.dead_letter, 1, timeout=3.0) == []
+        assert await read_topic(settings, settings.topics.dead_letter, 1, timeout=3.0) == []
 
     asyncio.run(scenario())

@@ -106,6 +106,25 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+async def deliver_to(
+    receiver: Receiver, sub: Subscriber, *alerts: Alert
+) -> tuple[list[DeadDelivery], WebhookDispatcher]:
+    """Start ``receiver``, dispatch ``alerts`` to ``sub`` until done, stop both; the dead
+    letters and the (stopped) dispatcher, for its stats."""
+    await receiver.start()
+    dead: list[DeadDelivery] = []
+    dispatcher = WebhookDispatcher([sub], dead.append, policy=POLICY)
+    await dispatcher.start()
+    try:
+        for a in alerts:
+            dispatcher.enqueue(a)
+        await dispatcher.join()
+    finally:
+        await dispatcher.stop()
+        await receiver.stop()
+    return dead, dispatcher
+
+
 def test_signed_deliveries_verify_and_filters_apply() -> None:
     async def scenario() -> None:
         fraud, cx = Receiver(free_port()), Receiver(free_port(), secret="whsec_cx_71d2")
@@ -145,17 +164,8 @@ def test_signed_deliveries_verify_and_filters_apply() -> None:
 def test_a_wrong_secret_is_refused_by_the_receiver_and_dead_lettered() -> None:
     async def scenario() -> None:
         receiver = Receiver(free_port())
-        await receiver.start()
-        dead: list[DeadDelivery] = []
         sub = Subscriber("hook", receiver.url, "not-the-shared-secret")
-        dispatcher = WebhookDispatcher([sub], dead.append, policy=POLICY)
-        await dispatcher.start()
-        try:
-            dispatcher.enqueue(alert(1))
-            await dispatcher.join()
-        finally:
-            await dispatcher.stop()
-            await receiver.stop()
+        dead, _ = await deliver_to(receiver, sub, alert(1))
         assert receiver.bad_signatures == 1 and receiver.verified == []
         assert [(d.reason, d.last_status) for d in dead] == [("rejected", 401)]
 
@@ -165,17 +175,8 @@ def test_a_wrong_secret_is_refused_by_the_receiver_and_dead_lettered() -> None:
 def test_receiver_503_then_recovering_gets_the_alert_after_retries() -> None:
     async def scenario() -> None:
         receiver = Receiver(free_port(), script=[503, 503])
-        await receiver.start()
-        dead: list[DeadDelivery] = []
         sub = Subscriber("hook", receiver.url, SECRET)
-        dispatcher = WebhookDispatcher([sub], dead.append, policy=POLICY)
-        await dispatcher.start()
-        try:
-            dispatcher.enqueue(alert(7))
-            await dispatcher.join()
-        finally:
-            await dispatcher.stop()
-            await receiver.stop()
+        dead, dispatcher = await deliver_to(receiver, sub, alert(7))
         assert dead == []
         assert [p["alert_id"] for p in receiver.verified] == ["alert-7"]
         assert receiver.attempts == ["1", "2", "3"]

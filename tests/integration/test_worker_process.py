@@ -107,7 +107,8 @@ def test_worker_process_ingests_serves_http_and_stops_cleanly(
             for line in body.splitlines()
             if line.startswith("touchpoints_consumer_lag_messages{")
         ]
-        assert lag and all('stage="ingest"' in line for line in lag)
+        stages = {line.split('stage="', 1)[1].split('"', 1)[0] for line in lag}
+        assert stages == {"ingest", "dedupe"}, lag  # the stages that export their lag
         assert all(line.endswith(" 0.0") for line in lag), lag  # everything was consumed
         status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
         assert status == 200 and '"ready":true' in body.replace(" ", "")

@@ -66,6 +66,7 @@ def test_consumer_groups_follow_the_stages_including_the_sinks_alerts() -> None:
     assert groups == {
         "app": [
             "p.touchpoints.raw",
+            "p.touchpoints.checked",
             "p.touchpoints.valid",
             "p.identity.ops",
             "p.touchpoints.resolved",

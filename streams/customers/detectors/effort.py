@@ -11,7 +11,6 @@ from streams.customers.profile import (
     _duration,
     _in_window,
     _is_contact,
-    _payload,
 )
 from streams.customers.rules import (
     ComplaintUnresolved,
@@ -19,7 +18,7 @@ from streams.customers.rules import (
     SelfServiceFailed,
     UnhappyValuable,
 )
-from streams.wire.model import CONTACT, SOCIAL, TouchpointRecord
+from streams.wire.model import CONTACT, SOCIAL, TouchpointRecord, payload_body
 
 
 def observe_self_service_failed(
@@ -61,7 +60,7 @@ def observe_high_effort(
 ) -> Alert | None:
     if not _is_contact(record):
         return None
-    body = _payload(record, CONTACT) or {}
+    body = payload_body(record, CONTACT) or {}
     key = _contact_key(record, body)
     if any(c[2] == key for c in profile.contacts):
         return None  # a follow-up of a case already counted
@@ -98,13 +97,13 @@ def observe_high_effort(
 
 def is_unhappy(record: TouchpointRecord, rule: UnhappyValuable) -> bool:
     """Does the event say the customer is unhappy (low CSAT/NPS, negative sentiment)?"""
-    body = _payload(record, CONTACT)
+    body = payload_body(record, CONTACT)
     if body is not None:
         csat, nps = body.get("csat"), body.get("nps")
         return (csat is not None and csat <= rule.max_csat) or (
             nps is not None and nps <= rule.max_nps
         )
-    social = _payload(record, SOCIAL)
+    social = payload_body(record, SOCIAL)
     sentiment = None if social is None else social.get("sentiment")
     return sentiment is not None and sentiment <= rule.max_sentiment
 
@@ -116,7 +115,7 @@ def observe_unhappy_valuable(
         return None
     signal: str | None = None
     evidence: dict[str, str] = {}
-    body = _payload(record, CONTACT)
+    body = payload_body(record, CONTACT)
     if body is not None:
         csat, nps = body.get("csat"), body.get("nps")
         if csat is not None and csat <= rule.max_csat:
@@ -126,7 +125,7 @@ def observe_unhappy_valuable(
             signal = f"{signal}, NPS {nps}/10" if signal else f"NPS {nps}/10"
             evidence["observed_nps"] = str(nps)
     else:
-        social = _payload(record, SOCIAL)
+        social = payload_body(record, SOCIAL)
         sentiment = None if social is None else social.get("sentiment")
         if sentiment is not None and sentiment <= rule.max_sentiment:
             signal = f"{record['event_type']} with sentiment {sentiment:+.2f}"

@@ -9,9 +9,9 @@ from typing import Any
 from streams.customers.alerts import _MINUTE, Alert
 from streams.customers.detectors.build import _make_alert
 from streams.customers.detectors.travel import _payment
-from streams.customers.profile import Profile, _duration, _in_window, _money, _payload
+from streams.customers.profile import Profile, _duration, _in_window, _money
 from streams.customers.rules import AmountOutlier, VelocityBurst
-from streams.wire.model import COMMERCE, TouchpointRecord
+from streams.wire.model import COMMERCE, TouchpointRecord, payload_body
 
 
 def _median(values: list[float]) -> float:
@@ -82,7 +82,7 @@ def observe_velocity_burst(
     profile: Profile, record: TouchpointRecord, rule: VelocityBurst, now_ms: int
 ) -> Alert | None:
     event_type = record["event_type"]
-    if event_type == "payment" and _payload(record, COMMERCE) is not None:
+    if event_type == "payment" and payload_body(record, COMMERCE) is not None:
         entries, what = profile.payments, "payments"
     elif event_type == "password_reset":
         entries, what = profile.resets, "password resets"

@@ -13,14 +13,13 @@ from streams.customers.profile import (
     Profile,
     _duration,
     _money,
-    _payload,
     _session_attrs,
     _usual,
     haversine_km,
     to_eur,
 )
 from streams.customers.rules import ImpossibleTravel, NewDeviceNewCountryHighValue
-from streams.wire.model import COMMERCE, GeoRecord, TouchpointRecord
+from streams.wire.model import COMMERCE, GeoRecord, TouchpointRecord, payload_body
 
 # --------------------------------------------------------------------------- detectors
 
@@ -109,7 +108,7 @@ def _travel(
 def _payment(record: TouchpointRecord) -> dict[str, Any] | None:
     if record["event_type"] != "payment":
         return None
-    body = _payload(record, COMMERCE)
+    body = payload_body(record, COMMERCE)
     if body is None or body.get("status") == "refunded" or not body["amount"] > 0:
         return None
     return body

@@ -14,6 +14,7 @@ from streams.customers.detect import (
     Rules,
     fold,
 )
+from streams.sim import records
 from streams.wire.codec import SchemaRegistry
 from streams.wire.model import COMMERCE, CONTACT, SOCIAL, WEB, TouchpointRecord
 
@@ -47,49 +48,25 @@ def rec(
     event_id: str | None = None,
 ) -> TouchpointRecord:
     if payload is None and channel in ("web", "mobile"):
-        payload = (
-            WEB,
-            {
-                "session_id": None,
-                "url": None,
-                "referrer": None,
-                "page_type": None,
-                "search_query": None,
-                "product_id": None,
-                "checkout_step": None,
-                "success": None,
-                "error_code": None,
-            },
-        )
-    return {
-        "event_id": event_id or f"ev-{next(_n)}",
-        "channel": channel,
-        "event_type": event_type,
-        "occurred_at": ts,
-        "received_at": ts,
-        "source": "test",
-        "identifiers": {
-            "anonymous_id": None,
-            "device_id": device,
-            "customer_id": "CRM-1",
-            "login_id": None,
-            "email": None,
-            "phone": None,
-            "social_handle": None,
-            "loyalty_id": None,
-        },
-        "context": {
-            "country": country,
-            "geo": None if geo is None else {"lat": geo[0], "lon": geo[1], "city": None},
-            "ip": None,
-            "user_agent": ua,
-            "locale": None,
-            "timezone": tz,
-        },
-        "payload": payload,
-        "properties": {},
-        "consent": None,
-    }
+        payload = (WEB, records.web(None))
+    return records.touchpoint(
+        event_id or f"ev-{next(_n)}",
+        channel,
+        event_type,
+        ts,
+        ts,
+        "test",
+        records.identifiers(device_id=device, customer_id="CRM-1"),
+        records.context(
+            country,
+            None if geo is None else {"lat": geo[0], "lon": geo[1], "city": None},
+            tz,
+            user_agent=ua,
+        ),
+        payload,
+        {},
+        None,
+    )
 
 
 def pay(
@@ -105,17 +82,7 @@ def pay(
     event_type: str = "payment",
     event_id: str | None = None,
 ) -> TouchpointRecord:
-    body = {
-        "order_id": None,
-        "transaction_id": None,
-        "amount": amount,
-        "currency": currency,
-        "merchant": "Northwind GB",
-        "merchant_category": None,
-        "payment_method": None,
-        "status": status,
-        "items": 1,
-    }
+    body = records.commerce(amount, currency, merchant="Northwind GB", status=status, items=1)
     return rec(
         event_type,
         channel,
@@ -139,32 +106,19 @@ def contact(
     nps: int | None = None,
     event_id: str | None = None,
 ) -> TouchpointRecord:
-    body = {
-        "contact_id": case,
-        "medium": "call",
-        "queue": None,
-        "agent_id": None,
-        "reason": None,
-        "wait_seconds": None,
-        "handle_seconds": None,
-        "resolved": resolved,
-        "transferred": None,
-        "is_complaint": complaint,
-        "csat": csat,
-        "nps": nps,
-    }
+    body = records.contact_centre(
+        contact_id=case,
+        medium="call",
+        resolved=resolved,
+        is_complaint=complaint,
+        csat=csat,
+        nps=nps,
+    )
     return rec(event_type, "contact_centre", ts, payload=(CONTACT, body), event_id=event_id)
 
 
 def social(sentiment: float, ts: int = T0) -> TouchpointRecord:
-    body = {
-        "platform": "x",
-        "message_id": None,
-        "in_reply_to": None,
-        "text": "meh",
-        "sentiment": sentiment,
-        "is_public": True,
-    }
+    body = records.social("x", text="meh", sentiment=sentiment, is_public=True)
     return rec("mention", "social", ts, country=None, tz=None, payload=(SOCIAL, body))
 
 

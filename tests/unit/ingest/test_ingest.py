@@ -22,6 +22,7 @@ from streams.ingest.stage import (
 from streams.sim.samples import bad_samples, valid_template
 from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.dlq import RawMessage, parse_dead_letter_headers
+from streams.wire.envelope import partition_for
 
 CODEC = AvroCodec(
     SchemaRegistry.from_dir(Path(__file__).resolve().parents[3] / "schemas"), TOUCHPOINT_SUBJECT
@@ -103,7 +104,7 @@ def _raw(partition: int, offset: int, value: bytes) -> RawMessage:
 
 
 def test_stage_routes_good_and_bad_and_keeps_original_bytes() -> None:
-    stage = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
+    stage = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000, partitions=4)
     good = [CODEC.encode(valid_template(NOW, f"g{i}")) for i in range(3)]
     bad = [s for s in SAMPLES if s.name in ("json", "year_2099")]
     msgs = [
@@ -123,8 +124,11 @@ def test_stage_routes_good_and_bad_and_keeps_original_bytes() -> None:
         "1",
         "1",
     )
-    # one durable dedupe entry per partition per batch, not per event
-    assert sorted((p, k) for p, k, _ in result.state_puts) == [(0, "0:0"), (1, "1:0")]
+    # one durable dedupe entry per event-id partition per batch, not per event
+    id_partitions = {partition_for(f"g{i}", 4) for i in range(3)}
+    assert sorted((p, k) for p, k, _ in result.state_puts) == [
+        (p, f"{p}:0") for p in sorted(id_partitions)
+    ]
 
 
 def test_duplicates_are_caught_within_a_batch_and_across_batches() -> None:
@@ -140,9 +144,7 @@ def test_dedupe_state_restores_after_restart() -> None:
     stage = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
     a = CODEC.encode(valid_template(NOW, "persisted"))
     result = stage.process([_raw(3, 10, a)], NOW)
-    durable = {key: value for _, key, value in result.state_puts}
-    restarted = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
-    restarted.restore(3, list(durable.items()))
+    restarted = _restarted(result.state_puts)
     again = restarted.process([_raw(3, 11, a)], NOW + 5)
     assert [d.reason for d in again.dead] == ["duplicate_event_id"]
 
@@ -266,10 +268,7 @@ def test_a_batch_replayed_after_a_crash_is_not_dead_lettered() -> None:
     values = [CODEC.encode(valid_template(NOW, f"r{i}")) for i in range(5)]
     first = stage.process([_raw(2, 100 + i, v) for i, v in enumerate(values)], NOW)
     assert len(first.valid) == 5 and first.replayed == 0
-    durable = {key: value for _, key, value in first.state_puts}
-
-    restarted = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
-    restarted.restore(2, list(durable.items()))
+    restarted = _restarted(first.state_puts)
     replay = [_raw(2, 100 + i, v) for i, v in enumerate(values)]
     producer_retry = _raw(2, 105, values[0])  # same id, a new offset
     again = restarted.process([*replay, producer_retry], NOW + 2000)
@@ -281,9 +280,32 @@ def test_a_batch_replayed_after_a_crash_is_not_dead_lettered() -> None:
     assert not again.state_puts  # nothing new to remember
 
 
-def test_dedupe_entries_without_offsets_still_catch_duplicates() -> None:
-    """State written before offsets were kept (a rolling upgrade) keeps working."""
-    restarted = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000)
-    restarted.restore(0, [("0:7", {"seen_ms": NOW, "ids": ["old-1"]})])
-    again = restarted.process([_raw(0, 7, CODEC.encode(valid_template(NOW, "old-1")))], NOW)
-    assert [d.reason for d in again.dead] == ["duplicate_event_id"] and again.replayed == 0
+def test_a_copy_on_another_partition_is_a_duplicate_even_after_a_restart() -> None:
+    """Issue 12, item 4: first wins across raw partitions; the second copy (other
+    identifiers, another raw partition) is dead-lettered with its own bytes and position."""
+    first = valid_template(NOW, "same-id")
+    first["identifiers"] = {"email": "first@example.com"}  # type: ignore[typeddict-item]
+    second = valid_template(NOW, "same-id")
+    second["identifiers"] = {"email": "second@example.com"}  # type: ignore[typeddict-item]
+    stage = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000, partitions=4)
+    taken = stage.process([_raw(0, 5, CODEC.encode(first))], NOW)
+    assert [v.record["identifiers"]["email"] for v in taken.valid] == ["first@example.com"]
+    restarted = _restarted(taken.state_puts, partitions=4)
+    copy = CODEC.encode(second)
+    again = restarted.process([_raw(1, 9, copy)], NOW + 10)
+    assert not again.valid and again.replayed == 0
+    (dead,) = again.dead
+    meta = parse_dead_letter_headers(dead.headers)
+    assert (dead.reason, dead.value) == ("duplicate_event_id", copy)
+    assert (meta["dlq.source.partition"], meta["dlq.source.offset"]) == ("1", "9")
+
+
+def _restarted(state_puts: list[tuple[int, str, dict]], partitions: int = 1) -> IngestStage:
+    """A new stage on the state ``state_puts`` persisted (what a restarted worker reads)."""
+    by_partition: dict[int, list[tuple[str, dict]]] = {}
+    for partition, key, value in state_puts:
+        by_partition.setdefault(partition, []).append((key, value))
+    stage = IngestStage(CODEC, POLICY, dedupe_horizon_ms=3_600_000, partitions=partitions)
+    for partition, entries in by_partition.items():
+        stage.restore(partition, entries)
+    return stage
