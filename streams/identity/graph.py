@@ -648,12 +648,16 @@ class IdentityNode:
             )
             _refuse(c, op, st, fx)
             return
-        merged = {kind: list(keys) for kind, keys in c.members.items()}
-        for key in op.members:
-            kind = _kind(key)
-            have = merged.setdefault(kind, [])
-            if key not in have:
-                bisect.insort(have, key)
+        merged = _union(c.members, op.members)
+        if not self._refused_by_limit(c, op, merged, st, fx):
+            self._accept(c, op, merged, st, fx)
+
+    def _refused_by_limit(
+        self, c: CustState, op: ProposeOp, merged: dict[str, list[str]], st: StateView, fx: Effects
+    ) -> bool:
+        """A kind over its limit in the union refuses the proposal (recorded); two accounts
+        glued through a weak value also send SHARED to find the shared one."""
+        cid = op.survivor
         for kind in IDENTIFIER_KINDS:
             if len(merged.get(kind, ())) > self.rules.limit(kind):
                 fx.outputs.append(
@@ -686,7 +690,13 @@ class IdentityNode:
                             op.ts,
                         )
                     )
-                return
+                return True
+        return False
+
+    def _accept(
+        self, c: CustState, op: ProposeOp, merged: dict[str, list[str]], st: StateView, fx: Effects
+    ) -> None:
+        cid = op.survivor
         if self.undo_through and op.anchor and op.anchor != op.via and not _is_strong(op.anchor):
             # asked on an event anchored at a weak value: if it turns out shared, the side
             # that came through it is undone
@@ -795,6 +805,15 @@ def _set_label(key: str, s: IdState, customer: str, ts: int, fx: Effects) -> Non
         s.left.remove(customer)
     s.version += 1
     fx.outputs.append(IdentityUpdate(key, customer, ts, s.version))
+
+
+def _union(members: dict[str, list[str]], more: tuple[str, ...]) -> dict[str, list[str]]:
+    merged = {kind: list(keys) for kind, keys in members.items()}
+    for key in more:
+        have = merged.setdefault(_kind(key), [])
+        if key not in have:
+            bisect.insort(have, key)
+    return merged
 
 
 def _proposal_tag(op: ProposeOp) -> str:
