@@ -517,6 +517,31 @@ def test_rules_from_mapping() -> None:
 # ----------------------------------------------------------------------------- wire format
 
 
+def test_op_names_on_the_wire_and_their_routes_are_fixed() -> None:
+    # the names envelopes and the identity table carry (derived from the class names) and
+    # the field each op is routed by (its first): changing one breaks stored state
+    assert {cls.TAG: cls.ROUTE for cls in identity._OP_TYPES} == {
+        "link": "idents",
+        "join": "identifier",
+        "add_member": "customer",
+        "merge": "absorbed",
+        "propose": "survivor",
+        "absorbed": "absorbed",
+        "unlock": "customer",
+        "relabel": "identifier",
+        "detach": "identifier",
+        "remove_member": "customer",
+        "split": "identifier",
+        "shared": "identifier",
+        "undo_through": "customer",
+        "erase": "customer",
+        "erase_identifier": "identifier",
+    }
+    link = LinkOp(("email:a@b.com", "phone:+44"), "e1", T0)
+    assert link.routing_key == "email:a@b.com"
+    assert identity.MergeOp("c2", "c1", "phone:+44", "e1", T0).routing_key == "c2"
+
+
 def test_json_shapes() -> None:
     join = JoinOp("email:a@b.com", "c0000000000aabbccdd", "customer_id:C1", "e1", T0)
     assert op_to_json(join) == {
@@ -536,6 +561,8 @@ def test_json_shapes() -> None:
     cust = CustState(T0, {"email": ["email:a@b.com"]}, pending="c1", lock_seq=2, waiting=[join])
     assert state_from_json(orjson.loads(orjson.dumps(state_to_json(cust)))) == cust
     cust.through = {"device_id:tab": ["login_id:b", "email:b@c.com"]}
+    assert state_from_json(orjson.loads(orjson.dumps(state_to_json(cust)))) == cust
+    cust.shared, cust.refused = ["device_id:tab"], ["c2\x1f7"]
     assert state_from_json(orjson.loads(orjson.dumps(state_to_json(cust)))) == cust
     ident = IdState("c1", via="email:a@b.com", strong_glued=["c1", "c2"], confirmed=True)
     assert state_from_json(orjson.loads(orjson.dumps(state_to_json(ident)))) == ident
