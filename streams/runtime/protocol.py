@@ -6,6 +6,7 @@ output is delivered, then its state, and only then acked (``_guarded``); output 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,10 @@ class PipelineProtocol(PipelineParts):
         """
         self._inflight += 1
         self._idle.clear()
+        started = time.time()
+        stamps = [e.message.timestamp for e in events if e.message.timestamp]
+        if stamps:
+            metrics.STAGE_INPUT_WAIT_SECONDS.labels(stage).observe(max(0.0, started - min(stamps)))
         try:
             delay = 0.5
             while True:
@@ -64,6 +69,7 @@ class PipelineProtocol(PipelineParts):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
             self.failing.discard(stage)
+            metrics.STAGE_BATCH_SECONDS.labels(stage).observe(time.time() - started)
             for event in events:
                 await stream.ack(event)
         finally:
