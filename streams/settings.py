@@ -154,7 +154,13 @@ class Settings(BaseSettings):
     revoke_wait_seconds: float = Field(
         20.0, gt=0, description="On a rebalance, how long in-flight batches may finish."
     )
-    max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger messages are rejected.")
+    max_message_bytes: int = Field(
+        64 * 1024,
+        ge=256,
+        description="Larger messages are rejected. At most (max.message.bytes of the internal"
+        " topics - 16 KiB) / 7, 147,457 with the broker's default: an accepted message travels"
+        " as its bytes plus its JSON form; the worker refuses to start above it.",
+    )
     dead_letter_max_bytes: int = Field(
         512 * 1024,
         ge=4096,
@@ -188,6 +194,11 @@ class Settings(BaseSettings):
     )
     identity_rules: Path | None = Field(
         None, description="YAML with identity guard limits/caps/blocked values (default: built-in)."
+    )
+    identity_undo_through: bool = Field(
+        True,
+        description="When a value is found shared (a household), split off what joined the"
+        " person through it, unless a strong id vouched for it.",
     )
     aggregate_lateness_seconds: int = Field(
         300, ge=0, description="Allowed lateness of events for the rolling windows."

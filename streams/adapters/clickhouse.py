@@ -27,8 +27,10 @@ __all__ = [
     "Migration",
     "TOUCHPOINT_COLUMNS",
     "DEAD_LETTER_COLUMNS",
+    "STORED_ORIGINAL_BYTES",
     "connect",
     "dead_letter_row",
+    "stored_original",
     "load_migrations",
     "migrate",
     "touchpoint_row",
@@ -241,7 +243,24 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "failed_at",
     "size_bytes",
     "original",
+    "truncated",
+    "original_sha256",
 )
+
+STORED_ORIGINAL_BYTES = 64 * 1024
+"""``dead_letters.original`` keeps this much of a value; the topic has the rest."""
+
+
+def stored_original(
+    value: bytes, truncated: bool = False, sha256: str = ""
+) -> tuple[bytes, bool, str]:
+    """``(original, truncated, original_sha256)`` for a ``dead_letters`` row: the first
+    ``STORED_ORIGINAL_BYTES`` of ``value``; ``truncated`` when that is not all of the
+    original (or ``value`` is itself a cut copy); the SHA-256 of the whole original
+    (``sha256`` as a cut copy's headers give it, else computed)."""
+    cut = len(value) > STORED_ORIGINAL_BYTES
+    digest = sha256 if truncated and sha256 else hashlib.sha256(value).hexdigest()
+    return value[:STORED_ORIGINAL_BYTES], truncated or cut, digest
 
 
 def dead_letter_row(
@@ -250,6 +269,9 @@ def dead_letter_row(
     """A ``dead_letters`` row; headers a foreign writer got wrong read as 0/empty, never raise."""
     meta = parse_dead_letter_headers(headers)
     original = value or b""
+    stored, truncated, sha256 = stored_original(
+        original, meta.get("dlq.truncated") == "true", meta.get("dlq.original.sha256", "")
+    )
     return [
         meta.get("dlq.source.topic", ""),
         _header_int(meta, "dlq.source.partition", 0, 2**16 - 1),  # UInt16
@@ -258,7 +280,9 @@ def dead_letter_row(
         meta.get("dlq.detail", ""),
         _header_int(meta, "dlq.failed_at", now_ms, _MAX_DATETIME64_MS),
         _header_int(meta, "dlq.original.size", len(original), 2**32 - 1),  # UInt32
-        original[: 64 * 1024],
+        stored,
+        truncated,
+        sha256,
     ]
 
 

@@ -12,9 +12,13 @@ from streams.topology import TABLES, TOPICS, Retention
 
 __all__ = [
     "TopicSpec",
+    "check_message_limits",
     "consumer_security",
     "create_topics",
     "kafka_python_security",
+    "max_message_bytes_allowed",
+    "message_size_problem",
+    "topic_message_limits",
     "topic_specs",
 ]
 
@@ -121,3 +125,74 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
         return created
     finally:
         admin.close()
+
+
+FRAME_GROWTH = 7
+"""An accepted message travels on ``touchpoints.checked`` as its raw bytes plus its JSON form,
+which orjson may make up to 6x longer (a control character in a property value is written
+``\\u00XX``): a frame is at most ``FRAME_GROWTH`` times the raw message, plus headroom."""
+FRAME_HEADROOM = 16 * 1024
+
+
+def max_message_bytes_allowed(broker_limit: int) -> int:
+    """The largest ``MAX_MESSAGE_BYTES`` whose accepted messages still fit, as frames and
+    envelopes, in a message of ``broker_limit`` bytes."""
+    return max(0, (broker_limit - FRAME_HEADROOM) // FRAME_GROWTH)
+
+
+def message_size_problem(max_message_bytes: int, limits: dict[str, int]) -> str | None:
+    """Why ``MAX_MESSAGE_BYTES`` cannot work with the topics' ``max.message.bytes``
+    (``limits``, by topic), or None. Too large, an accepted message near the limit would
+    make a frame the broker refuses, and its batch — every partition of the worker — would
+    retry for good; so the worker refuses to start instead."""
+    if not limits:
+        return None
+    topic, limit = min(limits.items(), key=lambda item: item[1])
+    allowed = max_message_bytes_allowed(limit)
+    if max_message_bytes <= allowed:
+        return None
+    return (
+        f"MAX_MESSAGE_BYTES={max_message_bytes} is too large for {topic} (max.message.bytes"
+        f" {limit}): an accepted message travels as up to {FRAME_GROWTH}x its size plus"
+        f" {FRAME_HEADROOM} bytes; set MAX_MESSAGE_BYTES <= {allowed} or raise the topic's limit"
+    )
+
+
+def topic_message_limits(settings: Settings, attrs: tuple[str, ...]) -> dict[str, int]:
+    """``max.message.bytes`` of the topics ``attrs`` (Topic.attr) as the broker applies it
+    (a topic override, else the broker's ``message.max.bytes``)."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    names = [settings.topics.of(attr) for attr in attrs]
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.app_id}-admin",
+        **kafka_python_security(settings),
+    )
+    try:
+        answer = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names],
+            config_filter="all",
+        )
+    finally:
+        admin.close()
+    return _limits_from(answer, names)
+
+
+def _limits_from(answer: Any, names: list[str]) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for resources in (answer or {}).values():
+        for name, configs in resources.items():
+            entry = configs.get("max.message.bytes") if name in names else None
+            value = entry.get("value") if isinstance(entry, dict) else entry
+            if value is not None:
+                limits[name] = int(value)
+    return limits
+
+
+def check_message_limits(settings: Settings) -> None:
+    """At start-up: refuse a ``MAX_MESSAGE_BYTES`` the internal topics cannot carry."""
+    limits = topic_message_limits(settings, ("checked", "valid", "resolved"))
+    problem = message_size_problem(settings.max_message_bytes, limits)
+    if problem:
+        raise ValueError(problem)

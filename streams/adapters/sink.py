@@ -33,6 +33,7 @@ from streams.adapters.clickhouse import (
     ClickHouse,
     dead_letter_row,
     migrate,
+    stored_original,
     touchpoint_row,
 )
 from streams.adapters.kafka import consumer_security
@@ -319,7 +320,7 @@ class ClickHouseSink:
             original = value or b""
             row = [
                 topic, partition, offset, UNREADABLE_DEAD_LETTER, detail[:1000], now_ms,
-                len(original), original[: 64 * 1024],
+                len(original), *stored_original(original),
             ]  # fmt: skip
             return [("dead_letters", row)]
         msg = RawMessage(topic, partition, offset, message.key, value)

@@ -58,10 +58,15 @@ class PipelineProtocol(PipelineParts):
         """
         self._inflight += 1
         self._idle.clear()
+        started = time.time()
+        stamps = [e.message.timestamp for e in events if e.message.timestamp]
+        if stamps:
+            metrics.STAGE_INPUT_WAIT_SECONDS.labels(stage).observe(max(0.0, started - min(stamps)))
         try:
             if await self._until_done(stage, process, events, isolate=True):
                 await self._isolate(stage, process, events)
             self.failing.discard(stage)
+            metrics.STAGE_BATCH_SECONDS.labels(stage).observe(time.time() - started)
             for event in events:
                 await stream.ack(event)
         finally:

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from streams.adapters.clickhouse import ClickHouse
-from streams.adapters.kafka import create_topics
+from streams.adapters.kafka import check_message_limits, create_topics
 from streams.runtime.app import Pipeline
 from streams.settings import Settings
 
@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def prepare(settings: Settings) -> list[str]:
-    """Create the pipeline's topics (idempotent). The sink migrates ClickHouse at start."""
-    return create_topics(settings)
+    """Create the pipeline's topics (idempotent) and check that ``MAX_MESSAGE_BYTES`` fits
+    their ``max.message.bytes`` (``ValueError`` if not). The sink migrates ClickHouse at
+    start."""
+    created = create_topics(settings)
+    check_message_limits(settings)
+    return created
 
 
 @asynccontextmanager

@@ -14,7 +14,9 @@ A real broker, the embedded ClickHouse, the default topology (``streams.runtime.
    an alert's latency is its arrival on the alerts topic minus the produce time of the
    newest event that triggered it; and the rate the events were really produced at.
    Before it, ``hop produced->valid|resolved``: each internal hop's envelope timestamp
-   minus the produce time of the events it carries (where the latency accumulates).
+   minus the produce time of the events it carries (where the latency accumulates), and
+   per stage the mean wait of a batch's oldest input before the batch starts and the mean
+   batch time (from the worker's metrics).
    ``--compare VAR=VALUE``: one worker as configured and with that setting, alternating
    (``BENCH compare``), on the same data, to measure one change side by side.
 5. ``BENCH memory``: one worker over ``--memory-events`` events, resident MiB once 10 %
@@ -278,6 +280,89 @@ async def _pipeline_run(
         await asyncio.to_thread(deployment.stop)
 
 
+def _p50_p99(values: list[float]) -> tuple[float, float]:
+    values.sort()
+    return statistics.median(values), values[min(len(values) - 1, int(len(values) * 0.99))]
+
+
+class _Hops:
+    """Each internal hop's envelope timestamp (when its stage produced it) minus the
+    produce time of the events it carries: where the alert latency accumulates."""
+
+    def __init__(self, settings: Settings, sent_at: dict[str, float]) -> None:
+        self.sent_at = sent_at
+        self.values: dict[str, list[float]] = {
+            settings.topics.valid: [],
+            settings.topics.resolved: [],
+        }
+        self.consumer = AIOKafkaConsumer(
+            *self.values,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="latest",
+            **consumer_security(settings),
+        )
+
+    async def collect(self) -> None:
+        async for message in self.consumer:
+            for item in unpack(message.value or b""):
+                record = item.get("r")
+                sent = self.sent_at.get(record["event_id"]) if isinstance(record, dict) else None
+                if sent is not None:
+                    self.values[message.topic].append(message.timestamp - sent * 1000)
+
+    def report(self) -> None:
+        for topic, values in self.values.items():
+            if values:
+                p50, p99 = _p50_p99(values)
+                click.echo(
+                    f"hop produced->{topic.rsplit('.', 1)[-1]}: p50_ms={p50:.0f} p99_ms={p99:.0f}"
+                )
+
+
+def _stage_waits(exposition: str) -> None:
+    """Per stage of the worker: mean input wait before a batch starts and mean batch time
+    (``touchpoints_stage_input_wait_seconds`` / ``touchpoints_stage_batch_seconds``)."""
+    parts = []
+    for stage in ("ingest", "dedupe", "identity", "customers"):
+        means = []
+        for name in ("touchpoints_stage_input_wait_seconds", "touchpoints_stage_batch_seconds"):
+            count = metric_sum(exposition, f"{name}_count", stage=stage)
+            means.append(
+                metric_sum(exposition, f"{name}_sum", stage=stage) / count * 1000 if count else 0.0
+            )
+        batches = metric_sum(exposition, "touchpoints_stage_batch_seconds_count", stage=stage)
+        parts.append(
+            f"{stage}: input_wait_ms={means[0]:.0f} batch_ms={means[1]:.0f} batches={batches:.0f}"
+        )
+    click.echo("stages (means) " + "; ".join(parts))
+
+
+async def _produce_steady(
+    settings: Settings,
+    codec: AvroCodec,
+    producer: AIOKafkaProducer,
+    events: list[Any],
+    rate: float,
+    sent_at: dict[str, float],
+) -> float:
+    """``events`` at ``rate`` (stamped now, chunks every 10 ms); the rate really reached."""
+    started = time.time()
+    step = 1.0 / rate
+    chunk = max(1, int(rate / 100))
+    deliveries = []
+    for i in range(0, len(events), chunk):
+        await asyncio.sleep(max(0.0, started + i * step - time.time()))
+        for e in events[i : i + chunk]:
+            record: dict[str, Any] = dict(e.record)
+            record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
+            value = codec.encode(record)
+            sent_at[str(record["event_id"])] = time.time()
+            deliveries.append(await producer.send(settings.topics.raw, value, key=e.key))
+    await asyncio.gather(*deliveries)
+    return len(events) / max(time.time() - started, 1e-9)
+
+
 async def _alert_latency(
     settings: Settings, codec: AvroCodec, rate: float, seconds: float
 ) -> tuple[float, float, int, float]:
@@ -299,16 +384,8 @@ async def _alert_latency(
         **consumer_security(settings),
     )
     await consumer.start()
-
-    hops: dict[str, list[float]] = {settings.topics.valid: [], settings.topics.resolved: []}
-    hop_consumer = AIOKafkaConsumer(
-        *hops,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="latest",
-        **consumer_security(settings),
-    )
-    await hop_consumer.start()
+    hops = _Hops(settings, sent_at)
+    await hops.consumer.start()
 
     async def collect() -> None:
         async for message in consumer:
@@ -317,16 +394,6 @@ async def _alert_latency(
             known = [sent_at[e] for e in alert["event_ids"] if e in sent_at]
             if known:
                 latencies.append((arrived - max(known)) * 1000)
-
-    async def collect_hops() -> None:
-        """Each internal hop's envelope timestamp (when its stage produced it) minus the
-        produce time of the events in it: where the alert latency accumulates."""
-        async for message in hop_consumer:
-            for item in unpack(message.value or b""):
-                record = item.get("r")
-                sent = sent_at.get(record["event_id"]) if isinstance(record, dict) else None
-                if sent is not None:
-                    hops[message.topic].append(message.timestamp - sent * 1000)
 
     deployment = _Deployment(settings, 1)
     producer = AIOKafkaProducer(
@@ -338,49 +405,28 @@ async def _alert_latency(
     await producer.start()  # one producer for the run: starting one per chunk lags the rate
     try:
         await deployment.start()
-        collector = asyncio.create_task(collect())
-        hop_collector = asyncio.create_task(collect_hops())
+        collectors = [asyncio.create_task(collect()), asyncio.create_task(hops.collect())]
         await asyncio.sleep(1.0)
-        started = time.time()
-        step = 1.0 / rate
-        chunk = max(1, int(rate / 100))  # every 10 ms
-        deliveries = []
-        for i in range(0, len(events), chunk):
-            target = started + i * step
-            await asyncio.sleep(max(0.0, target - time.time()))
-            for e in events[i : i + chunk]:
-                record: dict[str, Any] = dict(e.record)
-                record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
-                value = codec.encode(record)
-                sent_at[str(record["event_id"])] = time.time()
-                deliveries.append(await producer.send(settings.topics.raw, value, key=e.key))
-        await asyncio.gather(*deliveries)
-        produced_rate = len(events) / max(time.time() - started, 1e-9)
+        produced_rate = await _produce_steady(settings, codec, producer, events, rate, sent_at)
         deadline = time.monotonic() + 180
         while await asyncio.to_thread(deployment.customer_events) < len(events):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
-        collector.cancel()
-        hop_collector.cancel()
+        for task in collectors:
+            task.cancel()
+        _stage_waits(deployment.workers[0].metrics())
     finally:
         await producer.stop()
         await asyncio.to_thread(deployment.stop)
         await consumer.stop()
-        await hop_consumer.stop()
-    for topic, values in hops.items():
-        if values:
-            values.sort()
-            click.echo(
-                f"hop produced->{topic.rsplit('.', 1)[-1]}: p50_ms={statistics.median(values):.0f}"
-                f" p99_ms={values[min(len(values) - 1, int(len(values) * 0.99))]:.0f}"
-            )
+        await hops.consumer.stop()
+    hops.report()
     if not latencies:
         return float("nan"), float("nan"), 0, produced_rate
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return statistics.median(latencies), p99, len(latencies), produced_rate
+    p50, p99 = _p50_p99(latencies)
+    return p50, p99, len(latencies), produced_rate
 
 
 async def _memory_run(
@@ -433,6 +479,20 @@ async def _memory_run(
         return n, start_mb, worker.rss_mb(), sink.rss_mb() if sink is not None else 0.0
     finally:
         await asyncio.to_thread(deployment.stop)
+
+
+async def _latency_lines(
+    settings: Settings, codec: AvroCodec, rates: tuple[float, ...], seconds: float
+) -> None:
+    for rate in rates:  # a fresh deployment each: no backlog carried over
+        latency = _fresh(settings, "lat")
+        prepare(latency)
+        p50, p99, alerts, produced = await _alert_latency(latency, codec, rate, seconds)
+        click.echo(f"alert latency over {alerts} alerts; events produced at {produced:,.0f}/s")
+        click.echo(
+            f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f}"
+            f" at_events_per_s={rate:.0f} produced_events_per_s={produced:.0f}"
+        )
 
 
 def _fresh(settings: Settings, tag: str) -> Settings:
@@ -508,17 +568,7 @@ async def run_bench(
                 run = await _pipeline_run(settings, pairs, 1, worker_env=env)
                 line("compare", 1, run, f" round={round_ + 1} with={label}")
 
-    for latency_rate in latency_rates:  # a fresh deployment each: no backlog carried over
-        latency = _fresh(settings, "lat")
-        prepare(latency)
-        p50, p99, alerts, produced = await _alert_latency(
-            latency, codec, latency_rate, latency_seconds
-        )
-        click.echo(f"alert latency over {alerts} alerts; events produced at {produced:,.0f}/s")
-        click.echo(
-            f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f}"
-            f" at_events_per_s={latency_rate:.0f} produced_events_per_s={produced:.0f}"
-        )
+    await _latency_lines(settings, codec, latency_rates, latency_seconds)
 
     if memory_events > 0:
         count, start_mb, end_mb, sink_mb = await _memory_run(settings, codec, memory_events)

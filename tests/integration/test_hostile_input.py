@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -311,6 +312,12 @@ def test_a_dead_letter_the_broker_refuses_goes_again_truncated_and_blocks_nothin
             ) == len(good)
             assert await wait_for(pipeline, f"SELECT count() FROM {db}.dead_letters", 1) == 1
             assert not pipeline.failing
+            stored = await query(
+                pipeline,
+                f"SELECT truncated, original_sha256, size_bytes FROM {db}.dead_letters",
+            )
+        # ClickHouse says its copy is not the whole original and names the original's hash
+        assert stored == [(True, hashlib.sha256(near.value).hexdigest(), len(near.value))]
         return await _read_topic(s, s.topics.dead_letter)
 
     dlq = asyncio.run(scenario())
@@ -376,3 +383,15 @@ def test_one_event_id_on_two_partitions_first_wins_in_clickhouse_and_aggregates(
     assert meta["dlq.reason"] == "duplicate_event_id"
     assert (meta["dlq.source.topic"], meta["dlq.source.partition"]) == (settings.topics.raw, "1")
     assert (copy.key, copy.value) == (b"k", codec.encode(second))
+
+
+def test_start_up_refuses_a_max_message_bytes_the_broker_cannot_carry(settings: Settings) -> None:
+    """MAX_MESSAGE_BYTES was unbounded relative to the broker's max.message.bytes: an accepted
+    message near it would make a checked frame the broker refuses, and the worker would
+    retry that batch for good. ``prepare`` (every worker's start-up) reads the topics' limit
+    from the broker and refuses such a setting, naming what would work."""
+    prepare(settings)  # the default fits
+    too_large = settings.model_copy(update={"max_message_bytes": 900_000})
+    with pytest.raises(ValueError, match=r"MAX_MESSAGE_BYTES=900000 is too large") as refused:
+        prepare(too_large)
+    assert re.search(r"max.message.bytes \d+\): .* <= \d+", str(refused.value))
