@@ -194,7 +194,7 @@ class IdentifierSide(NodeParts):
             return
         old = s.customer
         undo = op.unless_confirmed
-        fresh = _fresh_id(op.ts, op.identifier, op.event_id, op.household, undo)
+        fresh = _fresh_id(op.ts, op.identifier, op.event_id, op.household, undo, s.first_seen_ms)
         if old == fresh or fresh in s.former:
             return  # replay (also after it moved on from the customer this split made)
         if undo and (s.quarantined or s.confirmed or s.customer in s.strong_glued):
@@ -286,7 +286,7 @@ class IdentifierSide(NodeParts):
         undo: bool = False,
     ) -> str:
         """A customer of its own, with an id no earlier customer can have had."""
-        new = _fresh_id(ts, key, event_id, household, undo)
+        new = _fresh_id(ts, key, event_id, household, undo, s.first_seen_ms)
         assert s.customer is not None
         _remember_former(s, s.customer)
         # Relabels in flight for the customers it leaves must not pull it back (``left``);
@@ -315,10 +315,21 @@ class IdentifierSide(NodeParts):
         fx.outputs.append(IdentityUpdate(key, None, op.ts, version))
 
 
-def _fresh_id(ts: int, key: str, event_id: str, household: bool, undo: bool = False) -> str:
-    """A split's new customer (``h...`` for a household)."""
-    cid = customer_id(ts, f"{key}#{event_id}{'#undo' if undo else ''}")
-    return f"h{cid[1:]}" if household else cid
+def _fresh_id(
+    ts: int, key: str, event_id: str, household: bool, undo: bool = False, first_seen: int = 0
+) -> str:
+    """A split's new customer (``h...`` for a household).
+
+    A household is the identifier's own, one per identifier: its id depends on the
+    identifier alone (and when it was first seen), not on the op that found it shared.
+    Several SHARED ops can reach a shared identifier, and after a crash that lost the
+    writes of the batch that made it a household a redelivered *other* one may do it
+    again: with an id per op the second household would be a new customer while the
+    first one already took the identifier (its ADD_MEMBER was sent): two live customers
+    holding it. With one id per identifier the second is a replay of the first."""
+    if household:
+        return f"h{customer_id(first_seen, f'{key}#household')[1:]}"
+    return customer_id(ts, f"{key}#{event_id}{'#undo' if undo else ''}")
 
 
 def _set_label(key: str, s: IdState, customer: str, ts: int, fx: Effects) -> None:

@@ -290,3 +290,84 @@ def test_a_crash_cannot_lose_writes_that_survived_an_earlier_crash() -> None:
         "email:x@mail.com": True,
         "phone:+44700": True,
     }
+
+
+# ----------------------------------------------------------------------------- households
+
+
+def test_a_shared_verdict_redelivered_after_a_lost_household_makes_the_same_household() -> None:
+    """The root cause of two live households holding ``device_id:kiosk`` (the guarded
+    property test with ``undo_through`` on). The kiosk came to its customer through a
+    weak phone: a first SHARED (e5) blames the phone; an undo moves the kiosk to a
+    customer of its own (now it came through nothing); a second SHARED (e13) makes it a
+    household, whose ADD_MEMBER is sent. A crash loses that batch's writes, and the
+    redelivered copy of the e5 verdict now finds the kiosk itself shared. The household
+    id was derived from the verdict's event, so e5 made a second household while the
+    first already held the kiosk. A household is the identifier's own: one id."""
+    node, st = IdentityNode(IdentityRules(), undo_through=True), DictState()
+    person, other = customer_id(T0, "person"), customer_id(T0 + 1, "other")
+    kiosk, phone = "device_id:kiosk", "phone:v0"
+    st.put(kiosk, IdState(customer=person, first_seen_ms=T0, via=phone, version=1))
+    st.put(person, CustState(T0, {"device_id": [kiosk], "phone": [phone]}))
+    shared_e5 = SharedOp(kiosk, (other, person), kiosk, "limit:customer_id", "e5", T0 + 30)
+    shared_e13 = SharedOp(kiosk, (other, person), kiosk, "limit:customer_id", "e13", T0 + 15)
+
+    blamed = node.handle(shared_e5, st).ops
+    assert [(type(o), o.routing_key) for o in blamed] == [(SharedOp, phone)]
+    node.handle(SplitOp(kiosk, "e6", T0 + 39, unless_confirmed=True), st)
+    durable = state_to_json(cast(IdState, st.get(kiosk)))  # the undo's writes survive
+    first = node.handle(shared_e13, st)
+    (household,) = {o.customer for o in first.ops if isinstance(o, AddMemberOp)}
+    assert is_household(household)
+
+    st.restore(kiosk, durable)  # the crash loses the household's writes...
+    again = node.handle(shared_e5, st)  # ...and redelivers the other verdict
+    assert {o.customer for o in again.ops if isinstance(o, AddMemberOp)} == {household}
+    after = st.get(kiosk)
+    assert isinstance(after, IdState) and after.quarantined and after.customer == household
+    assert node.handle(shared_e13, st).ops == []  # the first one, redelivered: found out
+
+
+def test_the_two_households_example_found_by_the_property_test() -> None:
+    """8 partitions, redelivery 0.25, undo on: before the fix ``device_id:kiosk`` ended a
+    member of households h...f6431a03c (verdict e13) and h...1e45dd870f (verdict e5)."""
+    kiosk, phone = ("device_id", "kiosk"), ("phone", "+447700900999")
+    evs: list[tuple[int, list[tuple[str, str]], list[tuple[str, str]]]] = [
+        (17, [("phone", "v0")], [kiosk]),
+        (0, [("login_id", "v1"), ("anonymous_id", "v1")], []),
+        (0, [("phone", "v0"), ("device_id", "v1")], []),
+        (
+            10,
+            [("customer_id", "v0"), ("email", "v0"), ("phone", "v1"), ("social_handle", "v3")],
+            [],
+        ),
+        (0, [("customer_id", "v0")], []),
+        (30, [("social_handle", "v3")], [phone, kiosk]),
+        (39, [("customer_id", "test@test.com"), ("phone", "v0")], [kiosk]),
+        (1, [("login_id", "v3")], []),
+        (31, [("customer_id", "v1")], [kiosk]),
+        (0, [("customer_id", "v1"), ("device_id", "v0")], []),
+        (0, [("customer_id", "test@test.com")], []),
+        (0, [("email", "v0")], []),
+        (30, [("email", "v3")], [kiosk]),
+        (15, [("customer_id", "00000000-0000-0000-0000-000000000000"), ("phone", "v1")], [kiosk]),
+        (0, [("email", "v2")], [phone]),
+    ]
+    events = [record(f"e{i}", ts, dict(ids + extra)) for i, (ts, ids, extra) in enumerate(evs)]
+    rules = IdentityRules()
+    sim = Simulator(8, rules, 273166, redeliver=0.25, wire=False, undo_through=True)
+    sim.run(events)
+
+    owner: dict[str, str] = {}
+    for cid, c in sim.customers().items():
+        if c.absorbed_into is None:
+            for kind, members in c.members.items():
+                assert len(members) <= rules.limit(kind), (cid, kind, members)
+                for key in members:
+                    assert key not in owner, (key, owner.get(key), cid)
+                    owner[key] = cid
+    assert {k: s.customer for k, s in sim.identifiers().items()} == owner
+    state = sim.state("device_id:kiosk")
+    assert isinstance(state, IdState) and state.quarantined
+    assert state.customer is not None and is_household(state.customer)
+    assert owner["device_id:kiosk"] == state.customer
