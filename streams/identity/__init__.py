@@ -65,7 +65,8 @@ strong kind's limit proves two accounts glued through one value. ``SHARED`` find
 the weak anchor of the JOIN that asked for the merge, else the identifier it came
 through, unless a weak value put that one in its customer (``IdState.via``: the blame
 moves on, at most ``_MAX_BLAME_HOPS``). The shared value is quarantined and moved to a
-customer of its own, ``h`` + ..., that claims no person (``is_household``); a relabel
+customer of its own, ``h`` + ... (one id per identifier, whichever verdict finds it),
+that claims no person (``is_household``); a relabel
 that reaches it makes the sender drop it (``RemoveMemberOp.keep``). Its old customer
 then undoes what joined the person through it (``UNDO_THROUGH``: the identifiers first
 labelled on an event anchored at it, and the side of a merge asked on such an event, each
