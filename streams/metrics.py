@@ -19,6 +19,8 @@ __all__ = [
     "CUSTOMER_EVENTS",
     "WEBHOOK_DELIVERIES",
     "IDENTITY_BATCH_SECONDS",
+    "STAGE_BATCH_SECONDS",
+    "STAGE_INPUT_WAIT_SECONDS",
     "IDENTITY_OUTPUTS",
     "IDENTITY_REFUSALS",
     "LATE_EVENTS",
@@ -115,6 +117,24 @@ CONSUMER_LAG = Gauge(
     "touchpoints_consumer_lag_messages",
     "High watermark minus next offset to read, per consumer (stage), topic and partition.",
     ["stage", "topic", "partition"],
+    registry=REGISTRY,
+)
+
+
+STAGE_INPUT_WAIT_SECONDS = Histogram(
+    "touchpoints_stage_input_wait_seconds",
+    "Per batch and stage: its start minus the Kafka timestamp of its oldest input message"
+    " (the time that input spent in the topic, the consumer and the batch wait).",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+STAGE_BATCH_SECONDS = Histogram(
+    "touchpoints_stage_batch_seconds",
+    "Per batch and stage: from its start until it is processed and its output and state"
+    " delivered (retries included).",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
 

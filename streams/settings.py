@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     identity_rules: Path | None = Field(
         None, description="YAML with identity guard limits/caps/blocked values (default: built-in)."
     )
+    identity_undo_through: bool = Field(
+        True,
+        description="When a value is found shared (a household), split off what joined the"
+        " person through it, unless a strong id vouched for it.",
+    )
     aggregate_lateness_seconds: int = Field(
         300, ge=0, description="Allowed lateness of events for the rolling windows."
     )

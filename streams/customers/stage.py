@@ -42,6 +42,7 @@ from streams.customers.rows import (
     Customer360Row,
     Row,
 )
+from streams.identity.ids import is_household
 from streams.ingest.stage import DedupeBatch, Deduplicator, from_json
 from streams.wire import keys
 from streams.wire.envelope import partition_for
@@ -201,6 +202,11 @@ class _Batch:
         (a judge item) to the survivor's partition."""
         for event, raw, hops in sorted(events, key=lambda e: e[0]["record"]["occurred_at"]):
             customer = event["customer_id"]
+            if is_household(customer):
+                # A shared device or email's own customer is no one person: a "new device"
+                # or "impossible travel" across its members' activity is noise. Counted in
+                # the aggregates and its 360, never judged.
+                continue
             target = self.moved_to(customer)
             if target is not None and hops < _MAX_HOPS:
                 self.out.handovers.append((target, judge_item(target, raw, hops + 1)))

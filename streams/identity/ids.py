@@ -14,6 +14,9 @@ STRONG_KINDS: Final = frozenset({"customer_id", "login_id", "loyalty_id"})
 _MAX_THROUGH: Final = 32  # members a customer remembers per weak identifier they came through
 _MAX_THROUGH_VIAS: Final = 16  # weak identifiers a customer remembers that for
 _MAX_BLAME_HOPS: Final = 4
+_MAX_REFUSED: Final = (
+    32  # proposals a customer remembers refusing (a redelivered one is refused again)
+)
 _SEP: Final = "\x1f"
 WEAK_CAP_FACTOR: Final = 3
 """An identifier may glue ``cap`` customers with an account, ``3 x cap`` in all."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, TypeAlias, get_args
 
@@ -12,10 +13,19 @@ from streams.identity.ids import _digest
 
 
 class _Routed:
-    """An op goes to ``partition_for(op.routing_key, n)``: the key whose state it changes."""
+    """An op goes to ``partition_for(op.routing_key, n)``: the key whose state it changes,
+    its first field (``ROUTE``). Its ``TAG`` (its name on the wire; the node's handler is
+    ``_<TAG>``) is the class name in snake case, without ``Op``: ``AddMemberOp`` is
+    ``add_member``. Both are set when the class is defined."""
 
     __slots__ = ()
+    TAG: ClassVar[str]
     ROUTE: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TAG = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Op")).lower()
+        cls.ROUTE = next(iter(cls.__dict__.get("__annotations__", ())), "")
 
     @property
     def routing_key(self) -> str:
@@ -24,8 +34,7 @@ class _Routed:
 
 
 @dataclass(frozen=True, slots=True)
-class LinkOp:
-    TAG: ClassVar[str] = "link"
+class LinkOp(_Routed):
     idents: tuple[str, ...]  # strongest first; idents[0] is the anchor
     event_id: str
     ts: int
@@ -38,8 +47,6 @@ class LinkOp:
 
 @dataclass(frozen=True, slots=True)
 class JoinOp(_Routed):
-    TAG: ClassVar[str] = "join"
-    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     customer: str
     via: str  # the anchor that saw both
@@ -50,8 +57,6 @@ class JoinOp(_Routed):
 
 @dataclass(frozen=True, slots=True)
 class AddMemberOp(_Routed):
-    TAG: ClassVar[str] = "add_member"
-    ROUTE: ClassVar[str] = "customer"
     customer: str  # where it is going (follows absorptions)
     identifier: str
     assigned: str  # the label the identifier was given
@@ -62,8 +67,6 @@ class AddMemberOp(_Routed):
 
 @dataclass(frozen=True, slots=True)
 class MergeOp(_Routed):
-    TAG: ClassVar[str] = "merge"
-    ROUTE: ClassVar[str] = "absorbed"
     absorbed: str  # the younger id
     survivor: str  # the older id
     via: str  # the identifier that glued them
@@ -74,8 +77,6 @@ class MergeOp(_Routed):
 
 @dataclass(frozen=True, slots=True)
 class ProposeOp(_Routed):
-    TAG: ClassVar[str] = "propose"
-    ROUTE: ClassVar[str] = "survivor"
     survivor: str
     absorbed: str
     seq: int  # the absorbed customer's lock number (names this proposal)
@@ -90,8 +91,6 @@ class ProposeOp(_Routed):
 
 @dataclass(frozen=True, slots=True)
 class AbsorbedOp(_Routed):
-    TAG: ClassVar[str] = "absorbed"
-    ROUTE: ClassVar[str] = "absorbed"
     absorbed: str
     survivor: str
     seq: int
@@ -101,8 +100,6 @@ class AbsorbedOp(_Routed):
 
 @dataclass(frozen=True, slots=True)
 class UnlockOp(_Routed):
-    TAG: ClassVar[str] = "unlock"
-    ROUTE: ClassVar[str] = "customer"
     customer: str
     seq: int
     event_id: str
@@ -111,8 +108,6 @@ class UnlockOp(_Routed):
 
 @dataclass(frozen=True, slots=True)
 class RelabelOp(_Routed):
-    TAG: ClassVar[str] = "relabel"
-    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     customer: str
     event_id: str
@@ -124,8 +119,6 @@ class RelabelOp(_Routed):
 class DetachOp(_Routed):
     """A customer refused the identifier (limit): it gets a customer of its own."""
 
-    TAG: ClassVar[str] = "detach"
-    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     customer: str  # the label it was refused under
     event_id: str
@@ -134,8 +127,6 @@ class DetachOp(_Routed):
 
 @dataclass(frozen=True, slots=True)
 class RemoveMemberOp(_Routed):
-    TAG: ClassVar[str] = "remove_member"
-    ROUTE: ClassVar[str] = "customer"
     customer: str
     identifier: str
     event_id: str
@@ -147,8 +138,6 @@ class RemoveMemberOp(_Routed):
 class SplitOp(_Routed):
     """Operator request: move the identifier off its customer onto a new one."""
 
-    TAG: ClassVar[str] = "split"
-    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     event_id: str  # the request id
     ts: int
@@ -168,8 +157,6 @@ class SharedOp(_Routed):
     household (quarantined, a customer of its own that claims no person) and its old
     customer undoes what came through it (``UndoThroughOp``)."""
 
-    TAG: ClassVar[str] = "shared"
-    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     customers: tuple[str, ...]  # the customers the refused merge would have joined
     via: str  # the identifier the refused merge came through
@@ -184,8 +171,6 @@ class UndoThroughOp(_Routed):
     """At a customer: split off the members that came to it through ``via`` (a shared
     identifier), unless a strong id vouched for them since."""
 
-    TAG: ClassVar[str] = "undo_through"
-    ROUTE: ClassVar[str] = "customer"
     customer: str
     via: str
     event_id: str
@@ -197,8 +182,6 @@ class EraseOp(_Routed):
     """Operator request (``cascade_of`` None: erases the customer's survivor), or the
     cascade tombstoning a customer absorbed by an erased one."""
 
-    TAG: ClassVar[str] = "erase"
-    ROUTE: ClassVar[str] = "customer"
     customer: str
     event_id: str
     ts: int
@@ -210,8 +193,6 @@ class EraseIdentifierOp(_Routed):
     """Operator request (``customers`` empty: erases the identifier and its customer), or
     the cascade: tombstone the identifier if its label is one of ``customers``."""
 
-    TAG: ClassVar[str] = "erase_identifier"
-    ROUTE: ClassVar[str] = "identifier"
     identifier: str
     event_id: str
     ts: int

@@ -34,6 +34,8 @@ class Simulator:
     ``redeliver`` is the chance, after each batch, that the partition "crashes" before
     committing: its last 1-3 batches are delivered again, in order, and half the time
     their state writes are lost too (ops were already produced: the delivery contract).
+    Writes that survived a crash are durable: a later crash redelivers those batches
+    again but cannot lose their writes.
     ``wire``: state kept as JSON bytes and every op and output sent through orjson.
     """
 
@@ -46,7 +48,7 @@ class Simulator:
         redeliver: float = 0.0,
         max_batch: int = 4,
         wire: bool = False,
-        undo_through: bool = False,
+        undo_through: bool = True,
     ) -> None:
         self.partitions = partitions
         self.rules = rules or IdentityRules()
@@ -118,6 +120,13 @@ class Simulator:
                     for key, saved in snapshot.items():
                         state.restore(key, saved)
                 queue.extendleft(reversed(ops))
+            # The batches before the replayed ones stay uncommitted (a later crash may
+            # deliver them again) but their writes survived this crash: they are durable,
+            # and a later crash cannot take them back (it would restore a state older than
+            # one the partition already recovered with, while ops sent from that newer
+            # state are in flight: no changelog does that).
+            for i, (ops, _) in enumerate(history):
+                history[i] = (ops, {})
 
     def state(self, key: str) -> State | None:
         return self.states[partition_for(key, self.partitions)].get(key)

@@ -42,6 +42,7 @@ class CustState:
     erased: bool = False  # tombstone
     through: dict[str, list[str]] = field(default_factory=dict)  # weak id -> members it brought
     shared: list[str] = field(default_factory=list)  # identifiers found shared: glue nothing here
+    refused: list[str] = field(default_factory=list)  # proposals it refused: "absorbed\x1fseq"
 
 
 State: TypeAlias = IdState | CustState

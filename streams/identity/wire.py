@@ -83,6 +83,8 @@ def state_to_json(value: State) -> dict[str, Any]:
         data["through"] = {via: list(keys) for via, keys in value.through.items()}
     if value.shared:
         data["shared"] = list(value.shared)
+    if value.refused:
+        data["refused"] = list(value.refused)
     return data
 
 
@@ -116,6 +118,7 @@ def state_from_json(data: Mapping[str, Any]) -> State:
             bool(data.get("erased")),
             {k: list(v) for k, v in data.get("through", {}).items()},
             list(data.get("shared", ())),
+            list(data.get("refused", ())),
         )
     raise ValueError(f"not an identity state: {data!r:.200}")
 

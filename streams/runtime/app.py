@@ -163,7 +163,9 @@ class Pipeline(PipelineAgents, PipelineViews):
             if settings.identity_rules
             else IdentityRules()
         )
-        self.identity = IdentityNode(self.identity_rules)
+        self.identity = IdentityNode(
+            self.identity_rules, undo_through=settings.identity_undo_through
+        )
         self.stage = IngestStage(
             self.codec,
             IngestPolicy.from_settings(settings),

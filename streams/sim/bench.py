@@ -14,7 +14,9 @@ A real broker, the embedded ClickHouse, the default topology (``streams.runtime.
    an alert's latency is its arrival on the alerts topic minus the produce time of the
    newest event that triggered it; and the rate the events were really produced at.
    Before it, ``hop produced->valid|resolved``: each internal hop's envelope timestamp
-   minus the produce time of the events it carries (where the latency accumulates).
+   minus the produce time of the events it carries (where the latency accumulates), and
+   per stage the mean wait of a batch's oldest input before the batch starts and the mean
+   batch time (from the worker's metrics).
    ``--compare VAR=VALUE``: one worker as configured and with that setting, alternating
    (``BENCH compare``), on the same data, to measure one change side by side.
 5. ``BENCH memory``: one worker over ``--memory-events`` events, resident MiB once 10 %
@@ -318,6 +320,24 @@ class _Hops:
                 )
 
 
+def _stage_waits(exposition: str) -> None:
+    """Per stage of the worker: mean input wait before a batch starts and mean batch time
+    (``touchpoints_stage_input_wait_seconds`` / ``touchpoints_stage_batch_seconds``)."""
+    parts = []
+    for stage in ("ingest", "dedupe", "identity", "customers"):
+        means = []
+        for name in ("touchpoints_stage_input_wait_seconds", "touchpoints_stage_batch_seconds"):
+            count = metric_sum(exposition, f"{name}_count", stage=stage)
+            means.append(
+                metric_sum(exposition, f"{name}_sum", stage=stage) / count * 1000 if count else 0.0
+            )
+        batches = metric_sum(exposition, "touchpoints_stage_batch_seconds_count", stage=stage)
+        parts.append(
+            f"{stage}: input_wait_ms={means[0]:.0f} batch_ms={means[1]:.0f} batches={batches:.0f}"
+        )
+    click.echo("stages (means) " + "; ".join(parts))
+
+
 async def _produce_steady(
     settings: Settings,
     codec: AvroCodec,
@@ -396,6 +416,7 @@ async def _alert_latency(
         await asyncio.sleep(1.0)
         for task in collectors:
             task.cancel()
+        _stage_waits(deployment.workers[0].metrics())
     finally:
         await producer.stop()
         await asyncio.to_thread(deployment.stop)

@@ -325,6 +325,22 @@ def test_customer_360_view_folds_merges_and_keeps_the_latest_version(
         assert row["identifiers_count"] >= 1
 
 
+def test_customer_360_view_says_which_customers_are_households(
+    db: tuple[ClickHouse, str], stream: Stream
+) -> None:
+    # a household (``h...``: a shared device or email's own customer, identity found it
+    # shared) is flagged so that no report counts it as a person
+    client, database = db
+    person = stream.events[0]
+    household = "h" + person["customer_id"][1:] + "-tablet"
+    book = Customer360Book()
+    book.add(person, 0)
+    book.add({**stream.events[1], "customer_id": household}, 1)
+    _insert(client, database, book.flush())
+    result = client.query(f"SELECT customer_id, household FROM {database}.customer_360_v")
+    assert dict(result.result_rows) == {person["customer_id"]: 0, household: 1}
+
+
 def test_alerts_minute(db: tuple[ClickHouse, str]) -> None:
     client, database = db
     now = int(time.time() * 1000)

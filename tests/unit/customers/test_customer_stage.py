@@ -321,3 +321,31 @@ def test_an_event_resolved_to_a_customer_whose_profile_moved_follows_it() -> Non
     out = stage.process({0: [(3, event_item(absorbed, late, anchor_key(late)))]}, store, night)
     out = stage.process({1: [(3, out.handovers[0][1])]}, store, night)
     assert [(k, h["t"], h["c"], h["n"]) for k, h in out.handovers] == [("c-z", "d", "c-z", 2)]
+
+
+def test_a_household_is_counted_but_never_judged() -> None:
+    # The same failed checkout and call: a self-service failure for a person; nothing for
+    # a household (a shared device or email's own customer, ``h...``: no one person), whose
+    # events still count in the aggregates and its 360.
+    from streams.identity.graph import is_household
+    from tests.unit.customers.detect_events import MIN, T0, contact, only, rec
+
+    def judged(customer: str) -> tuple[list[str], int, Store]:
+        failed = rec("checkout_failed", "web", T0)
+        call = contact("call", T0 + 10 * MIN)
+        items = [(i, event_item(customer, r, anchor_key(r))) for i, r in enumerate([failed, call])]
+        stage = CustomerStage(
+            1, lateness_ms=60_000, pane_events=10_000, detector=only("self_service_failed")
+        )
+        store = Store()
+        stage.restore(0, store)
+        out = stage.process({0: items}, store, T0 + 11 * MIN)
+        store.apply(out)
+        return [a["rule"] for a in out.alerts], out.events, store
+
+    household = "h0000000000a1b2c3d4"
+    assert is_household(household) and not is_household("c1")
+    assert judged("c1")[:2] == (["self_service_failed"], 2)
+    rules, events, store = judged(household)
+    assert (rules, events) == ([], 2)
+    assert f"360|{household}" in store.data and f"prof|{household}" not in store.data

@@ -203,6 +203,34 @@ def test_what_joined_through_a_shared_email_is_undone_when_asked(undo: bool) -> 
         assert handle == anna and not refusals(sim, "undone")
 
 
+@pytest.mark.parametrize("undo", [False, True])
+def test_a_customer_merged_through_a_shared_email_is_undone(undo: bool) -> None:
+    """Ben's handle has a customer of its own (his social posts) before his DM with the
+    couple's email merges it with Anna's: the merge came through the email (the DM's
+    anchor). When Ben's CRM id with the email proves it shared, the side that came
+    through it (Ben's handle) is split off again; Anna keeps hers."""
+    events = [
+        record("ben-post", T0, social_handle="ben"),
+        record("anna-chat", T0 + MINUTE, customer_id="CRM-ANNA", email="family@mail.com"),
+        record("anna-web", T0 + 2 * MINUTE, customer_id="CRM-ANNA", anonymous_id="anna-ck"),
+        record("ben-dm", T0 + 3 * MINUTE, email="family@mail.com", social_handle="ben"),
+        record("ben-chat", T0 + 9 * MINUTE, customer_id="CRM-BEN", email="family@mail.com"),
+    ]
+    sim = simulate(*events, undo_through=undo)
+    assert [m.via for m in merges(sim)][:1] == ["social_handle:ben"]
+    anna = sim.customer_of("customer_id:CRM-ANNA")
+    assert anna is not None and sim.customer_of("anonymous_id:anna-ck") == anna
+    family = sim.customer_of("email:family@mail.com")
+    assert family is not None and is_household(family)
+    handle = sim.customer_of("social_handle:ben")
+    if undo:
+        assert handle not in (anna, family)
+        (undone,) = refusals(sim, "undone")
+        assert undone.identifier == "social_handle:ben"
+    else:
+        assert handle == anna and not refusals(sim, "undone")
+
+
 def test_two_people_sharing_an_email_are_refused_and_recorded() -> None:
     sim = simulate(
         record("anna-1", T0, customer_id="CRM-ANNA", email="family@mail.com", login_id="anna"),
@@ -489,6 +517,31 @@ def test_rules_from_mapping() -> None:
 # ----------------------------------------------------------------------------- wire format
 
 
+def test_op_names_on_the_wire_and_their_routes_are_fixed() -> None:
+    # the names envelopes and the identity table carry (derived from the class names) and
+    # the field each op is routed by (its first): changing one breaks stored state
+    assert {cls.TAG: cls.ROUTE for cls in identity._OP_TYPES} == {
+        "link": "idents",
+        "join": "identifier",
+        "add_member": "customer",
+        "merge": "absorbed",
+        "propose": "survivor",
+        "absorbed": "absorbed",
+        "unlock": "customer",
+        "relabel": "identifier",
+        "detach": "identifier",
+        "remove_member": "customer",
+        "split": "identifier",
+        "shared": "identifier",
+        "undo_through": "customer",
+        "erase": "customer",
+        "erase_identifier": "identifier",
+    }
+    link = LinkOp(("email:a@b.com", "phone:+44"), "e1", T0)
+    assert link.routing_key == "email:a@b.com"
+    assert identity.MergeOp("c2", "c1", "phone:+44", "e1", T0).routing_key == "c2"
+
+
 def test_json_shapes() -> None:
     join = JoinOp("email:a@b.com", "c0000000000aabbccdd", "customer_id:C1", "e1", T0)
     assert op_to_json(join) == {
@@ -508,6 +561,8 @@ def test_json_shapes() -> None:
     cust = CustState(T0, {"email": ["email:a@b.com"]}, pending="c1", lock_seq=2, waiting=[join])
     assert state_from_json(orjson.loads(orjson.dumps(state_to_json(cust)))) == cust
     cust.through = {"device_id:tab": ["login_id:b", "email:b@c.com"]}
+    assert state_from_json(orjson.loads(orjson.dumps(state_to_json(cust)))) == cust
+    cust.shared, cust.refused = ["device_id:tab"], ["c2\x1f7"]
     assert state_from_json(orjson.loads(orjson.dumps(state_to_json(cust)))) == cust
     ident = IdState("c1", via="email:a@b.com", strong_glued=["c1", "c2"], confirmed=True)
     assert state_from_json(orjson.loads(orjson.dumps(state_to_json(ident)))) == ident
