@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from streams.wire.checked import Frame, iter_frames
@@ -34,10 +35,12 @@ DUPLICATE_REASON = "duplicate_event_id"  # == streams.ingest.stage.Reason.DUPLIC
 Origin = tuple[int, int]  # (raw partition, raw offset)
 
 
-class Seen:
+class Seen(StrEnum):
+    """What the de-duplication state says about an event id read at an offset."""
+
     NEW = "new"
-    REPLAY = "replay"
-    DUPLICATE = "duplicate"
+    REPLAY = "replay"  # same id, same offset: its output was delivered before the state
+    DUPLICATE = "duplicate"  # same id at another offset: the producer sent it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +51,43 @@ class _Batch:
     origins: tuple[Origin, ...]
 
 
-class FirstWins:
-    """Event ids taken on one partition of the stage, with the raw origin of each."""
+class BatchHorizon:
+    """Event ids remembered per batch within a horizon: ``_batches`` (key -> a batch with
+    ``seen_ms`` and ``event_ids``, oldest first) and ``_ids`` (event id -> (batch key, where it
+    was read)). Shared by ingest's per-partition ``Deduplicator`` and the dedupe stage's
+    ``FirstWins``: expiry a batch at a time, so state is written and deleted per batch."""
+
+    _ids: dict[str, tuple[str, Any]]
+    _batches: OrderedDict[str, Any]
 
     def __init__(self, horizon_ms: int, max_ids: int = 1_000_000) -> None:
         self.horizon_ms = horizon_ms
         self.max_ids = max_ids
-        self._ids: dict[str, tuple[str, Origin]] = {}  # event id -> (batch key, origin)
-        self._batches: OrderedDict[str, _Batch] = OrderedDict()
+        self._ids = {}
+        self._batches = OrderedDict()
+
+    def expire(self, now_ms: int) -> list[str]:
+        """Forget batches older than the horizon (or over the id cap); return their keys."""
+        dropped: list[str] = []
+        cutoff = now_ms - self.horizon_ms
+        while self._batches:
+            key, batch = next(iter(self._batches.items()))
+            if batch.seen_ms >= cutoff and len(self._ids) <= self.max_ids:
+                break
+            self._batches.popitem(last=False)
+            for event_id in batch.event_ids:
+                if self._ids.get(event_id, ("",))[0] == key:
+                    del self._ids[event_id]
+            dropped.append(key)
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class FirstWins(BatchHorizon):
+    """Event ids taken on one partition of the stage, with the raw origin of each
+    (``_ids``: event id -> (batch key, origin); ``_batches``: key -> ``_Batch``)."""
 
     def restore(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         batches = [
@@ -97,24 +129,6 @@ class FirstWins:
             "partitions": [p for p, _ in batch.origins],
             "offsets": [o for _, o in batch.origins],
         }
-
-    def expire(self, now_ms: int) -> list[str]:
-        """Forget batches older than the horizon (or over the id cap); return their keys."""
-        dropped: list[str] = []
-        cutoff = now_ms - self.horizon_ms
-        while self._batches:
-            key, batch = next(iter(self._batches.items()))
-            if batch.seen_ms >= cutoff and len(self._ids) <= self.max_ids:
-                break
-            self._batches.popitem(last=False)
-            for event_id in batch.event_ids:
-                if self._ids.get(event_id, ("",))[0] == key:
-                    del self._ids[event_id]
-            dropped.append(key)
-        return dropped
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
     def keys(self) -> list[str]:
         return list(self._batches)

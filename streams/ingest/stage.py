@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from streams.ingest.dedupe import DedupeStage
+from streams.ingest.dedupe import BatchHorizon, DedupeStage, Seen
 from streams.ingest.normalise import normalise_country, normalise_identifiers
 from streams.wire.checked import frame, iter_frames
 from streams.wire.codec import AvroCodec, DecodeError, SchemaUnavailableError
@@ -348,15 +347,7 @@ class DedupeBatch:
     offsets: tuple[int, ...] = ()
 
 
-class Seen(StrEnum):
-    """What the de-duplication state says about an event id read at an offset."""
-
-    NEW = "new"
-    REPLAY = "replay"  # same id, same offset: its output was delivered before the state
-    DUPLICATE = "duplicate"  # same id at another offset: the producer sent it again
-
-
-class Deduplicator:
+class Deduplicator(BatchHorizon):
     """Event ids seen on one partition within a horizon, remembered per batch.
 
     State is written once per batch (key ``"<partition>:<first offset>"``), not
@@ -367,11 +358,7 @@ class Deduplicator:
     ``restore`` after a restart or rebalance.
     """
 
-    def __init__(self, horizon_ms: int, max_ids: int = 1_000_000) -> None:
-        self.horizon_ms = horizon_ms
-        self.max_ids = max_ids
-        self._ids: dict[str, tuple[str, int]] = {}  # event id -> (batch key, offset or -1)
-        self._batches: OrderedDict[str, DedupeBatch] = OrderedDict()
+    # _ids: event id -> (batch key, offset or -1); _batches: key -> DedupeBatch
 
     def restore(self, batches: list[DedupeBatch]) -> None:
         for batch in sorted(batches, key=lambda b: b.seen_ms):
@@ -404,24 +391,6 @@ class Deduplicator:
         batch = DedupeBatch(key, now_ms, tuple(event_ids), tuple(offsets or ()))
         self._index(batch)
         return batch
-
-    def expire(self, now_ms: int) -> list[str]:
-        """Forget batches older than the horizon (or over the id cap); return their keys."""
-        dropped: list[str] = []
-        cutoff = now_ms - self.horizon_ms
-        while self._batches:
-            key, batch = next(iter(self._batches.items()))
-            if batch.seen_ms >= cutoff and len(self._ids) <= self.max_ids:
-                break
-            self._batches.popitem(last=False)
-            for event_id in batch.event_ids:
-                if self._ids.get(event_id, ("",))[0] == key:
-                    del self._ids[event_id]
-            dropped.append(key)
-        return dropped
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
 
 @dataclass(frozen=True, slots=True)

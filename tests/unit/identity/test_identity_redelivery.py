@@ -352,14 +352,7 @@ def test_the_two_households_example_found_by_the_property_test() -> None:
     sim = Simulator(8, rules, 273166, redeliver=0.25, wire=False, undo_through=True)
     sim.run(events)
 
-    owner: dict[str, str] = {}
-    for cid, c in sim.customers().items():
-        if c.absorbed_into is None:
-            for kind, members in c.members.items():
-                assert len(members) <= rules.limit(kind), (cid, kind, members)
-                for key in members:
-                    assert key not in owner, (key, owner.get(key), cid)
-                    owner[key] = cid
+    owner = live_owners(sim, rules)  # no identifier in two live customers, limits hold
     assert {k: s.customer for k, s in sim.identifiers().items()} == owner
     state = sim.state("device_id:kiosk")
     assert isinstance(state, IdState) and state.quarantined
