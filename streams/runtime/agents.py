@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -54,12 +55,21 @@ from streams.wire.envelope import (
 
 
 class PipelineAgents(PipelineProtocol):
-    async def _ingest_agent(self, stream: Any) -> None:
+    def batch_agent(
+        self, stage: str, process: Callable[[list[Any]], Awaitable[None]]
+    ) -> Callable[[Any], Awaitable[None]]:
+        """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages (or what arrived
+        within ``INGEST_BATCH_SECONDS``), each processed and acked through ``_guarded``."""
         settings = self.settings
-        async for events in stream.noack_take(
-            settings.ingest_batch_size, within=settings.ingest_batch_seconds
-        ):
-            await self._guarded("ingest", self._ingest_batch, events, stream)
+
+        async def agent(stream: Any) -> None:
+            async for events in stream.noack_take(
+                settings.ingest_batch_size, within=settings.ingest_batch_seconds
+            ):
+                await self._guarded(stage, process, events, stream)
+
+        agent.__name__ = agent.__qualname__ = f"{stage}_agent"
+        return agent
 
     async def _ingest_batch(self, events: list[Any]) -> None:
         """Raw messages -> frames on ``touchpoints.checked`` (by event id) + dead letters.
@@ -108,13 +118,6 @@ class PipelineAgents(PipelineProtocol):
         self._export_lag("ingest", messages)
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _dedupe_agent(self, stream: Any) -> None:
-        settings = self.settings
-        async for events in stream.noack_take(
-            settings.ingest_batch_size, within=settings.ingest_batch_seconds
-        ):
-            await self._guarded("dedupe", self._dedupe_batch, events, stream)
-
     async def _dedupe_batch(self, events: list[Any]) -> None:
         """Checked frames -> the first copy of each event id to ``touchpoints.valid`` (by
         anchor, bytes as ingest encoded them), later copies dead-lettered; then the state."""
@@ -158,13 +161,6 @@ class PipelineAgents(PipelineProtocol):
         topic = settings.topics.checked
         self._export_lag("dedupe", [RawMessage(topic, p, o, None, None) for p, o, _ in batch])
         metrics.DEDUPE_BATCH_SECONDS.observe(time.perf_counter() - started)
-
-    async def _identity_agent(self, stream: Any) -> None:
-        settings = self.settings
-        async for events in stream.noack_take(
-            settings.ingest_batch_size, within=settings.ingest_batch_seconds
-        ):
-            await self._guarded("identity", self._identity_batch, events, stream)
 
     async def _identity_batch(self, events: list[Any]) -> None:
         """LINK ops from ingest + protocol ops from itself -> state, new ops, outputs."""
@@ -285,13 +281,6 @@ class PipelineAgents(PipelineProtocol):
         for p, items in group_by_partition(changes, n).items():
             pending.extend(await self._send_envelopes(t.identity_changes, p, items))
         return pending
-
-    async def _customer_agent(self, stream: Any) -> None:
-        settings = self.settings
-        async for events in stream.noack_take(
-            settings.ingest_batch_size, within=settings.ingest_batch_seconds
-        ):
-            await self._guarded("customers", self._customer_batch, events, stream)
 
     async def _customer_batch(self, events: list[Any]) -> None:
         """Resolved events and merge notices -> rolling aggregates and the customer 360."""

@@ -119,10 +119,13 @@ class Pipeline(PipelineAgents, PipelineViews):
         self.dedupe_table = declared["dedupe"]
         self.identity_table = declared["identity"]
         self.customer_table = declared["customers"]
-        app.agent(self.raw_topic, name="ingest")(self._ingest_agent)
-        app.agent(self.checked_topic, name="dedupe")(self._dedupe_agent)
-        app.agent(self.identity_in, name="identity")(self._identity_agent)
-        app.agent(self.resolved_topic, name="customers")(self._customer_agent)
+        for stage, topic, process in (
+            ("ingest", self.raw_topic, self._ingest_batch),
+            ("dedupe", self.checked_topic, self._dedupe_batch),
+            ("identity", self.identity_in, self._identity_batch),
+            ("customers", self.resolved_topic, self._customer_batch),
+        ):
+            app.agent(topic, name=stage)(self.batch_agent(stage, process))
         app.timer(60.0, on_leader=False)(self._tick_customers)
         if self.remote_schemas is not None:
             app.task(self._register_output_schemas)

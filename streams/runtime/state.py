@@ -148,34 +148,17 @@ class TableShard:
         and Faust's per-message sensors cost ~10 µs a record, ~2 records per event."""
         if self.producer is None:
             return self.flush()
-        data = self.table.data
         topic = self.table.changelog_topic_name
         batches = BatchSender.of(self.producer)
         if batches is not None:
-            for key, (partition, value) in self._dirty.items():
-                raw_key = key.encode()
-                if value is _DELETED:
-                    data.pop(raw_key, None)
-                    await batches.add(topic, partition, raw_key, None)
-                else:
-                    raw = packed(value)
-                    data[raw_key] = raw
-                    await batches.add(topic, partition, raw_key, raw)
-            self._dirty.clear()
+            for partition, raw_key, raw in self._applied():
+                await batches.add(topic, partition, raw_key, raw)
             return await batches.flush()
         send = self.producer.send
-        futures = []
-        for key, (partition, value) in self._dirty.items():
-            raw_key = key.encode()
-            if value is _DELETED:
-                data.pop(raw_key, None)
-                futures.append(await send(topic, raw_key, None, partition, None, None))
-            else:
-                raw = packed(value)
-                data[raw_key] = raw
-                futures.append(await send(topic, raw_key, raw, partition, None, None))
-        self._dirty.clear()
-        return futures
+        return [
+            await send(topic, raw_key, raw, partition, None, None)
+            for partition, raw_key, raw in self._applied()
+        ]
 
     def flush(self) -> list[Any]:
         """Apply to the local store and send one changelog record per dirty key.
@@ -183,18 +166,20 @@ class TableShard:
         Returns the send futures: the agent awaits them with its other output before
         the batch is acked (Faust's own ``send_soon`` is not awaited before commits).
         """
+        # a real tombstone (null value) for a delete, so compaction and recovery delete the key
+        send = self.table.send_changelog
+        return [send(partition, raw_key, raw) for partition, raw_key, raw in self._applied()]
+
+    def _applied(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """The dirty keys applied to the local store: (partition, key, value or tombstone)."""
         data = self.table.data
-        futures = []
         for key, (partition, value) in self._dirty.items():
             raw_key = key.encode()
             if value is _DELETED:
                 data.pop(raw_key, None)
-                # a real tombstone (null value), so compaction and recovery delete the key
-                fut = self.table.send_changelog(partition, raw_key, None)
+                yield partition, raw_key, None
             else:
                 raw = packed(value)
                 data[raw_key] = raw
-                fut = self.table.send_changelog(partition, raw_key, raw)
-            futures.append(fut)
+                yield partition, raw_key, raw
         self._dirty.clear()
-        return futures
