@@ -43,7 +43,8 @@ Normal traffic
 --------------
 The generator was built for short windows (two hours by default). Stretched over
 weeks, three of its habits would read as anomalies, so the background is post-processed
-in ``eval_background`` (the generator is left alone; each fix is counted in ``LabelledStream.notes``):
+in ``eval_background`` (the generator is left alone; each fix is counted in
+``LabelledStream.notes``):
 
 * sessions are placed uniformly over the 24 h of the day, so every customer is active at
   every hour: sessions are moved to the same day within the person's waking window
