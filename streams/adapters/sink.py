@@ -33,7 +33,6 @@ from streams.adapters.clickhouse import (
     ClickHouse,
     dead_letter_row,
     migrate,
-    stored_original,
     touchpoint_row,
 )
 from streams.adapters.kafka import consumer_security
@@ -315,15 +314,11 @@ class ClickHouseSink:
         )  # fmt: skip
         detail = f"{type(exc).__name__}: {exc}"
         log.warning("sink cannot read %s[%d]@%d (%s)", topic, partition, offset, detail)
-        if topic == self.dead_letter_topic:
-            metrics.DEAD_LETTERS.labels(UNREADABLE_DEAD_LETTER).inc()
-            original = value or b""
-            row = [
-                topic, partition, offset, UNREADABLE_DEAD_LETTER, detail[:1000], now_ms,
-                len(original), *stored_original(original),
-            ]  # fmt: skip
-            return [("dead_letters", row)]
         msg = RawMessage(topic, partition, offset, message.key, value)
+        if topic == self.dead_letter_topic:  # stored as it is: sent back, it would loop
+            metrics.DEAD_LETTERS.labels(UNREADABLE_DEAD_LETTER).inc()
+            dead = dead_letter(msg, UNREADABLE_DEAD_LETTER, detail, now_ms)
+            return [("dead_letters", dead_letter_row(dead.value, dead.headers, now_ms))]
         dead = dead_letter(msg, UNREADABLE_OUTPUT, detail, now_ms, self.max_dead_letter_bytes)
         self.rejected.append(dead)
         metrics.DEAD_LETTERS.labels(UNREADABLE_OUTPUT).inc()
