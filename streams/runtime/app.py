@@ -40,7 +40,7 @@ from streams.identity.graph import (
 from streams.ingest.stage import IngestPolicy, IngestStage
 from streams.runtime import gc_tuning
 from streams.runtime.agents import PipelineAgents
-from streams.runtime.faust_patches import keep_buffers_on_resume
+from streams.runtime.faust_patches import keep_buffers_on_resume, set_fetch_max_wait
 from streams.runtime.views import PipelineViews
 from streams.settings import Settings
 from streams.wire.codec import (
@@ -220,7 +220,7 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=settings.producer_linger_ms,
         producer_max_batch_size=512 * 1024,
         producer_max_request_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(4096, settings.ingest_batch_size * 2),
@@ -245,6 +245,7 @@ def _faust_app(settings: Settings) -> faust.App:
         web_in_thread=False,
     )
     keep_buffers_on_resume(app)  # Faust empties them on every resume (a lost tail)
+    set_fetch_max_wait(app, settings.consumer_fetch_max_wait_ms)
     return app
 
 
