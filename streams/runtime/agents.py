@@ -61,8 +61,8 @@ class PipelineAgents(PipelineProtocol):
     ) -> Callable[[Any], Awaitable[None]]:
         """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages, each processed
         and acked through ``_guarded``, one at a time. A batch is what is queued when the
-        one before it ends (``take_batches``), waiting up to ``INGEST_BATCH_SECONDS`` for
-        more only when that is less than the size."""
+        one before it ends (``take_batches``); a stage that was idle waits up to
+        ``INGEST_BATCH_SECONDS`` after the first message for more."""
         settings = self.settings
 
         async def agent(stream: Any) -> None:

@@ -244,8 +244,10 @@ async def take_batches(stream: Any, max_: int, linger: float) -> AsyncIterator[l
     holds a batch, and then waits its ``within`` window from the end of that batch: on a
     busy loop a batch of the raw topic was a few dozen messages, each paying the batch's
     delivery round trips. Here the stream's channel queue, which keeps filling while a
-    batch is processed, is drained at once; only when it holds fewer than ``max_`` does
-    the batch wait up to ``linger`` seconds after its first message for more.
+    batch is processed, is drained at once. Only a batch whose first message found the
+    queue empty (the stage was idle) waits up to ``linger`` seconds after it for more
+    while it holds fewer than ``max_``: a busy stage batches by itself (what arrived
+    during the batch before), an idle one does not send a round trip per message.
 
     What Faust's stream does per message is kept: a message of an earlier consumer
     generation, or one read while flow is suspended (a rebalance), is skipped (the seek
@@ -278,8 +280,9 @@ async def take_batches(stream: Any, max_: int, linger: float) -> AsyncIterator[l
     while not stream.should_stop:
         batch: list[Any] = []
         try:
+            idle = queue.empty()  # nothing queued: the stage waits for its first message
             admit(await queue.get(), batch)
-            deadline = loop.time() + linger
+            deadline = loop.time() + (linger if idle else 0.0)
             while len(batch) < max_:
                 if not queue.empty():
                     admit(queue.get_nowait(), batch)
