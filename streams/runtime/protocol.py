@@ -150,12 +150,20 @@ class PipelineProtocol(PipelineParts):
         ]
 
     def _export_lag(self, stage: str, messages: list[RawMessage]) -> None:
+        """The stage's lag per partition of the batch. Best effort: a batch fetched before a
+        rebalance can finish after its partition moved to another worker, and aiokafka's
+        ``highwater`` *asserts* the partition is assigned; that AssertionError (not
+        deterministic, so retried) once failed such a batch forever after its output was
+        delivered, stalling the whole stage (measured in the two-worker kill test)."""
         last: dict[tuple[str, int], int] = {}
         for m in messages:
             last[(m.topic, m.partition)] = m.offset
         consumer = self.app.consumer
         for (topic, partition), offset in last.items():
-            highwater = consumer.highwater(TP(topic, partition))
+            try:
+                highwater = consumer.highwater(TP(topic, partition))
+            except Exception:  # noqa: BLE001, S112 - a gauge never fails the batch it describes
+                continue
             if highwater is not None:
                 metrics.CONSUMER_LAG.labels(stage, topic, str(partition)).set(
                     max(0, highwater - offset - 1)
