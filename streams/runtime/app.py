@@ -40,6 +40,7 @@ from streams.identity.graph import (
 from streams.ingest.stage import IngestPolicy, IngestStage
 from streams.runtime import gc_tuning
 from streams.runtime.agents import PipelineAgents
+from streams.runtime.diagnostics import install_stack_dump
 from streams.runtime.faust_patches import keep_buffers_on_resume
 from streams.runtime.views import PipelineViews
 from streams.settings import Settings
@@ -127,6 +128,7 @@ class Pipeline(PipelineAgents, PipelineViews):
         ):
             app.agent(topic, name=stage)(self.batch_agent(stage, process))
         app.timer(60.0, on_leader=False)(self._tick_customers)
+        app.task(self._install_stack_dump)
         if self.remote_schemas is not None:
             app.task(self._register_output_schemas)
         if self.webhooks is not None:
@@ -145,6 +147,16 @@ class Pipeline(PipelineAgents, PipelineViews):
         app.page("/debug/consumer")(cast(Any, self._debug_consumer))
         app.page("/customers/{customer_id}/timeline")(cast(Any, self._timeline))
         app.page("/timeline")(cast(Any, self._timeline_by_identifier))
+
+    async def _install_stack_dump(self) -> None:
+        """``kill -USR1`` logs every task's stack, the consumer thread's loop included."""
+
+        def loops() -> list[tuple[str, asyncio.AbstractEventLoop]]:
+            thread = getattr(self.app.consumer, "_thread", None)
+            loop = getattr(thread, "thread_loop", None)
+            return [("consumer thread loop", loop)] if loop is not None else []
+
+        install_stack_dump(loops)
 
     def _build_steps(self, settings: Settings, environ: Mapping[str, str]) -> None:
         """The pure steps and their codecs, rules and subscribers."""
