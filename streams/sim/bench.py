@@ -34,7 +34,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +175,9 @@ async def _pipeline_run(
         def finished() -> bool:
             return deployment.customer_events() >= n and deployment.touchpoint_rows() >= n
 
-        if not await asyncio.to_thread(wait_until, finished, timeout, 0.1):
+        # Polled every 0.5 s: each poll renders both processes' /metrics, which at 10 Hz was
+        # ~4 % of the worker's CPU in its profile (the bench measuring its own probe).
+        if not await asyncio.to_thread(wait_until, finished, timeout, 0.5):
             raise RuntimeError(
                 f"the pipeline did not finish: {deployment.customer_events():.0f} events,"
                 f" {deployment.touchpoint_rows():.0f} rows of {n}"
@@ -193,58 +194,6 @@ async def _pipeline_run(
             peak_rss_mb=max(w.rss_mb(peak=True) for w in deployment.workers),
             sink_peak_rss_mb=sink.rss_mb(peak=True) if sink is not None else 0.0,
         )
-    finally:
-        await asyncio.to_thread(deployment.stop)
-
-
-async def _memory_run(
-    settings: Settings, codec: AvroCodec, events: int
-) -> tuple[int, float, float, float]:
-    """One worker and the sink over ``events`` events of a fixed population (5,000
-    customers, so the state stops growing once they are all known): the worker's resident
-    MiB once 10 % went through and at the end, and the sink's at the end. Growth between
-    the two is what the process keeps that it should not (uncollected garbage, caches)."""
-    now_ms = int(time.time() * 1000)
-    customers = 5_000
-    pairs = encode_events(
-        generate(
-            customers,
-            seed=3,
-            now_ms=now_ms,
-            span_ms=6 * 3600 * 1000,
-            events_per_customer=1.35 * events / customers,  # the mean comes out lower
-        )[:events],
-        codec,
-        seed=3,
-    )
-    n = len(pairs)
-    # The stages remember event ids for DEDUPE_HORIZON_SECONDS of processing time (ingest
-    # de-duplication, the identity and customer stages' replay memory): a run shorter than
-    # the horizon keeps every id by design. A one-minute horizon bounds what is kept, so
-    # what still grows is what should not.
-    bench = fresh(settings, "mem").model_copy(update={"dedupe_horizon_seconds": 60})
-    prepare(bench)
-    deployment = Deployment(bench, 1)
-    try:
-        await deployment.start()
-        producing = asyncio.create_task(produce(bench, pairs))
-        worker = deployment.workers[0]
-
-        def reached(count: float) -> Callable[[], bool]:
-            return lambda: deployment.customer_events() >= count
-
-        if not await asyncio.to_thread(wait_until, reached(n // 10), 900.0, 0.2):
-            raise RuntimeError("the memory run did not reach 10 % of its events")
-        start_mb = worker.rss_mb()
-        await producing
-
-        def finished() -> bool:
-            return deployment.customer_events() >= n and deployment.touchpoint_rows() >= n
-
-        if not await asyncio.to_thread(wait_until, finished, 1800.0, 0.5):
-            raise RuntimeError("the memory run did not finish")
-        sink = deployment.sink
-        return n, start_mb, worker.rss_mb(), sink.rss_mb() if sink is not None else 0.0
     finally:
         await asyncio.to_thread(deployment.stop)
 
@@ -313,11 +262,9 @@ async def run_bench(
     await latency_lines(settings, codec, latency_rates, latency_seconds, compare_latency, rounds)
 
     if memory_events > 0:
-        count, start_mb, end_mb, sink_mb = await _memory_run(settings, codec, memory_events)
-        click.echo(
-            f"BENCH memory events={count} rss_mb_start={start_mb:.0f} rss_mb_end={end_mb:.0f}"
-            f" sink_rss_mb_end={sink_mb:.0f}"
-        )
+        from streams.sim.bench_memory import memory_lines  # (it builds on this module)
+
+        await memory_lines(settings, codec, memory_events)
 
     customers = 100_000
     identifiers, per_identifier = _identity_memory_apart(customers)

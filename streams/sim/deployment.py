@@ -103,5 +103,8 @@ def fresh(settings: Settings, tag: str) -> Settings:
             "clickhouse_database": f"{tag}_{run}",
             "aggregate_lateness_seconds": 3 * 3600,
             "data_dir": settings.data_dir / f"{tag}-{run}",
+            # Its own embedded database too: the engine's background tasks run for every
+            # table it holds, so an earlier run's tables would cost the sink idle CPU.
+            "clickhouse_chdb_path": settings.data_dir / f"{tag}-{run}" / "chdb",
         }
     )
