@@ -296,5 +296,7 @@ async def take_batches(stream: Any, max_: int, linger: float) -> AsyncIterator[l
                     break
         except StopAsyncIteration:  # Faust throws it into the queue when the stream stops
             return
+        generation = app.consumer_generation_id  # a rebalance while the batch lingered
+        batch = [e for e in batch if e.message.generation_id == generation]
         if batch:
             yield batch

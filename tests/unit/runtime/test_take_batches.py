@@ -132,3 +132,20 @@ def test_the_stream_ending_ends_the_batches() -> None:
         return got
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_rebalance_while_a_batch_lingers_drops_what_it_had_taken() -> None:
+    async def scenario() -> list[int]:
+        stream = _stream()
+        queue = stream.channel.queue
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, queue.put_nowait, _event(0))  # idle: the batch lingers
+
+        def rebalance() -> None:
+            stream.app.consumer_generation_id = 2
+            queue.put_nowait(_event(0, generation=2))  # read again after the seek
+
+        loop.call_later(0.03, rebalance)
+        return _offsets(await anext(take_batches(stream, 10, linger=0.1)))
+
+    assert asyncio.run(scenario()) == [0]
