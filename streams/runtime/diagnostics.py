@@ -9,17 +9,21 @@ composition root; the Faust consumer thread's loop is dumped too when it exists.
 from __future__ import annotations
 
 import asyncio
-import io
+import gc
 import logging
 import signal
 import sys
 import threading
 import traceback
+import types
 from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["install_stack_dump", "stack_dump"]
 
 log = logging.getLogger(__name__)
+
+_PACKAGE = "/streams/"
 
 
 def _task_lines(loop: asyncio.AbstractEventLoop, title: str) -> list[str]:
@@ -30,9 +34,55 @@ def _task_lines(loop: asyncio.AbstractEventLoop, title: str) -> list[str]:
         return [f"== {title}: tasks changed while read"]
     lines.append(f"== {title}: {len(tasks)} task(s)")
     for task in sorted(tasks, key=lambda t: t.get_name()):
-        out = io.StringIO()
-        task.print_stack(limit=12, file=out)
-        lines.append(out.getvalue().rstrip())
+        lines.append(f"-- task {task.get_name()}")
+        lines.extend(_await_chain(task.get_coro()))
+    return lines
+
+
+def _short(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _our_coroutines() -> list[str]:
+    """Every suspended coroutine and async generator of this package, where it stands and
+    what it awaits: the chain above stops at wrappers (Faust's agent, ``async for`` over a
+    stream) that hide the coroutine inside them."""
+    lines = ["== suspended coroutines of streams/"]
+    for obj in gc.get_objects():
+        if isinstance(obj, types.CoroutineType):
+            frame, awaits = obj.cr_frame, obj.cr_await
+        elif isinstance(obj, types.AsyncGeneratorType):
+            frame, awaits = obj.ag_frame, obj.ag_await
+        else:
+            continue
+        if frame is None or f"{_PACKAGE}" not in frame.f_code.co_filename:
+            continue
+        code = frame.f_code
+        lines.append(
+            f"   {code.co_filename}:{frame.f_lineno} in {code.co_name} awaits {_short(awaits)}"
+        )
+    return lines
+
+
+def _await_chain(coro: Any, depth: int = 40) -> list[str]:
+    """The frames of a suspended coroutine and of everything it awaits, innermost last,
+    then what the innermost one waits on (a future, a task): ``Task.get_stack`` shows only
+    the outermost frame of a suspended coroutine."""
+    lines = []
+    while coro is not None and depth:
+        depth -= 1
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f"   {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        nxt = getattr(coro, "cr_await", None)
+        if nxt is None:
+            nxt = getattr(coro, "gi_yieldfrom", None)
+        if nxt is not None and not (hasattr(nxt, "cr_frame") or hasattr(nxt, "gi_frame")):
+            lines.append(f"   awaits {_short(nxt)}")
+            break
+        coro = nxt
     return lines
 
 
@@ -41,6 +91,7 @@ def stack_dump(extra_loops: Iterable[tuple[str, asyncio.AbstractEventLoop]] = ()
     lines = _task_lines(asyncio.get_running_loop(), "main loop")
     for title, loop in extra_loops:
         lines.extend(_task_lines(loop, title))
+    lines.extend(_our_coroutines())
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
         lines.append(f"== thread {names.get(ident, ident)}")
