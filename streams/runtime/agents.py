@@ -404,8 +404,12 @@ class PipelineAgents(PipelineProtocol):
         """Deadline rules (an unresolved complaint) fire even when a customer goes quiet:
         by the event time a partition has reached while events flow, by the clock once it
         has had nothing for ``idle_ms`` (``CustomerStage.deadline_clock``)."""
+        in_memory = self.settings.table_store.startswith("memory")
         for table in (self.dedupe_table, self.identity_table, self.customer_table):
             metrics.TABLE_KEYS.labels(table.name).set(len(table.data))
+            if in_memory:  # (a RocksDB store would be read from disk)
+                held = sum(len(k) + len(v or b"") for k, v in table.data.items())
+                metrics.TABLE_BYTES.labels(table.name).set(held)
         data = StoredView(self.customer_table)
         now_ms = int(time.time() * 1000)
         resolved = self.settings.topics.resolved

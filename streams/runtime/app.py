@@ -22,7 +22,7 @@ import yaml
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from mode import Service
 
-from streams import topology
+from streams import metrics, topology
 from streams.adapters.clickhouse import ClickHouse, connect
 from streams.adapters.kafka import consumer_security
 from streams.adapters.schema_registry import RemoteSchemas
@@ -42,7 +42,7 @@ from streams.runtime import gc_tuning
 from streams.runtime.agents import PipelineAgents
 from streams.runtime.diagnostics import install_stack_dump
 from streams.runtime.faust_patches import keep_buffers_on_resume, set_fetch_max_wait
-from streams.runtime.memory import release_free_memory
+from streams.runtime.memory import c_heap, release_free_memory
 from streams.runtime.views import PipelineViews
 from streams.settings import Settings
 from streams.wire.codec import (
@@ -267,6 +267,10 @@ def _faust_app(settings: Settings) -> faust.App:
 async def _release_free_memory() -> None:
     """The ``MALLOC_TRIM_SECONDS`` timer (``streams.runtime.memory``)."""
     release_free_memory()
+    heap = c_heap()
+    if heap is not None:
+        metrics.C_HEAP_BYTES.labels("in_use").set(heap[0])
+        metrics.C_HEAP_BYTES.labels("free").set(heap[1])
 
 
 def create_app(settings: Settings) -> faust.App:
