@@ -16,7 +16,9 @@ A real broker, the embedded ClickHouse, the default topology (``streams.runtime.
    Before it, ``hop produced->valid|resolved``: each internal hop's envelope timestamp
    minus the produce time of the events it carries (where the latency accumulates), and
    per stage the mean wait of a batch's oldest input before the batch starts and the mean
-   batch time (from the worker's metrics).
+   batch time (from the worker's metrics), and the worker's CPU per event
+   (``streams.sim.latency``; ``--compare-latency VAR=VALUE`` alternates these runs as
+   configured and with that setting).
    ``--compare VAR=VALUE``: one worker as configured and with that setting, alternating
    (``BENCH compare``), on the same data, to measure one change side by side.
 5. ``BENCH memory``: one worker over ``--memory-events`` events, resident MiB once 10 %
