@@ -235,6 +235,10 @@ class Transport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
 
 
+LINGER_POLL_SECONDS = 0.002
+"""How often a lingering batch looks for more messages."""
+
+
 async def take_batches(stream: Any, max_: int, linger: float) -> AsyncIterator[list[Any]]:
     """A stream's events in batches of what is queued (up to ``max_``), for ``noack`` use:
     the caller acks each event with ``stream.ack`` once it is done.
@@ -290,10 +294,10 @@ async def take_batches(stream: Any, max_: int, linger: float) -> AsyncIterator[l
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                try:
-                    admit(await asyncio.wait_for(queue.get(), remaining), batch)
-                except TimeoutError:
-                    break
+                # Polled, not ``wait_for(queue.get())``: on Python 3.11 a cancellation that
+                # meets the get's completion is swallowed by wait_for, and the agent would
+                # then outlive its stop. Lingering happens only when the stage was idle.
+                await asyncio.sleep(min(remaining, LINGER_POLL_SECONDS))
         except StopAsyncIteration:  # Faust throws it into the queue when the stream stops
             return
         generation = app.consumer_generation_id  # a rebalance while the batch lingered
