@@ -256,66 +256,73 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         accepted = bool(super().ack(message))
         return accepted
 
+    async def _fetch(self) -> tuple[list[tuple[Any, Any]], int]:  # pragma: no cover - via Faust
+        """One fetch under the fetch lock, and the epoch it began in (none while a seek
+        waits: what it fetched would be thrown away)."""
+        epochs = self._epochs
+        async with self._fetch_lock:
+            fetched_in = epochs.epoch
+            if epochs.seeking or not self.flow_active:
+                return [], fetched_in
+            task = self._fetch_owner = asyncio.current_task()
+            try:
+                return [item async for item in self.getmany(timeout=1.0)], fetched_in
+            except asyncio.CancelledError:
+                if task is None or task.cancelling():
+                    raise  # this loop is being cancelled
+                # The consumer thread's fetch was cancelled (aiokafka, in a reassignment) and
+                # the CancelledError came back as its result: nothing was fetched. Faust's
+                # fetcher took it for its own cancellation during a rebalance and crashed the
+                # worker (seen twice in 11 loaded runs of the two-worker kill test).
+                self.log.info("fetch cancelled in the consumer thread; fetching again")
+                return [], fetched_in
+            finally:
+                self._fetch_owner = None
+
+    async def _deliver(  # pragma: no cover - via Faust
+        self, batch: list[tuple[Any, Any]], fetched_in: int
+    ) -> None:
+        """Hand a fetched batch to the streams, as Faust's loop does message by message,
+        until a rebalance or a seek makes the rest stale."""
+        app, epochs, callback = self.app, self._epochs, self.callback
+        read_offset = self._read_offset
+        for n, (tp, message) in enumerate(batch):
+            if n and not n % 500:
+                await asyncio.sleep(0)  # let health checks and timers run
+            if message.generation_id != app.consumer_generation_id or not epochs.deliverable(
+                fetched_in
+            ):
+                # A rebalance or a seek since the fetch: the partitions are (being) sought
+                # back to their committed offsets, and the rest is fetched again. Moving
+                # the read offset past it now would drop the re-fetched messages as
+                # "already read" -- measured: lost events, and lag that never drains.
+                return
+            offset = message.offset
+            r_offset = read_offset[tp]
+            if r_offset is None or offset >= r_offset:
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and app.topics.acks_enabled_for(message.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                commit_every = self._commit_every
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                if not epochs.deliverable(fetched_in):
+                    return
+                epochs.tag(message, fetched_in)
+                await callback(message)
+                if message.generation_id != app.consumer_generation_id or not (
+                    epochs.deliverable(fetched_in)
+                ):
+                    return  # a rebalance or a seek came while it was being handed over
+                read_offset[tp] = offset
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via Faust
-        callback = self.callback
-        getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        acks_enabled_for = self.app.topics.acks_enabled_for
-
-        app = self.app
-
         epochs = self._epochs
-
-        async def deliver(batch: list[tuple[Any, Any]], fetched_in: int) -> None:
-            for n, (tp, message) in enumerate(batch):
-                if n and not n % 500:
-                    await asyncio.sleep(0)  # let health checks and timers run
-                if message.generation_id != app.consumer_generation_id or not epochs.deliverable(
-                    fetched_in
-                ):
-                    # A rebalance or a seek since the fetch: the partitions are (being) sought
-                    # back to their committed offsets, and the rest is fetched again. Moving
-                    # the read offset past it now would drop the re-fetched messages as
-                    # "already read" -- measured: lost events, and lag that never drains.
-                    return
-                offset = message.offset
-                r_offset = get_read_offset(tp)
-                if r_offset is None or offset >= r_offset:
-                    gap = offset - (r_offset or 0)
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    commit_every = self._commit_every
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    if not epochs.deliverable(fetched_in):
-                        return
-                    epochs.tag(message, fetched_in)
-                    await callback(message)
-                    if message.generation_id != app.consumer_generation_id or not (
-                        epochs.deliverable(fetched_in)
-                    ):
-                        return  # a rebalance or a seek came while it was being handed over
-                    set_read_offset(tp, offset)
-
-        async def fetch() -> tuple[list[tuple[Any, Any]], int]:
-            """One fetch under the fetch lock, and the epoch it began in (none while a seek
-            waits: what it fetched would be thrown away)."""
-            async with self._fetch_lock:
-                fetched_in = epochs.epoch
-                if epochs.seeking or not self.flow_active:
-                    return [], fetched_in
-                self._fetch_owner = asyncio.current_task()
-                try:
-                    return [item async for item in getmany(timeout=1.0)], fetched_in
-                finally:
-                    self._fetch_owner = None
-
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if not self.flow_active:
@@ -334,10 +341,12 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         await self.sleep(1.0)
                     continue
                 set_flag(CONSUMER_FETCHING)
-                batch, fetched_in = await fetch()
+                batch, fetched_in = await self._fetch()
                 await self.sleep(0)
                 if batch and not self.should_stop:
-                    await self.wait_first(deliver(batch, fetched_in), self.suspend_flow.wait())
+                    await self.wait_first(
+                        self._deliver(batch, fetched_in), self.suspend_flow.wait()
+                    )
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
