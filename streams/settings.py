@@ -251,6 +251,20 @@ class Settings(BaseSettings):
         description="First-generation threshold of the cyclic collector (0 = Python's default"
         " 700).",
     )
+    batch_max_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="A batch taken from a stage's input is processed in consecutive slices of"
+        " at most this many message bytes (at least one message each; 0 = whole): bounds"
+        " what one batch holds decoded, since an internal message carries up to 512 KiB of"
+        " events and a backlog fills takes of INGEST_BATCH_SIZE messages.",
+    )
+    malloc_trim_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Every this many seconds the worker hands the C allocator's free pages back"
+        " to the system (glibc malloc_trim; 0 = never).",
+    )
 
     @field_validator("identity_rules", "rules_file", mode="before")
     @classmethod

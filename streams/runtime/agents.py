@@ -34,6 +34,7 @@ from streams.identity.graph import (
 )
 from streams.ingest.dedupe import DUPLICATE_REASON
 from streams.ingest.stage import from_json
+from streams.runtime.memory import message_bytes, slices
 from streams.runtime.parts import log
 from streams.runtime.protocol import PipelineProtocol
 from streams.runtime.state import StoredView, TableShard
@@ -59,14 +60,29 @@ class PipelineAgents(PipelineProtocol):
         self, stage: str, process: Callable[[list[Any]], Awaitable[None]]
     ) -> Callable[[Any], Awaitable[None]]:
         """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages (or what arrived
-        within ``INGEST_BATCH_SECONDS``), each processed and acked through ``_guarded``."""
+        within ``INGEST_BATCH_SECONDS``), cut into slices of at most ``BATCH_MAX_BYTES``,
+        each processed and acked through ``_guarded``."""
         settings = self.settings
 
         async def agent(stream: Any) -> None:
             async for events in stream.noack_take(
                 settings.ingest_batch_size, within=settings.ingest_batch_seconds
             ):
-                await self._guarded(stage, process, events, stream)
+                parts = slices(events, settings.batch_max_bytes, message_bytes)
+                if len(parts) == 1:
+                    await self._guarded(stage, process, events, stream)
+                    continue
+                # Slices of one take (``streams.runtime.memory``): each is a whole batch;
+                # a rebalance waits for the take as it would for one batch.
+                self._inflight += 1
+                self._idle.clear()
+                try:
+                    for part in parts:
+                        await self._guarded(stage, process, list(part), stream)
+                finally:
+                    self._inflight -= 1
+                    if not self._inflight:
+                        self._idle.set()
 
         agent.__name__ = agent.__qualname__ = f"{stage}_agent"
         return agent

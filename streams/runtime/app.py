@@ -42,6 +42,7 @@ from streams.runtime import gc_tuning
 from streams.runtime.agents import PipelineAgents
 from streams.runtime.diagnostics import install_stack_dump
 from streams.runtime.faust_patches import keep_buffers_on_resume
+from streams.runtime.memory import release_free_memory
 from streams.runtime.views import PipelineViews
 from streams.settings import Settings
 from streams.wire.codec import (
@@ -128,6 +129,8 @@ class Pipeline(PipelineAgents, PipelineViews):
         ):
             app.agent(topic, name=stage)(self.batch_agent(stage, process))
         app.timer(60.0, on_leader=False)(self._tick_customers)
+        if settings.malloc_trim_seconds > 0:
+            app.timer(settings.malloc_trim_seconds, on_leader=False)(_release_free_memory)
         app.task(self._install_stack_dump)
         if self.remote_schemas is not None:
             app.task(self._register_output_schemas)
@@ -258,6 +261,11 @@ def _faust_app(settings: Settings) -> faust.App:
     )
     keep_buffers_on_resume(app)  # Faust empties them on every resume (a lost tail)
     return app
+
+
+async def _release_free_memory() -> None:
+    """The ``MALLOC_TRIM_SECONDS`` timer (``streams.runtime.memory``)."""
+    release_free_memory()
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -9,13 +9,14 @@ composition root; the Faust consumer thread's loop is dumped too when it exists.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
+import reprlib
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["install_stack_dump", "stack_dump"]
 
@@ -30,9 +31,29 @@ def _task_lines(loop: asyncio.AbstractEventLoop, title: str) -> list[str]:
         return [f"== {title}: tasks changed while read"]
     lines.append(f"== {title}: {len(tasks)} task(s)")
     for task in sorted(tasks, key=lambda t: t.get_name()):
-        out = io.StringIO()
-        task.print_stack(limit=12, file=out)
-        lines.append(out.getvalue().rstrip())
+        lines.append(f"-- task {task.get_name()}")
+        lines.extend(_await_chain(task.get_coro()))
+    return lines
+
+
+def _await_chain(coro: Any, depth: int = 40) -> list[str]:
+    """The frames of a suspended coroutine and of everything it awaits, innermost last,
+    then what the innermost one waits on (a future, a task): ``Task.get_stack`` shows only
+    the outermost frame of a suspended coroutine."""
+    lines = []
+    while coro is not None and depth:
+        depth -= 1
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f"   {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        nxt = getattr(coro, "cr_await", None)
+        if nxt is None:
+            nxt = getattr(coro, "gi_yieldfrom", None)
+        if nxt is not None and not (hasattr(nxt, "cr_frame") or hasattr(nxt, "gi_frame")):
+            lines.append(f"   awaits {reprlib.repr(nxt)}")
+            break
+        coro = nxt
     return lines
 
 

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -431,58 +430,6 @@ async def _alert_latency(
     return p50, p99, len(latencies), produced_rate
 
 
-async def _memory_run(
-    settings: Settings, codec: AvroCodec, events: int
-) -> tuple[int, float, float, float]:
-    """One worker and the sink over ``events`` events of a fixed population (5,000
-    customers, so the state stops growing once they are all known): the worker's resident
-    MiB once 10 % went through and at the end, and the sink's at the end. Growth between
-    the two is what the process keeps that it should not (uncollected garbage, caches)."""
-    now_ms = int(time.time() * 1000)
-    customers = 5_000
-    pairs = encode_events(
-        generate(
-            customers,
-            seed=3,
-            now_ms=now_ms,
-            span_ms=6 * 3600 * 1000,
-            events_per_customer=1.35 * events / customers,  # the mean comes out lower
-        )[:events],
-        codec,
-        seed=3,
-    )
-    n = len(pairs)
-    # The stages remember event ids for DEDUPE_HORIZON_SECONDS of processing time (ingest
-    # de-duplication, the identity and customer stages' replay memory): a run shorter than
-    # the horizon keeps every id by design. A one-minute horizon bounds what is kept, so
-    # what still grows is what should not.
-    bench = _fresh(settings, "mem").model_copy(update={"dedupe_horizon_seconds": 60})
-    prepare(bench)
-    deployment = _Deployment(bench, 1)
-    try:
-        await deployment.start()
-        producing = asyncio.create_task(produce(bench, pairs))
-        worker = deployment.workers[0]
-
-        def reached(count: float) -> Callable[[], bool]:
-            return lambda: deployment.customer_events() >= count
-
-        if not await asyncio.to_thread(wait_until, reached(n // 10), 900.0, 0.2):
-            raise RuntimeError("the memory run did not reach 10 % of its events")
-        start_mb = worker.rss_mb()
-        await producing
-
-        def finished() -> bool:
-            return deployment.customer_events() >= n and deployment.touchpoint_rows() >= n
-
-        if not await asyncio.to_thread(wait_until, finished, 1800.0, 0.5):
-            raise RuntimeError("the memory run did not finish")
-        sink = deployment.sink
-        return n, start_mb, worker.rss_mb(), sink.rss_mb() if sink is not None else 0.0
-    finally:
-        await asyncio.to_thread(deployment.stop)
-
-
 async def _latency_lines(
     settings: Settings, codec: AvroCodec, rates: tuple[float, ...], seconds: float
 ) -> None:
@@ -576,11 +523,9 @@ async def run_bench(
     await _latency_lines(settings, codec, latency_rates, latency_seconds)
 
     if memory_events > 0:
-        count, start_mb, end_mb, sink_mb = await _memory_run(settings, codec, memory_events)
-        click.echo(
-            f"BENCH memory events={count} rss_mb_start={start_mb:.0f} rss_mb_end={end_mb:.0f}"
-            f" sink_rss_mb_end={sink_mb:.0f}"
-        )
+        from streams.sim.bench_memory import memory_lines  # (it builds on this module)
+
+        await memory_lines(settings, codec, memory_events)
 
     customers = 100_000
     identifiers, per_identifier = _identity_memory_apart(customers)
