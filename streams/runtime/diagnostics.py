@@ -9,18 +9,21 @@ composition root; the Faust consumer thread's loop is dumped too when it exists.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-import reprlib
 import signal
 import sys
 import threading
 import traceback
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["install_stack_dump", "stack_dump"]
 
 log = logging.getLogger(__name__)
+
+_PACKAGE = "/streams/"
 
 
 def _task_lines(loop: asyncio.AbstractEventLoop, title: str) -> list[str]:
@@ -33,6 +36,32 @@ def _task_lines(loop: asyncio.AbstractEventLoop, title: str) -> list[str]:
     for task in sorted(tasks, key=lambda t: t.get_name()):
         lines.append(f"-- task {task.get_name()}")
         lines.extend(_await_chain(task.get_coro()))
+    return lines
+
+
+def _short(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _our_coroutines() -> list[str]:
+    """Every suspended coroutine and async generator of this package, where it stands and
+    what it awaits: the chain above stops at wrappers (Faust's agent, ``async for`` over a
+    stream) that hide the coroutine inside them."""
+    lines = ["== suspended coroutines of streams/"]
+    for obj in gc.get_objects():
+        if isinstance(obj, types.CoroutineType):
+            frame, awaits = obj.cr_frame, obj.cr_await
+        elif isinstance(obj, types.AsyncGeneratorType):
+            frame, awaits = obj.ag_frame, obj.ag_await
+        else:
+            continue
+        if frame is None or f"{_PACKAGE}" not in frame.f_code.co_filename:
+            continue
+        code = frame.f_code
+        lines.append(
+            f"   {code.co_filename}:{frame.f_lineno} in {code.co_name} awaits {_short(awaits)}"
+        )
     return lines
 
 
@@ -51,7 +80,7 @@ def _await_chain(coro: Any, depth: int = 40) -> list[str]:
         if nxt is None:
             nxt = getattr(coro, "gi_yieldfrom", None)
         if nxt is not None and not (hasattr(nxt, "cr_frame") or hasattr(nxt, "gi_frame")):
-            lines.append(f"   awaits {reprlib.repr(nxt)}")
+            lines.append(f"   awaits {_short(nxt)}")
             break
         coro = nxt
     return lines
@@ -62,6 +91,7 @@ def stack_dump(extra_loops: Iterable[tuple[str, asyncio.AbstractEventLoop]] = ()
     lines = _task_lines(asyncio.get_running_loop(), "main loop")
     for title, loop in extra_loops:
         lines.extend(_task_lines(loop, title))
+    lines.extend(_our_coroutines())
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
         lines.append(f"== thread {names.get(ident, ident)}")

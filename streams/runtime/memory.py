@@ -28,7 +28,7 @@ import ctypes.util
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["message_bytes", "release_free_memory", "slices"]
+__all__ = ["c_heap", "message_bytes", "release_free_memory", "slices"]
 
 T = TypeVar("T")
 
@@ -57,12 +57,57 @@ def message_bytes(event: Any) -> int:
     return len(message.value or b"") + len(message.key or b"")
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        return ctypes.CDLL(ctypes.util.find_library("c") or None)
     except OSError:
         return None
-    trim = getattr(libc, "malloc_trim", None)
+
+
+_LIBC = _libc()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    info = getattr(_LIBC, "mallinfo2", None)  # glibc >= 2.33
+    if info is None:
+        return None
+    info.argtypes = []
+    info.restype = _MallInfo2
+    return info  # type: ignore[no-any-return]
+
+
+_INFO = _mallinfo2()
+
+
+def c_heap() -> tuple[int, int] | None:
+    """The C heap's bytes in use and free (kept by the allocator), or None if unknown.
+    Python's own small objects live in pymalloc's arenas beside it, not in these figures."""
+    if _INFO is None:
+        return None
+    info = _INFO()
+    return int(info.uordblks) + int(info.hblkhd), int(info.fordblks)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    trim = getattr(_LIBC, "malloc_trim", None)
     if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]

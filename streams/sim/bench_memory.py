@@ -13,7 +13,7 @@ import click
 from streams.runtime.processes import metric_sum, wait_until
 from streams.runtime.runner import prepare
 from streams.settings import Settings
-from streams.sim.bench import _Deployment, _fresh
+from streams.sim.deployment import Deployment, fresh
 from streams.sim.generator import encode_events, generate, produce
 from streams.topology import TABLES
 from streams.wire.codec import AvroCodec
@@ -26,7 +26,8 @@ class _Memory:
     events: int
     rss_mb: dict[int, float]  # percent of the events through the customer stage -> MiB
     sink_mb: float
-    table_keys: dict[str, float]
+    tables: dict[str, tuple[float, float]]  # name -> (keys, bytes) held at the end
+    c_heap: tuple[float, float]  # bytes the C allocator has in use, free
 
 
 async def _memory_run(settings: Settings, codec: AvroCodec, events: int) -> _Memory:
@@ -53,9 +54,9 @@ async def _memory_run(settings: Settings, codec: AvroCodec, events: int) -> _Mem
     # de-duplication, the identity and customer stages' replay memory): a run shorter than
     # the horizon keeps every id by design. A one-minute horizon bounds what is kept, so
     # what still grows is what should not.
-    bench = _fresh(settings, "mem").model_copy(update={"dedupe_horizon_seconds": 60})
+    bench = fresh(settings, "mem").model_copy(update={"dedupe_horizon_seconds": 60})
     prepare(bench)
-    deployment = _Deployment(bench, 1)
+    deployment = Deployment(bench, 1)
     try:
         await deployment.start()
         producing = asyncio.create_task(produce(bench, pairs))
@@ -78,9 +79,19 @@ async def _memory_run(settings: Settings, codec: AvroCodec, events: int) -> _Mem
             raise RuntimeError("the memory run did not finish")
         rss[100] = worker.rss_mb()
         text = worker.metrics()
-        tables = {t.name: metric_sum(text, "touchpoints_table_keys", table=t.name) for t in TABLES}
+        tables = {
+            t.name: (
+                metric_sum(text, "touchpoints_table_keys", table=t.name),
+                metric_sum(text, "touchpoints_table_bytes", table=t.name),
+            )
+            for t in TABLES
+        }
+        heap = (
+            metric_sum(text, "touchpoints_c_heap_bytes", state="in_use"),
+            metric_sum(text, "touchpoints_c_heap_bytes", state="free"),
+        )
         sink = deployment.sink
-        return _Memory(n, rss, sink.rss_mb() if sink is not None else 0.0, tables)
+        return _Memory(n, rss, sink.rss_mb() if sink is not None else 0.0, tables, heap)
     finally:
         await asyncio.to_thread(deployment.stop)
 
@@ -93,5 +104,15 @@ async def memory_lines(settings: Settings, codec: AvroCodec, events: int) -> Non
         f" rss_mb_25={mem.rss_mb[25]:.0f} rss_mb_50={mem.rss_mb[50]:.0f}"
         f" rss_mb_75={mem.rss_mb[75]:.0f}"
     )
-    keys = ", ".join(f"{name} {count:,.0f}" for name, count in mem.table_keys.items())
-    click.echo(f"table keys at the end (last minute's gauge): {keys}")
+    tables = ", ".join(
+        f"{name} {keys:,.0f} keys {held / 2**20:.0f} MiB"
+        for name, (keys, held) in mem.tables.items()
+    )
+    click.echo(f"worker at the end (gauges of the last minute): tables: {tables}")
+    in_use, free = mem.c_heap
+    click.echo(
+        f"  C heap: {in_use / 2**20:.0f} MiB in use, {free / 2**20:.0f} MiB free (kept by the"
+        " allocator; free whole pages are handed back every MALLOC_TRIM_SECONDS); the rest of"
+        " the RSS is Python's small-object arenas (live objects and the arenas that long-lived"
+        " ones pin after a big batch), code and stacks"
+    )

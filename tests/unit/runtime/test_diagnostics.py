@@ -61,3 +61,28 @@ def test_sigusr1_logs_the_dump(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="streams.runtime.diagnostics"):
         assert asyncio.run(scenario())
     assert "stack dump (SIGUSR1)" in caplog.text and "stuck-two" in caplog.text
+
+
+def test_a_dump_finds_this_packages_coroutines_behind_wrappers() -> None:
+    from streams.runtime import diagnostics
+
+    async def scenario() -> str:
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(diagnostics_probe(never))
+        await asyncio.sleep(0.01)
+        text = diagnostics.stack_dump()
+        task.cancel()
+        return text
+
+    original = diagnostics._PACKAGE
+    diagnostics._PACKAGE = "/tests/unit/runtime/"
+    try:
+        text = asyncio.run(scenario())
+    finally:
+        diagnostics._PACKAGE = original
+    assert "== suspended coroutines of streams/" in text
+    assert "test_diagnostics.py" in text and "in diagnostics_probe awaits" in text
+
+
+async def diagnostics_probe(never: asyncio.Future[None]) -> None:
+    await never

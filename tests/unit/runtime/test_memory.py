@@ -50,3 +50,19 @@ def test_message_bytes_counts_key_and_value() -> None:
 def test_release_free_memory_reaches_glibc() -> None:
     has_trim = hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim")
     assert release_free_memory() is has_trim
+
+
+def test_c_heap_is_read_where_glibc_reports_it() -> None:
+    from streams.runtime.memory import c_heap
+
+    libc = ctypes.util.find_library("c")
+    heap = c_heap()
+    if libc is None or not hasattr(ctypes.CDLL(libc), "mallinfo2"):
+        assert heap is None
+        return
+    assert heap is not None
+    held = bytearray(4 << 20)  # above the mmap threshold: counted as in use
+    in_use, free = c_heap() or (0, 0)
+    assert in_use >= heap[0] + len(held) - (1 << 20)
+    assert free >= 0
+    del held
