@@ -36,6 +36,8 @@ __all__ = [
     "SINK_COMMITTED_OFFSET",
     "STAGE_FAILURES",
     "TABLE_KEYS",
+    "TABLE_BYTES",
+    "C_HEAP_BYTES",
     "CUSTOMER_DUPLICATES",
     "VALID_EVENTS",
     "render",
@@ -216,6 +218,22 @@ TABLE_KEYS = Gauge(
     "touchpoints_table_keys",
     "Keys held locally in each Faust table (this worker's partitions; updated every minute).",
     ["table"],
+    registry=REGISTRY,
+)
+
+
+TABLE_BYTES = Gauge(
+    "touchpoints_table_bytes",
+    "Bytes of the keys and values held locally in each Faust table, in-memory store only"
+    " (updated every minute).",
+    ["table"],
+    registry=REGISTRY,
+)
+C_HEAP_BYTES = Gauge(
+    "touchpoints_c_heap_bytes",
+    "The C allocator's heap (glibc mallinfo2): in_use, or free (kept by the allocator; its"
+    " whole pages handed back every MALLOC_TRIM_SECONDS); updated at each hand-back.",
+    ["state"],
     registry=REGISTRY,
 )
 

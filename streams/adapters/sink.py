@@ -78,7 +78,11 @@ class TableBatch:
     spans: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
     def add(self, row: list[Any], topic: str, partition: int, offset: int) -> None:
-        self.rows.append(row)
+        self.extend([row], topic, partition, offset)
+
+    def extend(self, rows: list[list[Any]], topic: str, partition: int, offset: int) -> None:
+        """The rows of one source message (its span is noted once, not per row)."""
+        self.rows += rows
         first, _ = self.spans.get((topic, partition), (offset, offset))
         self.spans[(topic, partition)] = (first, offset)
 
@@ -273,6 +277,16 @@ class ClickHouseSink:
         self.dead_letter_topic = dead_letter_topic
         self.max_dead_letter_bytes = max_dead_letter_bytes
         self.rejected: list[DeadLetter] = []
+        self._column_types: dict[str, Any] = {}
+
+    def _types(self, table: str, columns: tuple[str, ...]) -> Any:
+        """The table's column types, read from ClickHouse once (``DESCRIBE TABLE``): without
+        them clickhouse-connect describes the table again before every insert."""
+        types = self._column_types.get(table)
+        if types is None:
+            context = self.client.create_insert_context(table, column_names=list(columns))
+            types = self._column_types[table] = context.column_types
+        return types
 
     @property
     def pending_rows(self) -> int:
@@ -290,21 +304,32 @@ class ClickHouseSink:
     ) -> None:
         batches = self.batches
         message = SourceMessage(key, value, headers, partition, offset, now_ms)
+        by_table: dict[str, list[list[Any]]] = {}
         try:
-            rows = list(self.routes[topic](message))
-            for table, row in rows:  # a row ClickHouse would refuse would stall every retry
-                if table == ERASE:
-                    if not all(isinstance(c, str) for c in row[0]):
+            for table, row in self.routes[topic](message):
+                rows = by_table.get(table)
+                if rows is None:
+                    rows = by_table[table] = []
+                rows.append(row)
+            for table, rows in by_table.items():  # a row ClickHouse would refuse would stall
+                if table == ERASE:  # every retry
+                    if not all(isinstance(c, str) for row in rows for c in row[0]):
                         raise ValueError("erasure of a non-string customer id")
-                elif table not in batches or len(row) != len(batches[table].columns):
-                    raise ValueError(f"a row of {len(row)} values for table {table!r}")
+                    continue
+                batch = batches.get(table)
+                width = len(batch.columns) if batch is not None else -1
+                for row in rows:
+                    if len(row) != width:
+                        raise ValueError(f"a row of {len(row)} values for table {table!r}")
         except Exception as exc:  # noqa: BLE001 - whatever the bytes, the sink keeps going
-            rows = self._reject(topic, message, exc)
-        for table, row in rows:
+            by_table = {}
+            for table, row in self._reject(topic, message, exc):
+                by_table.setdefault(table, []).append(row)
+        for table, rows in by_table.items():
             if table == ERASE:
-                self.erasures.append(row[0])
+                self.erasures += [row[0] for row in rows]
             else:
-                batches[table].add(row, topic, partition, offset)
+                batches[table].extend(rows, topic, partition, offset)
 
     def _reject(
         self, topic: str, message: SourceMessage, exc: Exception
@@ -330,10 +355,12 @@ class ClickHouseSink:
             if not batch.rows:
                 continue
             started = time.perf_counter()
+            table = f"{self.database}.{batch.table}"
             self.client.insert(
-                f"{self.database}.{batch.table}",
+                table,
                 batch.rows,
                 column_names=list(batch.columns),
+                column_types=self._types(table, batch.columns),
                 settings={"insert_deduplication_token": batch.token()},
             )
             metrics.CLICKHOUSE_INSERT_SECONDS.labels(batch.table).observe(

@@ -261,6 +261,11 @@ def _usual(counts: Mapping[str, int], n: int = 3) -> str:
     return ", ".join(top) if top else "none yet"
 
 
+def _is_failure(record: TouchpointRecord) -> bool:
+    """A failed self-service step (what ``fold`` keeps in ``Profile.failures``)."""
+    return record["channel"] in _DIGITAL and record["event_type"] in _FAILURE_TYPES
+
+
 def _in_window(entries: list[list[Any]], lo: int, hi: int) -> list[list[Any]]:
     return [e for e in entries if lo <= e[0] <= hi]
 

@@ -34,6 +34,8 @@ from streams.identity.graph import (
 )
 from streams.ingest.dedupe import DUPLICATE_REASON
 from streams.ingest.stage import from_json
+from streams.runtime.faust_patches import take_batches
+from streams.runtime.memory import message_bytes, slices
 from streams.runtime.parts import log
 from streams.runtime.protocol import PipelineProtocol
 from streams.runtime.state import StoredView, TableShard
@@ -58,15 +60,32 @@ class PipelineAgents(PipelineProtocol):
     def batch_agent(
         self, stage: str, process: Callable[[list[Any]], Awaitable[None]]
     ) -> Callable[[Any], Awaitable[None]]:
-        """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages (or what arrived
-        within ``INGEST_BATCH_SECONDS``), each processed and acked through ``_guarded``."""
+        """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages, cut into slices
+        of at most ``BATCH_MAX_BYTES``, each processed and acked through ``_guarded``, one
+        at a time. A batch is what is queued when the one before it ends
+        (``take_batches``); a stage that was idle waits up to ``INGEST_BATCH_SECONDS``
+        after the first message for more."""
         settings = self.settings
 
         async def agent(stream: Any) -> None:
-            async for events in stream.noack_take(
-                settings.ingest_batch_size, within=settings.ingest_batch_seconds
+            async for events in take_batches(
+                stream, settings.ingest_batch_size, settings.ingest_batch_seconds
             ):
-                await self._guarded(stage, process, events, stream)
+                parts = slices(events, settings.batch_max_bytes, message_bytes)
+                if len(parts) == 1:
+                    await self._guarded(stage, process, events, stream)
+                    continue
+                # Slices of one take (``streams.runtime.memory``): each is a whole batch;
+                # a rebalance waits for the take as it would for one batch.
+                self._inflight += 1
+                self._idle.clear()
+                try:
+                    for part in parts:
+                        await self._guarded(stage, process, list(part), stream)
+                finally:
+                    self._inflight -= 1
+                    if not self._inflight:
+                        self._idle.set()
 
         agent.__name__ = agent.__qualname__ = f"{stage}_agent"
         return agent
@@ -385,8 +404,12 @@ class PipelineAgents(PipelineProtocol):
         """Deadline rules (an unresolved complaint) fire even when a customer goes quiet:
         by the event time a partition has reached while events flow, by the clock once it
         has had nothing for ``idle_ms`` (``CustomerStage.deadline_clock``)."""
+        in_memory = self.settings.table_store.startswith("memory")
         for table in (self.dedupe_table, self.identity_table, self.customer_table):
             metrics.TABLE_KEYS.labels(table.name).set(len(table.data))
+            if in_memory:  # (a RocksDB store would be read from disk)
+                held = sum(len(k) + len(v or b"") for k, v in table.data.items())
+                metrics.TABLE_BYTES.labels(table.name).set(held)
         data = StoredView(self.customer_table)
         now_ms = int(time.time() * 1000)
         resolved = self.settings.topics.resolved

@@ -22,7 +22,7 @@ import yaml
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from mode import Service
 
-from streams import topology
+from streams import metrics, topology
 from streams.adapters.clickhouse import ClickHouse, connect
 from streams.adapters.kafka import consumer_security
 from streams.adapters.schema_registry import RemoteSchemas
@@ -40,7 +40,9 @@ from streams.identity.graph import (
 from streams.ingest.stage import IngestPolicy, IngestStage
 from streams.runtime import gc_tuning
 from streams.runtime.agents import PipelineAgents
-from streams.runtime.faust_patches import keep_buffers_on_resume
+from streams.runtime.diagnostics import install_stack_dump
+from streams.runtime.faust_patches import keep_buffers_on_resume, set_fetch_max_wait
+from streams.runtime.memory import c_heap, release_free_memory
 from streams.runtime.views import PipelineViews
 from streams.settings import Settings
 from streams.wire.codec import (
@@ -127,6 +129,9 @@ class Pipeline(PipelineAgents, PipelineViews):
         ):
             app.agent(topic, name=stage)(self.batch_agent(stage, process))
         app.timer(60.0, on_leader=False)(self._tick_customers)
+        if settings.malloc_trim_seconds > 0:
+            app.timer(settings.malloc_trim_seconds, on_leader=False)(_release_free_memory)
+        app.task(self._install_stack_dump)
         if self.remote_schemas is not None:
             app.task(self._register_output_schemas)
         if self.webhooks is not None:
@@ -145,6 +150,16 @@ class Pipeline(PipelineAgents, PipelineViews):
         app.page("/debug/consumer")(cast(Any, self._debug_consumer))
         app.page("/customers/{customer_id}/timeline")(cast(Any, self._timeline))
         app.page("/timeline")(cast(Any, self._timeline_by_identifier))
+
+    async def _install_stack_dump(self) -> None:
+        """``kill -USR1`` logs every task's stack, the consumer thread's loop included."""
+
+        def loops() -> list[tuple[str, asyncio.AbstractEventLoop]]:
+            thread = getattr(self.app.consumer, "_thread", None)
+            loop = getattr(thread, "thread_loop", None)
+            return [("consumer thread loop", loop)] if loop is not None else []
+
+        install_stack_dump(loops)
 
     def _build_steps(self, settings: Settings, environ: Mapping[str, str]) -> None:
         """The pure steps and their codecs, rules and subscribers."""
@@ -220,7 +235,7 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=settings.producer_linger_ms,
         producer_max_batch_size=512 * 1024,
         producer_max_request_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(4096, settings.ingest_batch_size * 2),
@@ -245,7 +260,17 @@ def _faust_app(settings: Settings) -> faust.App:
         web_in_thread=False,
     )
     keep_buffers_on_resume(app)  # Faust empties them on every resume (a lost tail)
+    set_fetch_max_wait(app, settings.consumer_fetch_max_wait_ms)
     return app
+
+
+async def _release_free_memory() -> None:
+    """The ``MALLOC_TRIM_SECONDS`` timer (``streams.runtime.memory``)."""
+    release_free_memory()
+    heap = c_heap()
+    if heap is not None:
+        metrics.C_HEAP_BYTES.labels("in_use").set(heap[0])
+        metrics.C_HEAP_BYTES.labels("free").set(heap[1])
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -46,7 +46,7 @@ Registered as the ``tpkafka://`` transport (entry point ``faust.transports``);
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -63,6 +63,8 @@ __all__ = [
     "KeepBuffersOnResume",
     "Transport",
     "keep_buffers_on_resume",
+    "set_fetch_max_wait",
+    "take_batches",
 ]
 
 EPOCH_ATTR = "_tp_ack_epoch"
@@ -145,6 +147,27 @@ def keep_buffers_on_resume(app: Any) -> None:
     app.flow_control = KeepBuffersOnResume(loop=app.loop)
 
 
+def set_fetch_max_wait(app: Any, ms: int) -> None:
+    """The worker consumer's ``fetch_max_wait_ms`` (Faust hard-codes 1,500)."""
+    app._tp_fetch_max_wait_ms = ms
+
+
+class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread with ``fetch_max_wait_ms`` from ``set_fetch_max_wait``.
+
+    aiokafka keeps one fetch in flight per broker, and a partition whose records were
+    still buffered when it was sent is left out of it: its next records wait for that
+    fetch to return, which the broker holds up to ``fetch_max_wait_ms`` when the
+    partitions in it have nothing new."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:  # pragma: no cover - via Faust
+        consumer = super()._create_worker_consumer(transport)
+        wait = getattr(self.consumer.app, "_tp_fetch_max_wait_ms", None)
+        if wait is not None:  # read when the consumer starts its fetcher
+            consumer._fetch_max_wait_ms = int(wait)
+        return consumer
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -180,6 +203,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._sought_now = set()
         await super().perform_seek()
         return self._sought_now
+
+    def _new_consumer_thread(self) -> Any:  # pragma: no cover - via Faust
+        return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:  # pragma: no cover - via Faust
         """Seek to the committed offsets, and rewind partitions that have none.
@@ -356,3 +382,70 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
 class Transport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
+
+
+async def take_batches(stream: Any, max_: int, linger: float) -> AsyncIterator[list[Any]]:
+    """A stream's events in batches of what is queued (up to ``max_``), for ``noack`` use:
+    the caller acks each event with ``stream.ack`` once it is done.
+
+    Faust's ``take`` moves messages into its buffer one event-loop turn each (the
+    stream's ``sleep(0)`` and processors per message), stops filling while the agent
+    holds a batch, and then waits its ``within`` window from the end of that batch: on a
+    busy loop a batch of the raw topic was a few dozen messages, each paying the batch's
+    delivery round trips. Here the stream's channel queue, which keeps filling while a
+    batch is processed, is drained at once. Only a batch whose first message found the
+    queue empty (the stage was idle) waits up to ``linger`` seconds after it for more
+    while it holds fewer than ``max_``: a busy stage batches by itself (what arrived
+    during the batch before), an idle one does not send a round trip per message.
+
+    What Faust's stream does per message is kept: a message of an earlier consumer
+    generation, or one read while flow is suspended (a rebalance), is skipped (the seek
+    after the rebalance reads it again), and a message is tracked as unacked and
+    reported to the sensors as it comes in; the stream's end (Faust throws
+    ``StopAsyncIteration`` into the queue) ends the batches. A batch taken when the
+    stream ends is yielded no more (its messages are not acked: read again).
+    """
+    app = stream.app
+    channel = aiter(stream.channel)
+    queue = channel.queue
+    flow = app.flow_control
+    acking_topics = app.topics.acking_topics
+    add_unacked = app.consumer.unacked.add
+    on_message_in = app.sensors.on_message_in
+    on_stream_event_in = app.sensors.on_stream_event_in
+    loop = asyncio.get_running_loop()
+
+    def admit(event: Any, batch: list[Any]) -> None:
+        message = event.message
+        if not flow.is_active() or message.generation_id != app.consumer_generation_id:
+            return
+        if message.topic in acking_topics and not message.tracked:
+            message.tracked = True
+            add_unacked(message)
+            on_message_in(message.tp, message.offset, message)
+        on_stream_event_in(message.tp, message.offset, stream, event)
+        batch.append(event)
+
+    while not stream.should_stop:
+        batch: list[Any] = []
+        try:
+            idle = queue.empty()  # nothing queued: the stage waits for its first message
+            admit(await queue.get(), batch)
+            deadline = loop.time() + (linger if idle else 0.0)
+            while len(batch) < max_:
+                if not queue.empty():
+                    admit(queue.get_nowait(), batch)
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    admit(await asyncio.wait_for(queue.get(), remaining), batch)
+                except TimeoutError:
+                    break
+        except StopAsyncIteration:  # Faust throws it into the queue when the stream stops
+            return
+        generation = app.consumer_generation_id  # a rebalance while the batch lingered
+        batch = [e for e in batch if e.message.generation_id == generation]
+        if batch:
+            yield batch

@@ -81,8 +81,11 @@ async def _wait_for(query: Query, sql: str, expected: int, timeout: float) -> in
     return value
 
 
-async def _settle(query: Query, db: str, *, quiet_polls: int = 3, timeout: float = 60.0) -> None:
-    """Wait until identity and aggregates stop changing (merges ripple through a few hops)."""
+async def _settle(
+    query: Query, db: str, *, poll_seconds: float = 1.0, quiet_polls: int = 3, timeout: float = 60.0
+) -> None:
+    """Wait until identity and aggregates stop changing (merges ripple through a few hops);
+    ``poll_seconds`` at least the sink's flush interval, or a pending flush looks quiet."""
     sql = (
         f"SELECT (SELECT count() FROM {db}.identity_map), (SELECT count() FROM {db}.cx_partials),"
         f" (SELECT count() FROM {db}.customer_merges), (SELECT count() FROM {db}.alerts)"
@@ -91,7 +94,7 @@ async def _settle(query: Query, db: str, *, quiet_polls: int = 3, timeout: float
     same = 0
     deadline = time.monotonic() + timeout
     while same < quiet_polls and time.monotonic() < deadline:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(poll_seconds)
         now = await query(sql)
         same = same + 1 if now == last else 0
         last = now
@@ -196,7 +199,12 @@ async def run_demo(
         )
         landed = await _wait_for(sink.query, total_sql, expected, timeout)
         elapsed = time.monotonic() - t0
-        await _settle(sink.query, db)
+        await _settle(
+            sink.query,
+            db,
+            poll_seconds=max(1.0, settings.sink_flush_seconds + 0.5),
+            timeout=max(60.0, 12 * settings.sink_flush_seconds),
+        )
         report = await _report(sink.query, db)
 
     _print_report(report, db, customers, len(pairs), len(bad), produced_s)

@@ -21,7 +21,7 @@ from streams.customers.detectors.travel import (
     observe_impossible_travel,
     observe_new_device_new_country,
 )
-from streams.customers.profile import _CONTACT_TYPES, _DIGITAL, Profile
+from streams.customers.profile import _CONTACT_TYPES, _DIGITAL, _FAILURE_TYPES, Profile
 from streams.wire.model import TouchpointRecord
 
 __all__ = ["OBSERVERS", "Observer", "gates_of"]
@@ -29,14 +29,14 @@ __all__ = ["OBSERVERS", "Observer", "gates_of"]
 Observer = Callable[[Profile, TouchpointRecord, Any, int], Alert | None]
 
 # Which events each detector can fire on (a cheap gate in ``Detector.process``).
-_GEO, _PAYMENT, _VELOCITY, _DIGITAL_EVENT, _CONTACT_EVENT, _OPINION, _ANY = range(7)
+_GEO, _PAYMENT, _VELOCITY, _DIGITAL_EVENT, _CONTACT_EVENT, _OPINION, _ANY, _SERVICE = range(8)
 _GATES: Final[dict[str, int]] = {
     "impossible_travel": _GEO,
     "new_device_new_country_high_value": _PAYMENT,
     "amount_outlier": _PAYMENT,
     "velocity_burst": _VELOCITY,
     "unusual_hour": _DIGITAL_EVENT,
-    "self_service_failed": _CONTACT_EVENT,
+    "self_service_failed": _SERVICE,  # contacts, and failures that arrive after one
     "high_effort": _CONTACT_EVENT,
     "unhappy_valuable": _OPINION,
     "complaint_unresolved": _ANY,
@@ -52,7 +52,9 @@ def gates_of(channel: str, event_type: str) -> frozenset[int]:
     if channel in _DIGITAL:
         gates.add(_DIGITAL_EVENT)
     if channel == "contact_centre" and event_type in _CONTACT_TYPES:
-        gates.add(_CONTACT_EVENT)
+        gates |= {_CONTACT_EVENT, _SERVICE}
+    if channel in _DIGITAL and event_type in _FAILURE_TYPES:
+        gates.add(_SERVICE)
     if channel in ("contact_centre", "social"):
         gates.add(_OPINION)
     return frozenset(gates)

@@ -11,6 +11,7 @@ from streams.customers.profile import (
     _duration,
     _in_window,
     _is_contact,
+    _is_failure,
 )
 from streams.customers.rules import (
     ComplaintUnresolved,
@@ -24,16 +25,37 @@ from streams.wire.model import CONTACT, SOCIAL, TouchpointRecord, payload_body
 def observe_self_service_failed(
     profile: Profile, record: TouchpointRecord, rule: SelfServiceFailed, now_ms: int
 ) -> Alert | None:
-    if not _is_contact(record) or not profile.failures:
-        return None
+    """A contact within ``within_minutes`` after failed self-service steps, in either arrival
+    order: judged at the contact, or -- when the failure reaches the customer only after the
+    contact (another identifier resolved later, another batch) -- at the failure, against the
+    contact already folded in. Both orders build the same alert (same event ids, same id);
+    the rule's cool-down keeps the second order from firing again."""
+    within = int(rule.within_minutes * _MINUTE)
     ts = record["occurred_at"]
-    failures = _in_window(profile.failures, ts - int(rule.within_minutes * _MINUTE), ts)
+    if _is_contact(record):
+        if not profile.failures:
+            return None
+        failures = _in_window(profile.failures, ts - within, ts)
+        contact_ts, contact_id, contact_type = ts, record["event_id"], record["event_type"]
+    elif _is_failure(record):
+        later = _in_window(profile.contacts, ts, ts + within)
+        if not later:
+            return None
+        contact_ts, contact_id = later[0][0], later[0][1]
+        contact_type = _event_type_of(profile, contact_id)
+        this = [ts, record["event_id"], f"{record['channel']} {record['event_type']}"]
+        failures = sorted(
+            [*_in_window(profile.failures, contact_ts - within, contact_ts), this],
+            key=lambda f: (f[0], f[1]),
+        )
+    else:
+        return None
     if not failures:
         return None
     first = failures[0]
     summary = (
         f"{len(failures)} failed self-service step(s) ({', '.join(f[2] for f in failures)}) "
-        f"then a contact-centre {record['event_type']} {_duration(ts - failures[-1][0])} "
+        f"then a contact-centre {contact_type} {_duration(contact_ts - failures[-1][0])} "
         f"later (within {rule.within_minutes:g} min)"
     )
     return _make_alert(
@@ -42,17 +64,25 @@ def observe_self_service_failed(
         rule,
         score=float(len(failures)),
         summary=summary,
-        event_ids=[f[1] for f in failures] + [record["event_id"]],
+        event_ids=[f[1] for f in failures] + [contact_id],
         evidence={
             "failures": ", ".join(f[2] for f in failures),
             "first_failure_event_id": first[1],
-            "contact_type": record["event_type"],
-            "minutes_after_failure": f"{(ts - failures[-1][0]) / _MINUTE:.1f}",
+            "contact_type": contact_type,
+            "minutes_after_failure": f"{(contact_ts - failures[-1][0]) / _MINUTE:.1f}",
             "threshold_minutes": f"{rule.within_minutes:g}",
         },
-        occurred_at=ts,
+        occurred_at=contact_ts,
         now_ms=now_ms,
     )
+
+
+def _event_type_of(profile: Profile, event_id: str) -> str:
+    """The type of an event the profile still holds in its recent history, else "contact"."""
+    for entry in reversed(profile.recent):
+        if entry[1] == event_id:
+            return str(entry[3])
+    return "contact"
 
 
 def observe_high_effort(

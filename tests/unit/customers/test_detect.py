@@ -730,6 +730,25 @@ def test_self_service_failed_within_the_hour() -> None:
     )
 
 
+def test_self_service_failed_when_the_failure_arrives_after_the_contact() -> None:
+    detector = only("self_service_failed")
+    fail = rec("checkout_failed", ts=T0)
+    call = contact("call", T0 + 35 * MIN)
+    [in_order] = run(detector, Profile("CRM-1"), [fail, call])
+    [late] = run(detector, Profile("CRM-1"), [call, fail])  # the call reached us first
+    assert late["alert_id"] == in_order["alert_id"]
+    assert late["event_ids"] == [fail["event_id"], call["event_id"]]
+    assert late["occurred_at"] == call["occurred_at"] == in_order["occurred_at"]
+    assert late["summary"] == in_order["summary"]
+    assert late["evidence"] == in_order["evidence"]
+    # a second failure arriving later still is the same case: the cool-down holds it
+    again = run(detector, Profile("CRM-2"), [call, fail, rec("login_failed", "mobile", T0 + MIN)])
+    assert len(again) == 1
+    # a failure after the contact, or more than the window before it, is not the pattern
+    assert run(detector, Profile("CRM-3"), [call, rec("checkout_failed", ts=T0 + 36 * MIN)]) == []
+    assert run(detector, Profile("CRM-4"), [call, rec("checkout_failed", ts=T0 - 26 * MIN)]) == []
+
+
 def test_high_effort_counts_distinct_cases_in_seven_days() -> None:
     detector = only("high_effort")
     profile = Profile("CRM-1")
