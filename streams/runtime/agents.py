@@ -60,7 +60,7 @@ class PipelineAgents(PipelineProtocol):
         self, stage: str, process: Callable[[list[Any]], Awaitable[None]]
     ) -> Callable[[Any], Awaitable[None]]:
         """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages (or what arrived
-        within ``INGEST_BATCH_SECONDS``), cut into slices of at most ``BATCH_MAX_BYTES``,
+        within ``INGEST_BATCH_SECONDS``), cut into slices of at most ``BATCH_MAX_BYTES`` if set,
         each processed and acked through ``_guarded``."""
         settings = self.settings
 
