@@ -486,6 +486,12 @@ def demo(customers: int, rate: float | None, timeout: float, workers: int) -> No
     metavar="VAR=VALUE",
     help="also run one worker with this setting and without it, alternating (BENCH compare)",
 )
+@click.option(
+    "--compare-latency",
+    multiple=True,
+    metavar="VAR=VALUE",
+    help="each alert_latency run as configured and with this worker setting, alternating",
+)
 @click.option("--rounds", default=2, show_default=True, help="alternations of each --compare")
 def bench(
     events: int,
@@ -495,6 +501,7 @@ def bench(
     baseline: bool,
     pipeline: bool,
     compare: tuple[str, ...],
+    compare_latency: tuple[str, ...],
     rounds: int,
 ) -> None:
     """CPU per event and rate of 1 and 2 workers against a ceiling, alert latency,
@@ -514,6 +521,7 @@ def bench(
             baseline=baseline,
             pipeline=pipeline,
             compare=compare,
+            compare_latency=compare_latency,
             rounds=rounds,
         )
     )

@@ -34,6 +34,7 @@ from streams.identity.graph import (
 )
 from streams.ingest.dedupe import DUPLICATE_REASON
 from streams.ingest.stage import from_json
+from streams.runtime.faust_patches import take_batches
 from streams.runtime.memory import message_bytes, slices
 from streams.runtime.parts import log
 from streams.runtime.protocol import PipelineProtocol
@@ -59,14 +60,16 @@ class PipelineAgents(PipelineProtocol):
     def batch_agent(
         self, stage: str, process: Callable[[list[Any]], Awaitable[None]]
     ) -> Callable[[Any], Awaitable[None]]:
-        """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages (or what arrived
-        within ``INGEST_BATCH_SECONDS``), cut into slices of at most ``BATCH_MAX_BYTES`` if set,
-        each processed and acked through ``_guarded``."""
+        """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages, cut into slices
+        of at most ``BATCH_MAX_BYTES`` if set, each processed and acked through ``_guarded``,
+        one at a time. A batch is what is queued when the one before it ends
+        (``take_batches``); a stage that was idle waits up to ``INGEST_BATCH_SECONDS``
+        after the first message for more."""
         settings = self.settings
 
         async def agent(stream: Any) -> None:
-            async for events in stream.noack_take(
-                settings.ingest_batch_size, within=settings.ingest_batch_seconds
+            async for events in take_batches(
+                stream, settings.ingest_batch_size, settings.ingest_batch_seconds
             ):
                 parts = slices(events, settings.batch_max_bytes, message_bytes)
                 if len(parts) == 1:

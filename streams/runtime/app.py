@@ -41,7 +41,7 @@ from streams.ingest.stage import IngestPolicy, IngestStage
 from streams.runtime import gc_tuning
 from streams.runtime.agents import PipelineAgents
 from streams.runtime.diagnostics import install_stack_dump
-from streams.runtime.faust_patches import keep_buffers_on_resume
+from streams.runtime.faust_patches import keep_buffers_on_resume, set_fetch_max_wait
 from streams.runtime.memory import c_heap, release_free_memory
 from streams.runtime.views import PipelineViews
 from streams.settings import Settings
@@ -235,7 +235,7 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=settings.producer_linger_ms,
         producer_max_batch_size=512 * 1024,
         producer_max_request_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(4096, settings.ingest_batch_size * 2),
@@ -260,6 +260,7 @@ def _faust_app(settings: Settings) -> faust.App:
         web_in_thread=False,
     )
     keep_buffers_on_resume(app)  # Faust empties them on every resume (a lost tail)
+    set_fetch_max_wait(app, settings.consumer_fetch_max_wait_ms)
     return app
 
 

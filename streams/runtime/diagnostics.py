@@ -103,9 +103,7 @@ def install_stack_dump(
     extra_loops: Callable[[], Iterable[tuple[str, asyncio.AbstractEventLoop]]] = tuple,
 ) -> bool:
     """Log ``stack_dump()`` at WARNING on SIGUSR1 (main thread, Unix only); False if not."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "SIGUSR1"
-    ):
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
         return False
     loop = asyncio.get_running_loop()
 

@@ -31,25 +31,24 @@ import asyncio
 import gc
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import click
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.adapters.kafka import consumer_security
 from streams.identity.graph import IdentityNode, IdentityRules, JsonState, LinkOp
-from streams.runtime.processes import Spawned, metric_sum, wait_until
+from streams.runtime.processes import wait_until
 from streams.runtime.runner import prepare
 from streams.settings import Settings
+from streams.sim.deployment import Deployment, fresh
 from streams.sim.generator import encode_events, generate, produce
-from streams.wire.codec import ALERT_SUBJECT, TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
-from streams.wire.envelope import unpack
+from streams.sim.latency import latency_lines
+from streams.wire.codec import TOUCHPOINT_SUBJECT, AvroCodec, SchemaRegistry
 
 __all__ = ["run_bench"]
 
@@ -138,88 +137,6 @@ def _identity_memory_apart(customers: int) -> tuple[int, float]:
     return int(out[0]), float(out[1])
 
 
-class _Deployment:
-    """Worker processes and (by default) one sink process on a fresh deployment.
-
-    ``sink_apart=False, gc_tuned=False`` is the topology and runtime before issue 11:
-    one process ran the agents and the sink, with Python's default collector."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        workers: int,
-        *,
-        sink_apart: bool = True,
-        gc_tuned: bool = True,
-        worker_env: dict[str, str] | None = None,
-    ) -> None:
-        self.settings = settings
-        log_dir = settings.data_dir / "logs"
-        env = {} if gc_tuned else {"GC_FREEZE": "false", "GC_THRESHOLD": "0"}
-        env.update(worker_env or {})
-        self.sink = Spawned("sink", "sink", settings, log_dir, **env) if sink_apart else None
-        self.workers = [
-            Spawned(
-                f"worker-{i}",
-                "worker",
-                settings,
-                log_dir,
-                SINK_ENABLED="true" if not sink_apart and i == 0 else "false",
-                DATA_DIR=str(settings.data_dir / f"worker-{i}"),
-                **env,
-            )
-            for i in range(workers)
-        ]
-        self.sink_owner = self.sink or self.workers[0]
-
-    @property
-    def processes(self) -> list[Spawned]:
-        return [*([self.sink] if self.sink else []), *self.workers]
-
-    async def start(self, timeout: float = 180.0) -> None:
-        try:
-            await self._start(timeout)
-        except BaseException:
-            await asyncio.to_thread(self.stop)
-            raise
-
-    async def _start(self, timeout: float) -> None:
-        for process in self.processes:
-            process.start()
-
-        def all_ready() -> bool:
-            return all(p.ready() for p in self.processes)
-
-        # Ready twice, a few seconds apart: a later worker's join rebalances the group.
-        for _ in range(2):
-            if not await asyncio.to_thread(wait_until, all_ready, timeout, 0.5):
-                dead = [p for p in self.processes if not p.ready()]
-                tails = "\n".join(f"--- {p.name}\n{p.tail()}" for p in dead)
-                raise RuntimeError(f"not ready: {[p.name for p in dead]}\n{tails}")
-            await asyncio.sleep(3.0)
-
-    def customer_events(self) -> float:
-        return sum(
-            metric_sum(w.metrics(), "touchpoints_customer_stage_events_total") for w in self.workers
-        )
-
-    def touchpoint_rows(self) -> float:
-        return metric_sum(
-            self.sink_owner.metrics(),
-            "touchpoints_clickhouse_rows_written_total",
-            table="touchpoints",
-        )
-
-    def cpu(self) -> dict[str, float]:
-        return {p.name: p.cpu_seconds() for p in self.processes}
-
-    def stop(self) -> None:
-        for process in self.workers:  # the sink last: it flushes what the workers sent
-            process.stop()
-        if self.sink is not None:
-            self.sink.stop()
-
-
 @dataclass(frozen=True, slots=True)
 class _Run:
     events_per_s: float
@@ -243,9 +160,9 @@ async def _pipeline_run(
     every event went through the customer stage and every touchpoint is in ClickHouse.
     CPU is each process's own (kernel accounting) from the moment it was ready to the
     end, start-up and recovery excluded; the rate is wall clock from the first produce."""
-    bench = _fresh(settings, "bench")
+    bench = fresh(settings, "bench")
     prepare(bench)
-    deployment = _Deployment(
+    deployment = Deployment(
         bench, workers, sink_apart=sink_apart, gc_tuned=gc_tuned, worker_env=worker_env
     )
     n = len(pairs)
@@ -281,185 +198,6 @@ async def _pipeline_run(
         await asyncio.to_thread(deployment.stop)
 
 
-def _p50_p99(values: list[float]) -> tuple[float, float]:
-    values.sort()
-    return statistics.median(values), values[min(len(values) - 1, int(len(values) * 0.99))]
-
-
-class _Hops:
-    """Each internal hop's envelope timestamp (when its stage produced it) minus the
-    produce time of the events it carries: where the alert latency accumulates."""
-
-    def __init__(self, settings: Settings, sent_at: dict[str, float]) -> None:
-        self.sent_at = sent_at
-        self.values: dict[str, list[float]] = {
-            settings.topics.valid: [],
-            settings.topics.resolved: [],
-        }
-        self.consumer = AIOKafkaConsumer(
-            *self.values,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=None,
-            auto_offset_reset="latest",
-            **consumer_security(settings),
-        )
-
-    async def collect(self) -> None:
-        async for message in self.consumer:
-            for item in unpack(message.value or b""):
-                record = item.get("r")
-                sent = self.sent_at.get(record["event_id"]) if isinstance(record, dict) else None
-                if sent is not None:
-                    self.values[message.topic].append(message.timestamp - sent * 1000)
-
-    def report(self) -> None:
-        for topic, values in self.values.items():
-            if values:
-                p50, p99 = _p50_p99(values)
-                click.echo(
-                    f"hop produced->{topic.rsplit('.', 1)[-1]}: p50_ms={p50:.0f} p99_ms={p99:.0f}"
-                )
-
-
-def _stage_waits(exposition: str) -> None:
-    """Per stage of the worker: mean input wait before a batch starts and mean batch time
-    (``touchpoints_stage_input_wait_seconds`` / ``touchpoints_stage_batch_seconds``)."""
-    parts = []
-    for stage in ("ingest", "dedupe", "identity", "customers"):
-        means = []
-        for name in ("touchpoints_stage_input_wait_seconds", "touchpoints_stage_batch_seconds"):
-            count = metric_sum(exposition, f"{name}_count", stage=stage)
-            means.append(
-                metric_sum(exposition, f"{name}_sum", stage=stage) / count * 1000 if count else 0.0
-            )
-        batches = metric_sum(exposition, "touchpoints_stage_batch_seconds_count", stage=stage)
-        parts.append(
-            f"{stage}: input_wait_ms={means[0]:.0f} batch_ms={means[1]:.0f} batches={batches:.0f}"
-        )
-    click.echo("stages (means) " + "; ".join(parts))
-
-
-async def _produce_steady(
-    settings: Settings,
-    codec: AvroCodec,
-    producer: AIOKafkaProducer,
-    events: list[Any],
-    rate: float,
-    sent_at: dict[str, float],
-) -> float:
-    """``events`` at ``rate`` (stamped now, chunks every 10 ms); the rate really reached."""
-    started = time.time()
-    step = 1.0 / rate
-    chunk = max(1, int(rate / 100))
-    deliveries = []
-    for i in range(0, len(events), chunk):
-        await asyncio.sleep(max(0.0, started + i * step - time.time()))
-        for e in events[i : i + chunk]:
-            record: dict[str, Any] = dict(e.record)
-            record["received_at"] = record["occurred_at"] = int(time.time() * 1000)
-            value = codec.encode(record)
-            sent_at[str(record["event_id"])] = time.time()
-            deliveries.append(await producer.send(settings.topics.raw, value, key=e.key))
-    await asyncio.gather(*deliveries)
-    return len(events) / max(time.time() - started, 1e-9)
-
-
-async def _alert_latency(
-    settings: Settings, codec: AvroCodec, rate: float, seconds: float
-) -> tuple[float, float, int, float]:
-    """p50/p99 ms from producing the newest triggering event to the alert on the topic,
-    the number of alerts, and the rate the events were really produced at (one worker
-    process and the sink process; this process only produces and listens)."""
-    alert_codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), ALERT_SUBJECT)
-    count = int(rate * seconds)
-    now = int(time.time() * 1000)
-    events = generate(max(1, count // 12), seed=5, now_ms=now, span_ms=int(seconds * 1000))
-    events = events[:count]
-    sent_at: dict[str, float] = {}
-    latencies: list[float] = []
-    consumer = AIOKafkaConsumer(
-        settings.topics.alerts,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="latest",
-        **consumer_security(settings),
-    )
-    await consumer.start()
-    hops = _Hops(settings, sent_at)
-    await hops.consumer.start()
-
-    async def collect() -> None:
-        async for message in consumer:
-            arrived = time.time()
-            alert = alert_codec.decode(message.value or b"")
-            known = [sent_at[e] for e in alert["event_ids"] if e in sent_at]
-            if known:
-                latencies.append((arrived - max(known)) * 1000)
-
-    deployment = _Deployment(settings, 1)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=1,
-        **consumer_security(settings),
-    )
-    await producer.start()  # one producer for the run: starting one per chunk lags the rate
-    try:
-        await deployment.start()
-        collectors = [asyncio.create_task(collect()), asyncio.create_task(hops.collect())]
-        await asyncio.sleep(1.0)
-        produced_rate = await _produce_steady(settings, codec, producer, events, rate, sent_at)
-        deadline = time.monotonic() + 180
-        while await asyncio.to_thread(deployment.customer_events) < len(events):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(1.0)
-        for task in collectors:
-            task.cancel()
-        _stage_waits(deployment.workers[0].metrics())
-    finally:
-        await producer.stop()
-        await asyncio.to_thread(deployment.stop)
-        await consumer.stop()
-        await hops.consumer.stop()
-    hops.report()
-    if not latencies:
-        return float("nan"), float("nan"), 0, produced_rate
-    p50, p99 = _p50_p99(latencies)
-    return p50, p99, len(latencies), produced_rate
-
-
-async def _latency_lines(
-    settings: Settings, codec: AvroCodec, rates: tuple[float, ...], seconds: float
-) -> None:
-    for rate in rates:  # a fresh deployment each: no backlog carried over
-        latency = _fresh(settings, "lat")
-        prepare(latency)
-        p50, p99, alerts, produced = await _alert_latency(latency, codec, rate, seconds)
-        click.echo(f"alert latency over {alerts} alerts; events produced at {produced:,.0f}/s")
-        click.echo(
-            f"BENCH alert_latency p50_ms={p50:.0f} p99_ms={p99:.0f}"
-            f" at_events_per_s={rate:.0f} produced_events_per_s={produced:.0f}"
-        )
-
-
-def _fresh(settings: Settings, tag: str) -> Settings:
-    run = uuid.uuid4().hex[:8]
-    return settings.model_copy(
-        update={
-            "topic_prefix": f"{tag}{run}.",
-            "app_id": f"{tag}-{run}",
-            "clickhouse_database": f"{tag}_{run}",
-            "aggregate_lateness_seconds": 3 * 3600,
-            "data_dir": settings.data_dir / f"{tag}-{run}",
-            # Its own embedded database too: the engine's background tasks run for every
-            # table it holds, so an earlier run's tables would cost the sink idle CPU.
-            "clickhouse_chdb_path": settings.data_dir / f"{tag}-{run}" / "chdb",
-        }
-    )
-
-
 async def run_bench(
     settings: Settings,
     *,
@@ -470,6 +208,7 @@ async def run_bench(
     baseline: bool = True,
     pipeline: bool = True,
     compare: tuple[str, ...] = (),
+    compare_latency: tuple[str, ...] = (),
     rounds: int = 2,
 ) -> None:
     codec = AvroCodec(SchemaRegistry.from_dir(settings.schemas_dir), TOUCHPOINT_SUBJECT)
@@ -479,7 +218,7 @@ async def run_bench(
     n = len(pairs)
     click.echo(f"{n:,} events for {events // 12:,} customers")
 
-    ceiling = _fresh(settings, "ceil")
+    ceiling = fresh(settings, "ceil")
     prepare(ceiling)
     await produce(ceiling, pairs)
     decode_ceiling, ceiling_cpu_us = await _decode_ceiling(ceiling, codec, n)
@@ -520,7 +259,7 @@ async def run_bench(
                 run = await _pipeline_run(settings, pairs, 1, worker_env=env)
                 line("compare", 1, run, f" round={round_ + 1} with={label}")
 
-    await _latency_lines(settings, codec, latency_rates, latency_seconds)
+    await latency_lines(settings, codec, latency_rates, latency_seconds, compare_latency, rounds)
 
     if memory_events > 0:
         from streams.sim.bench_memory import memory_lines  # (it builds on this module)

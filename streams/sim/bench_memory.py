@@ -13,7 +13,7 @@ import click
 from streams.runtime.processes import metric_sum, wait_until
 from streams.runtime.runner import prepare
 from streams.settings import Settings
-from streams.sim.bench import _Deployment, _fresh
+from streams.sim.deployment import Deployment, fresh
 from streams.sim.generator import encode_events, generate, produce
 from streams.topology import TABLES
 from streams.wire.codec import AvroCodec
@@ -54,9 +54,9 @@ async def _memory_run(settings: Settings, codec: AvroCodec, events: int) -> _Mem
     # de-duplication, the identity and customer stages' replay memory): a run shorter than
     # the horizon keeps every id by design. A one-minute horizon bounds what is kept, so
     # what still grows is what should not.
-    bench = _fresh(settings, "mem").model_copy(update={"dedupe_horizon_seconds": 60})
+    bench = fresh(settings, "mem").model_copy(update={"dedupe_horizon_seconds": 60})
     prepare(bench)
-    deployment = _Deployment(bench, 1)
+    deployment = Deployment(bench, 1)
     try:
         await deployment.start()
         producing = asyncio.create_task(produce(bench, pairs))

@@ -200,7 +200,9 @@ async def run_demo(
         landed = await _wait_for(sink.query, total_sql, expected, timeout)
         elapsed = time.monotonic() - t0
         await _settle(
-            sink.query, db, poll_seconds=max(1.0, settings.sink_flush_seconds + 0.5),
+            sink.query,
+            db,
+            poll_seconds=max(1.0, settings.sink_flush_seconds + 0.5),
             timeout=max(60.0, 12 * settings.sink_flush_seconds),
         )
         report = await _report(sink.query, db)
