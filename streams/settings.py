@@ -264,12 +264,12 @@ class Settings(BaseSettings):
         " 700).",
     )
     batch_max_bytes: int = Field(
-        4 * 1024 * 1024,
+        0,
         ge=0,
-        description="A batch taken from a stage's input is processed in consecutive slices of"
-        " at most this many message bytes (at least one message each; 0 = whole): bounds"
-        " what one batch holds decoded, since an internal message carries up to 512 KiB of"
-        " events and a backlog fills takes of INGEST_BATCH_SIZE messages.",
+        description="If > 0, a batch taken from a stage's input is processed in consecutive"
+        " slices of at most this many message bytes (at least one message each): bounds what"
+        " one batch holds decoded in a backlog (an internal message carries up to 512 KiB of"
+        " events), at a CPU cost in catch-up (README Performance: 4 MiB measured +18 %).",
     )
     malloc_trim_seconds: float = Field(
         30.0,

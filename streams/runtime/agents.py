@@ -61,8 +61,8 @@ class PipelineAgents(PipelineProtocol):
         self, stage: str, process: Callable[[list[Any]], Awaitable[None]]
     ) -> Callable[[Any], Awaitable[None]]:
         """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages, cut into slices
-        of at most ``BATCH_MAX_BYTES``, each processed and acked through ``_guarded``, one
-        at a time. A batch is what is queued when the one before it ends
+        of at most ``BATCH_MAX_BYTES`` if set, each processed and acked through ``_guarded``,
+        one at a time. A batch is what is queued when the one before it ends
         (``take_batches``); a stage that was idle waits up to ``INGEST_BATCH_SECONDS``
         after the first message for more."""
         settings = self.settings

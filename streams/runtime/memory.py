@@ -13,12 +13,16 @@ the end: 256 arenas, 268 MB, 104 MB of it in use) and glibc keeps its free chunk
 
 So:
 
-* ``slices``: a taken batch is processed in consecutive slices of at most
-  ``BATCH_MAX_BYTES`` message bytes, each a whole batch of its own (output, state, acks in
-  order), so what a batch holds decoded no longer grows with the backlog;
 * ``release_free_memory``: every ``MALLOC_TRIM_SECONDS`` the worker asks glibc to return
   its free pages (``malloc_trim(0)`` also releases free pages inside the heap, not only
   its top). A no-op where the C library has no ``malloc_trim`` (musl, macOS).
+* ``slices`` (off by default, ``BATCH_MAX_BYTES``): a taken batch processed in consecutive
+  slices of at most that many message bytes, each a whole batch of its own (output, state,
+  acks in order), so what a batch holds decoded no longer grows with the backlog. At 4 MiB
+  it cut pymalloc's arenas at the end from 256 to 177, but a customer touched in several
+  slices has its profile read, re-encoded and written to the changelog once per slice:
+  measured offline the customer stage went 129-142 -> 181-195 us/event (slices of 3-6k
+  events against batches of 20k), end to end the worker ~+18 % in catch-up.
 """
 
 from __future__ import annotations
