@@ -34,6 +34,7 @@ __all__ = [
     "REGISTRY",
     "SCHEMA_REGISTRY_LOOKUPS",
     "SINK_COMMITTED_OFFSET",
+    "SINK_COMMITS_REFUSED",
     "STAGE_FAILURES",
     "TABLE_KEYS",
     "TABLE_BYTES",
@@ -105,6 +106,11 @@ CLICKHOUSE_INSERT_SECONDS = Histogram(
 CLICKHOUSE_INSERT_FAILURES = Counter(
     "touchpoints_clickhouse_insert_failures_total",
     "Failed ClickHouse batch inserts (retried; offsets wait until they succeed).",
+    registry=REGISTRY,
+)
+SINK_COMMITS_REFUSED = Counter(
+    "touchpoints_sink_commits_refused_total",
+    "Sink commits the consumer group refused after a rebalance (rows read again, idempotent).",
     registry=REGISTRY,
 )
 SINK_COMMITTED_OFFSET = Gauge(

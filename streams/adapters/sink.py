@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from mode import Service
 
 from streams import metrics
@@ -542,7 +543,26 @@ class SinkService(Service):
                     log.warning("ClickHouse insert failed (%s); retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
-            await consumer.commit(positions)
+            try:
+                await consumer.commit(positions)
+            except CommitFailedError as exc:
+                # The group moved on without this member (a heartbeat missed under load, a
+                # session timeout): the partitions may be another member's now, and the
+                # commit is refused. Their rows are in ClickHouse; whoever owns them next
+                # reads them again from the last committed offsets, and the idempotent
+                # writes absorb the replay. Crashing here instead stopped the sink (and, in
+                # one process with the worker, the whole pipeline) for good.
+                log.warning(
+                    "sink commit refused by the group (%s); %d partition(s) will be read again "
+                    "from their committed offsets",
+                    type(exc).__name__,
+                    len(positions),
+                )
+                metrics.SINK_COMMITS_REFUSED.inc()
+                for tp, offset in positions.items():
+                    if self._positions.get(tp) == offset:
+                        del self._positions[tp]
+                return
             for tp, offset in positions.items():
                 metrics.SINK_COMMITTED_OFFSET.labels(tp.topic, str(tp.partition)).set(offset)
                 if self._positions.get(tp) == offset:
