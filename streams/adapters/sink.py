@@ -308,10 +308,7 @@ class ClickHouseSink:
         by_table: dict[str, list[list[Any]]] = {}
         try:
             for table, row in self.routes[topic](message):
-                rows = by_table.get(table)
-                if rows is None:
-                    rows = by_table[table] = []
-                rows.append(row)
+                by_table.setdefault(table, []).append(row)
             for table, rows in by_table.items():  # a row ClickHouse would refuse would stall
                 if table == ERASE:  # every retry
                     if not all(isinstance(c, str) for row in rows for c in row[0]):
@@ -559,11 +556,9 @@ class SinkService(Service):
                     len(positions),
                 )
                 metrics.SINK_COMMITS_REFUSED.inc()
+            else:
                 for tp, offset in positions.items():
-                    if self._positions.get(tp) == offset:
-                        del self._positions[tp]
-                return
-            for tp, offset in positions.items():
-                metrics.SINK_COMMITTED_OFFSET.labels(tp.topic, str(tp.partition)).set(offset)
+                    metrics.SINK_COMMITTED_OFFSET.labels(tp.topic, str(tp.partition)).set(offset)
+            for tp, offset in positions.items():  # committed, or to be read again
                 if self._positions.get(tp) == offset:
                     del self._positions[tp]

@@ -56,7 +56,7 @@ def _our_coroutines() -> list[str]:
             frame, awaits = obj.ag_frame, obj.ag_await
         else:
             continue
-        if frame is None or f"{_PACKAGE}" not in frame.f_code.co_filename:
+        if frame is None or _PACKAGE not in frame.f_code.co_filename:
             continue
         code = frame.f_code
         lines.append(
