@@ -8,7 +8,6 @@ import hashlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -25,15 +24,14 @@ from streams.identity.graph import (
     Refusal,
     ResolutionMemory,
     Resolved,
+    link_ops,
     op_from_json,
     op_to_json,
-    ops_for_event,
     output_to_json,
     state_from_json,
     state_to_json,
 )
 from streams.ingest.dedupe import DUPLICATE_REASON
-from streams.ingest.stage import from_json
 from streams.runtime.faust_patches import take_batches
 from streams.runtime.memory import message_bytes, slices
 from streams.runtime.parts import log
@@ -50,10 +48,10 @@ from streams.wire.dlq import RawMessage
 from streams.wire.envelope import (
     MAX_ENVELOPE_BYTES,
     group_by_partition,
-    join_chunks,
     partition_for,
     unpack,
 )
+from streams.wire.valid import pack_valid, read_valid
 
 
 class PipelineAgents(PipelineProtocol):
@@ -151,7 +149,7 @@ class PipelineAgents(PipelineProtocol):
         result = stage.process(batch, int(time.time() * 1000))
         pending = []
         for partition, items in result.valid.items():
-            for chunk in join_chunks(items):
+            for chunk in pack_valid(items, MAX_ENVELOPE_BYTES):
                 pending.append(
                     await self.app.producer.send(valid_topic, None, chunk, partition, None, None)
                 )
@@ -189,15 +187,17 @@ class PipelineAgents(PipelineProtocol):
         now_ms = int(time.time() * 1000)
         by_partition: dict[int, list[Any]] = defaultdict(list)
         refusals: list[Refusal] = []
+        rules = self.identity_rules
         for e in events:
             msg = e.message
             ops = by_partition[msg.partition]
             if msg.topic == t.valid:
-                for item in unpack(msg.value):  # {"a": anchor, "r": record}
-                    link, refused = ops_for_event(
-                        from_json(item["r"]), self.identity_rules, carry_event=False
-                    )
-                    ops.extend(replace(op, event=item) for op in link)
+                for v in read_valid(msg.value):
+                    # the event travels as {"a": anchor, "r": record}, the record's bytes as
+                    # ingest encoded them (``streams.wire.valid``): never parsed here
+                    event = {"a": v.anchor, "r": v.record_json()}
+                    link, refused = link_ops(v.keys, v.event_id, v.ts, event, rules)
+                    ops.extend(link)
                     refusals.extend(refused)
             else:
                 ops.extend(op_from_json(item) for item in unpack(msg.value))
@@ -253,7 +253,7 @@ class PipelineAgents(PipelineProtocol):
         for out in outputs:
             if isinstance(out, Resolved):
                 customer = out.customer or ""
-                item = out.event  # {"a": anchor, "r": record} from the valid topic
+                item = out.event  # {"a": anchor, "r": record} (the record's JSON as it came)
                 # The identifier it resolved at: the anchor, or the next one when the
                 # anchor is quarantined (a household): timelines follow that one's label.
                 key = out.via or item["a"]
