@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from streams.identity.graph import (
 )
 from streams.ingest.dedupe import DUPLICATE_REASON
 from streams.runtime.faust_patches import take_batches
+from streams.runtime.lanes import Lane, ack, lane_batches
 from streams.runtime.memory import message_bytes, slices
 from streams.runtime.parts import log
 from streams.runtime.protocol import PipelineProtocol
@@ -60,18 +61,19 @@ class PipelineAgents(PipelineProtocol):
     ) -> Callable[[Any], Awaitable[None]]:
         """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages, cut into slices
         of at most ``BATCH_MAX_BYTES`` if set, each processed and acked through ``_guarded``,
-        one at a time. A batch is what is queued when the one before it ends
-        (``take_batches``); a stage that was idle waits up to ``INGEST_BATCH_SECONDS``
-        after the first message for more."""
+        one at a time. A batch is what is queued when the one before it ends; a stage that
+        was idle waits up to ``INGEST_BATCH_SECONDS`` after the first message for more. With
+        this project's consumer the messages come through a lane (``streams.runtime.lanes``:
+        none of Faust's per-message delivery path), otherwise from the stream's queue
+        (``take_batches``)."""
         settings = self.settings
 
         async def agent(stream: Any) -> None:
-            async for events in take_batches(
-                stream, settings.ingest_batch_size, settings.ingest_batch_seconds
-            ):
+            batches, acker = self._batches(stream)
+            async for events in batches:
                 parts = slices(events, settings.batch_max_bytes, message_bytes)
                 if len(parts) == 1:
-                    await self._guarded(stage, process, events, stream)
+                    await self._guarded(stage, process, events, acker)
                     continue
                 # Slices of one take (``streams.runtime.memory``): each is a whole batch;
                 # a rebalance waits for the take as it would for one batch.
@@ -79,7 +81,7 @@ class PipelineAgents(PipelineProtocol):
                 self._idle.clear()
                 try:
                     for part in parts:
-                        await self._guarded(stage, process, list(part), stream)
+                        await self._guarded(stage, process, list(part), acker)
                 finally:
                     self._inflight -= 1
                     if not self._inflight:
@@ -87,6 +89,34 @@ class PipelineAgents(PipelineProtocol):
 
         agent.__name__ = agent.__qualname__ = f"{stage}_agent"
         return agent
+
+    def _batches(
+        self, stream: Any
+    ) -> tuple[AsyncIterator[list[Any]], Callable[[list[Any]], Awaitable[None]]]:
+        """The stream's batches and how to ack their events: through a lane registered for
+        its topics when the consumer delivers to lanes, else from the stream's queue."""
+        settings, app = self.settings, self.app
+        size, linger = settings.ingest_batch_size, settings.ingest_batch_seconds
+        lanes = getattr(app.consumer, "lanes", None) if settings.delivery_lanes else None
+        if lanes is None:
+
+            async def stream_ack(events: list[Any]) -> None:
+                for event in events:
+                    await stream.ack(event)
+
+            return take_batches(stream, size, linger), stream_ack
+        aiter(stream.channel)  # registers the topics with the conductor: the subscription
+        topics = list(stream.channel.topics)
+        lane = lanes.get(topics[0]) if topics else None
+        if lane is None or lane.topics != frozenset(topics):
+            lane = Lane(app, topics, app.conf.stream_buffer_maxsize)
+            for topic in topics:
+                lanes[topic] = lane
+
+        async def lane_ack(events: list[Any]) -> None:
+            ack(app, events)
+
+        return lane_batches(lane, stream, size, linger), lane_ack
 
     async def _ingest_batch(self, events: list[Any]) -> None:
         """Raw messages -> frames on ``touchpoints.checked`` (by event id) + dead letters.
