@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         description="How long a stage that was idle waits after a batch's first message for"
         " more (a busy stage takes what queued up during its last batch, at once).",
     )
+    delivery_lanes: bool = Field(
+        True,
+        description="Hand the agents' messages over in lanes, a fetch at a time, instead of"
+        " through Faust's per-message conductor, event and ack path (streams/runtime/lanes.py);"
+        " false: Faust's path, as before.",
+    )
     producer_linger_ms: int = Field(
         5,
         ge=0,

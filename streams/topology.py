@@ -104,7 +104,7 @@ TOPICS: tuple[Topic, ...] = (
         "valid",
         "touchpoints.valid",
         "- (explicit partition)",
-        "envelope of {anchor, record}",
+        "items of {anchor, event id, time, identifier keys} + the record's JSON",
         Retention.RAW,
     ),
     Topic(

@@ -10,15 +10,15 @@ from typing import Any
 
 from streams.identity.messages import LinkOp, Op, Refusal, Resolved
 from streams.identity.rules import IdentityRules
-from streams.wire.model import IDENTIFIER_KINDS, TouchpointRecord
+from streams.wire.model import TouchpointRecord
+from streams.wire.valid import identifier_keys
 
 # ----------------------------------------------------------------------------- events
 
 
 def event_identifiers(record: TouchpointRecord) -> list[str]:
     """The record's identifier keys, strongest first."""
-    ids = record["identifiers"]
-    return [f"{kind}:{v}" for kind in IDENTIFIER_KINDS if (v := ids.get(kind))]
+    return identifier_keys(record["identifiers"])
 
 
 class ResolutionMemory:
@@ -83,11 +83,21 @@ def ops_for_event(
     record: TouchpointRecord, rules: IdentityRules, *, carry_event: bool = True
 ) -> tuple[list[Op], list[Refusal]]:
     """The LINK op for a normalised touchpoint (none if every identifier is blocked)."""
-    event_id, ts = record["event_id"], record["occurred_at"]
-    usable, refusals = rules.filter(event_identifiers(record), event_id, ts)
+    event = record if carry_event else None
+    return link_ops(
+        event_identifiers(record), record["event_id"], record["occurred_at"], event, rules
+    )
+
+
+def link_ops(
+    keys: list[str], event_id: str, ts: int, event: Any, rules: IdentityRules
+) -> tuple[list[Op], list[Refusal]]:
+    """The LINK op for an event's identifier keys (strongest first), carrying ``event`` to
+    its ``Resolved`` output; none if every identifier is blocked."""
+    usable, refusals = rules.filter(keys, event_id, ts)
     if not usable:
         return [], refusals
-    return [LinkOp(tuple(usable), event_id, ts, record if carry_event else None)], refusals
+    return [LinkOp(tuple(usable), event_id, ts, event)], refusals
 
 
 def offline_components(

@@ -17,6 +17,7 @@ from streams.identity.effects import Effects
 from streams.identity.events import (
     ResolutionMemory,
     event_identifiers,
+    link_ops,
     offline_components,
     ops_for_event,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "customer_id",
     "event_identifiers",
     "is_household",
+    "link_ops",
     "offline_components",
     "op_from_json",
     "op_to_json",

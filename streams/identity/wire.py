@@ -22,11 +22,15 @@ _OPS_BY_TAG: Final = {cls.TAG: (cls, _tuple_fields(cls)) for cls in _OP_TYPES}
 _OUTPUTS_BY_TAG: Final = {cls.TAG: (cls, _tuple_fields(cls)) for cls in _OUTPUT_TYPES}
 
 
+_NAMES: Final = {cls: tuple(f.name for f in fields(cls)) for cls in (*_OP_TYPES, *_OUTPUT_TYPES)}
+"""Field names per class (``dataclasses.fields`` is slow enough to show in a profile)."""
+
+
 def _to_json(obj: Op | Output, tag: str) -> dict[str, Any]:
     data: dict[str, Any] = {tag: obj.TAG}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        data[f.name] = list(value) if isinstance(value, tuple) and f.name != "event" else value
+    for name in _NAMES[type(obj)]:
+        value = getattr(obj, name)
+        data[name] = list(value) if isinstance(value, tuple) and name != "event" else value
     return data
 
 

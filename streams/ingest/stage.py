@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
-
 from streams.ingest.dedupe import BatchHorizon, DedupeStage, Seen
 from streams.ingest.normalise import normalise_country, normalise_identifiers
 from streams.wire.checked import frame, iter_frames
 from streams.wire.codec import AvroCodec, DecodeError, SchemaUnavailableError
 from streams.wire.dlq import DEFAULT_MAX_DEAD_LETTER_BYTES, DeadLetter, RawMessage, dead_letter
-from streams.wire.envelope import partition_for
+from streams.wire.envelope import MAX_ENVELOPE_BYTES, partition_for
 from streams.wire.model import (
     CATALOGUE,
     COMMERCE,
@@ -28,6 +26,7 @@ from streams.wire.model import (
     IDENTIFIER_KINDS,
     TouchpointRecord,
 )
+from streams.wire.valid import pack_valid, read_valid, valid_item
 
 if TYPE_CHECKING:  # typing only: the pure step never reads settings itself
     from streams.settings import Settings
@@ -456,7 +455,6 @@ class IngestStage:
     def check(self, messages: list[RawMessage], now_ms: int) -> CheckResult:
         result = CheckResult({}, [])
         n = self.partitions
-        dumps = orjson.dumps
         for msg in messages:
             try:
                 outcome = ingest_message(
@@ -475,7 +473,7 @@ class IngestStage:
                         event_id,
                         record["channel"],
                         partition_for(anchor, n),
-                        dumps({"a": anchor, "r": record}),
+                        valid_item(anchor, record),
                         msg.topic,
                         msg.partition,
                         msg.offset,
@@ -521,9 +519,10 @@ class IngestStage:
                 first.setdefault(f.event_id, index[f.origin])
         valid = sorted(
             (
-                ValidOut(item["a"], from_json(item["r"]))
+                ValidOut(item.anchor, from_json(item.decoded_record()))  # type: ignore[arg-type]
                 for items in deduped.valid.values()
-                for item in map(orjson.loads, items)
+                for message in pack_valid(items, MAX_ENVELOPE_BYTES)
+                for item in read_valid(message)
             ),
             key=lambda v: first[v.record["event_id"]],
         )

@@ -7,8 +7,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,16 +24,16 @@ from streams.identity.graph import (
     Refusal,
     ResolutionMemory,
     Resolved,
+    link_ops,
     op_from_json,
     op_to_json,
-    ops_for_event,
     output_to_json,
     state_from_json,
     state_to_json,
 )
 from streams.ingest.dedupe import DUPLICATE_REASON
-from streams.ingest.stage import from_json
 from streams.runtime.faust_patches import take_batches
+from streams.runtime.lanes import Lane, ack, lane_batches
 from streams.runtime.memory import message_bytes, slices
 from streams.runtime.parts import log
 from streams.runtime.protocol import PipelineProtocol
@@ -50,10 +49,10 @@ from streams.wire.dlq import RawMessage
 from streams.wire.envelope import (
     MAX_ENVELOPE_BYTES,
     group_by_partition,
-    join_chunks,
     partition_for,
     unpack,
 )
+from streams.wire.valid import pack_valid, read_valid
 
 
 class PipelineAgents(PipelineProtocol):
@@ -62,18 +61,19 @@ class PipelineAgents(PipelineProtocol):
     ) -> Callable[[Any], Awaitable[None]]:
         """A stage's agent: batches of up to ``INGEST_BATCH_SIZE`` messages, cut into slices
         of at most ``BATCH_MAX_BYTES`` if set, each processed and acked through ``_guarded``,
-        one at a time. A batch is what is queued when the one before it ends
-        (``take_batches``); a stage that was idle waits up to ``INGEST_BATCH_SECONDS``
-        after the first message for more."""
+        one at a time. A batch is what is queued when the one before it ends; a stage that
+        was idle waits up to ``INGEST_BATCH_SECONDS`` after the first message for more. With
+        this project's consumer the messages come through a lane (``streams.runtime.lanes``:
+        none of Faust's per-message delivery path), otherwise from the stream's queue
+        (``take_batches``)."""
         settings = self.settings
 
         async def agent(stream: Any) -> None:
-            async for events in take_batches(
-                stream, settings.ingest_batch_size, settings.ingest_batch_seconds
-            ):
+            batches, acker = self._batches(stream)
+            async for events in batches:
                 parts = slices(events, settings.batch_max_bytes, message_bytes)
                 if len(parts) == 1:
-                    await self._guarded(stage, process, events, stream)
+                    await self._guarded(stage, process, events, acker)
                     continue
                 # Slices of one take (``streams.runtime.memory``): each is a whole batch;
                 # a rebalance waits for the take as it would for one batch.
@@ -81,7 +81,7 @@ class PipelineAgents(PipelineProtocol):
                 self._idle.clear()
                 try:
                     for part in parts:
-                        await self._guarded(stage, process, list(part), stream)
+                        await self._guarded(stage, process, list(part), acker)
                 finally:
                     self._inflight -= 1
                     if not self._inflight:
@@ -89,6 +89,34 @@ class PipelineAgents(PipelineProtocol):
 
         agent.__name__ = agent.__qualname__ = f"{stage}_agent"
         return agent
+
+    def _batches(
+        self, stream: Any
+    ) -> tuple[AsyncIterator[list[Any]], Callable[[list[Any]], Awaitable[None]]]:
+        """The stream's batches and how to ack their events: through a lane registered for
+        its topics when the consumer delivers to lanes, else from the stream's queue."""
+        settings, app = self.settings, self.app
+        size, linger = settings.ingest_batch_size, settings.ingest_batch_seconds
+        lanes = getattr(app.consumer, "lanes", None) if settings.delivery_lanes else None
+        if lanes is None:
+
+            async def stream_ack(events: list[Any]) -> None:
+                for event in events:
+                    await stream.ack(event)
+
+            return take_batches(stream, size, linger), stream_ack
+        aiter(stream.channel)  # registers the topics with the conductor: the subscription
+        topics = list(stream.channel.topics)
+        lane = lanes.get(topics[0]) if topics else None
+        if lane is None or lane.topics != frozenset(topics):
+            lane = Lane(app, topics, app.conf.stream_buffer_maxsize)
+            for topic in topics:
+                lanes[topic] = lane
+
+        async def lane_ack(events: list[Any]) -> None:
+            ack(app, events)
+
+        return lane_batches(lane, stream, size, linger), lane_ack
 
     async def _ingest_batch(self, events: list[Any]) -> None:
         """Raw messages -> frames on ``touchpoints.checked`` (by event id) + dead letters.
@@ -151,7 +179,7 @@ class PipelineAgents(PipelineProtocol):
         result = stage.process(batch, int(time.time() * 1000))
         pending = []
         for partition, items in result.valid.items():
-            for chunk in join_chunks(items):
+            for chunk in pack_valid(items, MAX_ENVELOPE_BYTES):
                 pending.append(
                     await self.app.producer.send(valid_topic, None, chunk, partition, None, None)
                 )
@@ -189,15 +217,17 @@ class PipelineAgents(PipelineProtocol):
         now_ms = int(time.time() * 1000)
         by_partition: dict[int, list[Any]] = defaultdict(list)
         refusals: list[Refusal] = []
+        rules = self.identity_rules
         for e in events:
             msg = e.message
             ops = by_partition[msg.partition]
             if msg.topic == t.valid:
-                for item in unpack(msg.value):  # {"a": anchor, "r": record}
-                    link, refused = ops_for_event(
-                        from_json(item["r"]), self.identity_rules, carry_event=False
-                    )
-                    ops.extend(replace(op, event=item) for op in link)
+                for v in read_valid(msg.value):
+                    # the event travels as {"a": anchor, "r": record}, the record's bytes as
+                    # ingest encoded them (``streams.wire.valid``): never parsed here
+                    event = {"a": v.anchor, "r": v.record_json()}
+                    link, refused = link_ops(v.keys, v.event_id, v.ts, event, rules)
+                    ops.extend(link)
                     refusals.extend(refused)
             else:
                 ops.extend(op_from_json(item) for item in unpack(msg.value))
@@ -253,7 +283,7 @@ class PipelineAgents(PipelineProtocol):
         for out in outputs:
             if isinstance(out, Resolved):
                 customer = out.customer or ""
-                item = out.event  # {"a": anchor, "r": record} from the valid topic
+                item = out.event  # {"a": anchor, "r": record} (the record's JSON as it came)
                 # The identifier it resolved at: the anchor, or the next one when the
                 # anchor is quarantined (a household): timelines follow that one's label.
                 key = out.via or item["a"]
@@ -336,35 +366,35 @@ class PipelineAgents(PipelineProtocol):
             self.customer_stage.forget(partition)
 
     async def _emit_customer_outputs(self, out: Any) -> None:
-        """Alerts first (delivered), then rows and state: a crash in between replays the
-        batch and re-raises the same alert ids rather than losing an alert to a cooldown."""
+        """Alerts, rows and hand-overs in one round trip (delivered), then the state: a crash
+        in between replays the batch, which re-raises the same alert ids (rather than losing
+        an alert to a cooldown the state already recorded) into the same row keys and
+        versions. Alerts and rows need no order between them, only both before the state:
+        a batch waits for two round trips to the broker instead of three."""
         settings, t = self.settings, self.settings.topics
         metrics.CUSTOMER_EVENTS.inc(out.events)
         metrics.CUSTOMER_DUPLICATES.inc(out.duplicates)
+        pending = []
         if out.alerts:
             producer = self.app.producer
-            sent = []
             alert_codec = await self._output_codec()
             for alert in out.alerts:
                 value = alert_codec.encode(dict(alert))
                 key = alert["customer_id"].encode()
-                sent.append(await producer.send(t.alerts, key, value, None, None, None))
+                pending.append(await producer.send(t.alerts, key, value, None, None, None))
                 metrics.ALERTS.labels(alert["rule"], alert["severity"]).inc()
-            await asyncio.gather(*sent)
-            if self.webhooks is not None:
-                for alert in out.alerts:
-                    self.webhooks.enqueue(alert)
         metrics.LATE_EVENTS.inc(out.late_events)
         n = settings.topic_partitions
-        pending = []
         for p, handovers in group_by_partition(out.handovers, n).items():
             pending.extend(await self._send_envelopes(t.resolved, p, handovers))
         rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
         if rows:
             pending.extend(await self._send_envelopes(t.aggregates, 0, rows))
-        # Rows and hand-overs delivered BEFORE the state that records them as written: a
-        # crash in between replays the batch into the same row keys and versions.
+        # Alerts, rows and hand-overs delivered BEFORE the state that records them as written.
         await asyncio.gather(*pending)
+        if out.alerts and self.webhooks is not None:
+            for alert in out.alerts:
+                self.webhooks.enqueue(alert)
         shard = TableShard(self.customer_table, self.app.producer)
         for partition, key, value in out.state_puts:
             if value is None:

@@ -54,6 +54,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
+from streams.runtime.lanes import Lane
+
 PATCHED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 """The upstream releases whose private internals this module overrides (checked by a test)."""
 
@@ -175,6 +177,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._fetch_lock = asyncio.Lock()  # a fetch and a seek never overlap
         self._fetch_owner: asyncio.Task[Any] | None = None
         self._sought_now: set[TP] = set()
+        self.lanes: dict[str, Lane] = {}  # topic -> the batch agent's lane (``lanes``)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:  # pragma: no cover - via Faust
         """Faust's revoke; first, what was delivered so far stops counting (its acks would
@@ -311,7 +314,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         """Hand a fetched batch to the streams, as Faust's loop does message by message,
         until a rebalance or a seek makes the rest stale."""
         app, epochs, callback = self.app, self._epochs, self.callback
-        read_offset = self._read_offset
+        read_offset, lanes = self._read_offset, self.lanes
+        if lanes:
+            # Once per fetch what Faust's conductor does per message for a lane's topics
+            # (``streams.runtime.lanes``): wait while flow is suspended or the producer's
+            # buffer is full.
+            await app.flow_control.acquire()
+            await app.producer.buffer.wait_until_ebb()
         for n, (tp, message) in enumerate(batch):
             if n and not n % 500:
                 await asyncio.sleep(0)  # let health checks and timers run
@@ -336,7 +345,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 if not epochs.deliverable(fetched_in):
                     return
                 epochs.tag(message, fetched_in)
-                await callback(message)
+                lane = lanes.get(tp.topic)
+                if lane is None:
+                    await callback(message)
+                elif not lane.put(message):
+                    await lane.space()
                 if message.generation_id != app.consumer_generation_id or not (
                     epochs.deliverable(fetched_in)
                 ):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.types import TP
@@ -42,7 +42,11 @@ def is_deterministic(exc: BaseException) -> bool:
 
 class PipelineProtocol(PipelineParts):
     async def _guarded(
-        self, stage: str, process: Callable[[list[Any]], Any], events: list[Any], stream: Any
+        self,
+        stage: str,
+        process: Callable[[list[Any]], Any],
+        events: list[Any],
+        ack: Callable[[list[Any]], Awaitable[None]],
     ) -> None:
         """Process a batch until it succeeds; only then ack it (so offsets can commit).
 
@@ -67,8 +71,7 @@ class PipelineProtocol(PipelineParts):
                 await self._isolate(stage, process, events)
             self.failing.discard(stage)
             metrics.STAGE_BATCH_SECONDS.labels(stage).observe(time.time() - started)
-            for event in events:
-                await stream.ack(event)
+            await ack(events)
         finally:
             self._inflight -= 1
             if not self._inflight:

@@ -29,6 +29,7 @@ from streams.sim.deployment import Deployment, fresh
 from streams.sim.generator import generate
 from streams.wire.codec import ALERT_SUBJECT, AvroCodec, SchemaRegistry
 from streams.wire.envelope import unpack
+from streams.wire.valid import read_valid
 
 __all__ = ["latency_lines"]
 
@@ -54,6 +55,7 @@ class _Hops:
 
     def __init__(self, settings: Settings, sent_at: dict[str, float]) -> None:
         self.sent_at = sent_at
+        self.valid = settings.topics.valid
         self.values: dict[str, list[float]] = {
             settings.topics.valid: [],
             settings.topics.resolved: [],
@@ -68,11 +70,16 @@ class _Hops:
 
     async def collect(self) -> None:
         async for message in self.consumer:
-            for item in unpack(message.value or b""):
-                record = item.get("r")
-                sent = self.sent_at.get(record["event_id"]) if isinstance(record, dict) else None
+            for event_id in self._event_ids(message):
+                sent = self.sent_at.get(event_id)
                 if sent is not None:
                     self.values[message.topic].append(message.timestamp - sent * 1000)
+
+    def _event_ids(self, message: Any) -> list[str]:
+        if message.topic == self.valid:
+            return [item.event_id for item in read_valid(message.value or b"")]
+        records = (item.get("r") for item in unpack(message.value or b""))
+        return [r["event_id"] for r in records if isinstance(r, dict)]
 
     def report(self) -> list[str]:
         lines = []

@@ -17,7 +17,7 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -32,14 +32,14 @@ from streams.identity.graph import (
     Merge,
     ResolutionMemory,
     Resolved,
+    link_ops,
     op_from_json,
     op_to_json,
-    ops_for_event,
     output_to_json,
     state_from_json,
     state_to_json,
 )
-from streams.ingest.stage import IngestPolicy, IngestStage, from_json
+from streams.ingest.stage import IngestPolicy, IngestStage
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate
 from streams.wire.checked import pack_frames
@@ -48,11 +48,11 @@ from streams.wire.dlq import RawMessage
 from streams.wire.envelope import (
     MAX_ENVELOPE_BYTES,
     group_by_partition,
-    join_chunks,
     pack_chunks,
     partition_for,
     unpack,
 )
+from streams.wire.valid import pack_valid, read_valid
 
 __all__ = ["STAGES", "Pass", "measure", "one_pass"]
 
@@ -178,7 +178,7 @@ class Pass:
         return [
             self._send("valid", p, chunk)
             for p, items in result.valid.items()
-            for chunk in join_chunks(items)
+            for chunk in pack_valid(items, MAX_ENVELOPE_BYTES)
         ]
 
     def identity_batches(self, valid: list[Message]) -> list[Message]:
@@ -204,9 +204,9 @@ class Pass:
             ops = by_partition[p]
             first.setdefault(p, offset)
             if topic == "valid":
-                for item in unpack(value):
-                    link, _ = ops_for_event(from_json(item["r"]), self.rules, carry_event=False)
-                    ops.extend(replace(op, event=item) for op in link)
+                for v in read_valid(value):
+                    event = {"a": v.anchor, "r": v.record_json()}
+                    ops.extend(link_ops(v.keys, v.event_id, v.ts, event, self.rules)[0])
             else:
                 ops.extend(op_from_json(item) for item in unpack(value))
         out_ops: list[tuple[str, Any]] = []

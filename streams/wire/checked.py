@@ -4,7 +4,7 @@ One Kafka message holds many *frames*, one per event that passed ingest. A frame
 what the de-duplication stage needs without decoding anything again:
 
 * the event id (the state key) and channel (for the valid-events metric);
-* the valid item, already JSON-encoded (``{"a": anchor, "r": record}``) and the
+* the valid item, already encoded (``streams.wire.valid.valid_item``) and the
   ``touchpoints.valid`` partition its anchor routes to: forwarded byte for byte;
 * the raw message's position and original key and value: the source of a
   ``duplicate_event_id`` dead letter, and its origin — the same origin read again is a
@@ -33,7 +33,7 @@ class Frame:
     event_id: str
     channel: str
     partition: int  # the touchpoints.valid partition (by anchor)
-    item: bytes  # JSON {"a": anchor, "r": record}
+    item: bytes  # streams.wire.valid.valid_item (older: JSON {"a": anchor, "r": record})
     source_topic: str
     source_partition: int
     source_offset: int

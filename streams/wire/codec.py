@@ -11,6 +11,10 @@ mode that file *is* the registry. Decoding resolves any known writer version
 to the subject's newest (reader) schema, so producers still on an older
 version keep working.
 
+Reading is strict (``streams.wire.avro_strict``): a writer schema equal to the reader's is
+read in one generated pass that checks and builds the value together; an older writer
+version is checked by the same generated walk, then read by fastavro with schema resolution.
+
 Where writer schemas come from is behind ``WriterSchemas``: the local
 ``SchemaRegistry`` or, with ``SCHEMA_REGISTRY_URL``, a Confluent Schema Registry
 (``streams.schema_registry``). The reader is always the project's own schema.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -28,7 +33,12 @@ from typing import Any, Protocol, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, load_schema
 
-from streams.wire.avro_strict import AvroStrictError, strict_checker
+from streams.wire.avro_strict import (
+    AvroStrictError,
+    UnsupportedSchemaError,
+    strict_checker,
+    strict_decoder,
+)
 
 __all__ = [
     "MAGIC_BYTE",
@@ -197,6 +207,8 @@ class AvroCodec:
     writes). ``writers`` finds writer schemas by id (default: ``registry`` itself) and
     ``wire_subject`` is the subject they must belong to there (default: ``subject``).
     ``schema_id`` is the id ``encode`` writes (default: the reader's id in ``registry``).
+    ``one_pass=False`` reads every message as before the one-pass decoder: strict check, then
+    fastavro (the reference the tests and the benchmark compare it with).
     """
 
     def __init__(
@@ -207,6 +219,7 @@ class AvroCodec:
         writers: WriterSchemas | None = None,
         wire_subject: str | None = None,
         schema_id: int | None = None,
+        one_pass: bool = True,
     ) -> None:
         self._registry = registry
         self._subject = subject
@@ -217,6 +230,10 @@ class AvroCodec:
         # schema id -> (writer, reader or None when they are the same), or why it never decodes
         self._plans: dict[int, tuple[RegisteredSchema, Any] | DecodeError] = {}
         self._strict: dict[int, Any] = {}  # schema id -> compiled strict check
+        # schema id -> one-pass strict decoder (None: fastavro reads it, after the check)
+        self._one_pass: dict[int, Callable[[bytes, int], Any] | None] | None = (
+            {} if one_pass else None
+        )
 
     @property
     def schema_id(self) -> int:
@@ -275,7 +292,21 @@ class AvroCodec:
         if magic != MAGIC_BYTE:
             raise DecodeError("bad_magic_byte", f"first byte is {data[0]:#04x}, expected 0x00")
         writer, reader = self._plan(schema_id)
+        if reader is None and self._one_pass is not None:
+            decode = self._one_pass.get(schema_id, _UNCOMPILED)
+            if decode is _UNCOMPILED:
+                decode = self._one_pass[schema_id] = _one_pass_decoder(writer)
+            if decode is not None:
+                try:
+                    return cast(dict[str, Any], decode(data, _HEADER.size))
+                except AvroStrictError as exc:
+                    raise DecodeError(_strict_reason(exc), exc.detail) from None
+                except RecursionError:
+                    raise DecodeError("corrupt_body", "nesting too deep") from None
         self.check_strict(writer, data)
+        return self._fastavro(writer, reader, data)
+
+    def _fastavro(self, writer: RegisteredSchema, reader: Any, data: bytes) -> dict[str, Any]:
         buf = io.BytesIO(data)
         buf.seek(_HEADER.size)
         try:
@@ -306,12 +337,27 @@ class AvroCodec:
         try:
             check(data, _HEADER.size)
         except AvroStrictError as exc:
-            reason = {"truncated": "truncated_body", "trailing": "trailing_bytes"}.get(
-                exc.kind, "corrupt_body"
-            )
-            raise DecodeError(reason, exc.detail) from None
+            raise DecodeError(_strict_reason(exc), exc.detail) from None
         except RecursionError:
             raise DecodeError("corrupt_body", "nesting too deep") from None
+
+
+_UNCOMPILED: Any = object()
+
+
+def _one_pass_decoder(writer: RegisteredSchema) -> Callable[[bytes, int], Any] | None:
+    """The one-pass strict decoder of ``writer`` read as itself, or None where fastavro must
+    read it (a logical type other than the timestamps, which are read as epoch ms)."""
+    try:
+        return strict_decoder(_plain_timestamps(writer.schema))
+    except UnsupportedSchemaError:
+        return None
+
+
+def _strict_reason(exc: AvroStrictError) -> str:
+    return {"truncated": "truncated_body", "trailing": "trailing_bytes"}.get(
+        exc.kind, "corrupt_body"
+    )
 
 
 _PROMOTIONS = {
