@@ -88,7 +88,7 @@ class Customer360State:
             self.channels.append(record["channel"])
             self.channels.sort()
         if len(self.identifier_hashes) < _MAX_IDENTIFIERS:
-            ids = cast(dict[str, "str | None"], record["identifiers"])
+            ids = cast("dict[str, str | None]", record["identifiers"])
             for kind, value in ids.items():
                 if value:
                     h = _identifier_hash(kind, value)
@@ -104,7 +104,7 @@ class Customer360State:
         if payload is None:
             return True
         kind, body = payload
-        b = cast(dict[str, Any], body)
+        b = cast("dict[str, Any]", body)
         event_type = record["event_type"]
         if kind == COMMERCE:
             if event_type == "order_placed":

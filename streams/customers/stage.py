@@ -332,7 +332,7 @@ class CustomerStage:
         if profile is MISSING:
             saved = data.get(key)
             return None if saved is None else Profile.from_dict(saved)
-        return cast(Profile | None, profile)
+        return cast("Profile | None", profile)
 
     def _remember(self, state_puts: list[tuple[int, str, Any]]) -> None:
         """The decoded values a batch writes (those read by key again) into the cache."""
