@@ -367,35 +367,35 @@ class PipelineAgents(PipelineProtocol):
             await self._emit_customer_outputs(out)
 
     async def _emit_customer_outputs(self, out: Any) -> None:
-        """Alerts first (delivered), then rows and state: a crash in between replays the
-        batch and re-raises the same alert ids rather than losing an alert to a cooldown."""
+        """Alerts, rows and hand-overs in one round trip (delivered), then the state: a crash
+        in between replays the batch, which re-raises the same alert ids (rather than losing
+        an alert to a cooldown the state already recorded) into the same row keys and
+        versions. Alerts and rows need no order between them, only both before the state:
+        a batch waits for two round trips to the broker instead of three."""
         settings, t = self.settings, self.settings.topics
         metrics.CUSTOMER_EVENTS.inc(out.events)
         metrics.CUSTOMER_DUPLICATES.inc(out.duplicates)
+        pending = []
         if out.alerts:
             producer = self.app.producer
-            sent = []
             alert_codec = await self._output_codec()
             for alert in out.alerts:
                 value = alert_codec.encode(dict(alert))
                 key = alert["customer_id"].encode()
-                sent.append(await producer.send(t.alerts, key, value, None, None, None))
+                pending.append(await producer.send(t.alerts, key, value, None, None, None))
                 metrics.ALERTS.labels(alert["rule"], alert["severity"]).inc()
-            await asyncio.gather(*sent)
-            if self.webhooks is not None:
-                for alert in out.alerts:
-                    self.webhooks.enqueue(alert)
         metrics.LATE_EVENTS.inc(out.late_events)
         n = settings.topic_partitions
-        pending = []
         for p, handovers in group_by_partition(out.handovers, n).items():
             pending.extend(await self._send_envelopes(t.resolved, p, handovers))
         rows = encode_rows([*out.aggregate_rows, *out.alert_rows, *out.c360_rows])
         if rows:
             pending.extend(await self._send_envelopes(t.aggregates, 0, rows))
-        # Rows and hand-overs delivered BEFORE the state that records them as written: a
-        # crash in between replays the batch into the same row keys and versions.
+        # Alerts, rows and hand-overs delivered BEFORE the state that records them as written.
         await asyncio.gather(*pending)
+        if out.alerts and self.webhooks is not None:
+            for alert in out.alerts:
+                self.webhooks.enqueue(alert)
         shard = TableShard(self.customer_table, self.app.producer)
         for partition, key, value in out.state_puts:
             if value is None:

@@ -6,10 +6,12 @@ checks in the same order and also builds the value, in the shape fastavro's
 ``schemaless_reader(..., return_record_name=True)`` gives without a reader schema.
 
 Generated code conventions: ``d`` is the data, ``p`` the position, ``b`` a scratch byte; every
-other local comes from ``var()``. A named record becomes a function (``_recordN(d, p)``,
-returning ``p`` or ``(value, p)``); everything else is straight-line code in its caller (a
-closure per field measured ~3x slower than fastavro's own decode). Runtime helpers
-(``_long``, ``_corrupt`` ...) are supplied by ``avro_strict`` when the source is compiled.
+other local comes from ``var()``. A record the schema uses by name somewhere (or one nested
+deep) becomes a function (``_recordN(d, p)``, returning ``p`` or ``(value, p)``); everything
+else is straight-line code in its caller (a closure per field measured ~3x slower than
+fastavro's own decode; records inlined rather than called saved ~10 % of the decoder).
+Runtime helpers (``_long``, ``_corrupt`` ...) are supplied by ``avro_strict`` when the source
+is compiled.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 PRIMITIVE = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = ("record", "error", "enum", "fixed")
+_KEYWORDS = frozenset({*_NAMED, "array", "map"})
+_INLINE_INDENT = 48  # deeper, a record is a function: Python allows 20 nested loops/try
 
 
 class UnsupportedSchemaError(ValueError):
@@ -38,7 +42,26 @@ class SourceGen:
         self.names: dict[str, str] = {}  # full Avro name -> function name
         self.enums: dict[str, tuple[str, ...]] = {}
         self.fixed: dict[str, int] = {}
+        self.referenced: set[str] = set()  # names used by name somewhere (as written)
         self.counter = 0
+
+    def prepare(self, schema: Any) -> None:
+        """Note every name ``schema`` uses by name: those records become functions."""
+        if isinstance(schema, str):
+            if schema not in PRIMITIVE:
+                self.referenced.add(schema)
+        elif isinstance(schema, list):
+            for branch in schema:
+                self.prepare(branch)
+        elif isinstance(schema, dict):
+            kind = schema.get("type")
+            if not isinstance(kind, str) or kind not in _KEYWORDS:
+                self.prepare(kind)
+            for key in ("items", "values"):
+                if key in schema:
+                    self.prepare(schema[key])
+            for field in schema.get("fields", []):
+                self.prepare(field["type"])
 
     def var(self) -> str:
         self.counter += 1
@@ -141,22 +164,31 @@ class SourceGen:
             self.unsupported(schema)
             self.fixed[full] = int(schema["size"])
             self.skip(out, ind, self.fixed[full], target)
-        else:
+        elif (
+            full in self.referenced
+            or full.rsplit(".", 1)[-1] in self.referenced
+            or len(ind) > _INLINE_INDENT
+        ):
             fn = f"_record{len(self.names)}"
             self.names[full] = fn
-            self.functions[fn] = self.record(fn, schema["fields"], ns)
+            code: list[str] = []
+            built = self.fields(schema["fields"], code, "    ", ns)
+            ret = f"{built}, p" if self.values else "p"
+            self.functions[fn] = [f"def {fn}(d, p):", *code, f"    return {ret}"]
             self.reference(full, out, ind, ns, target)
+        else:  # used once, here: inline (a call and a returned pair saved per record)
+            built = self.fields(schema["fields"], out, ind, ns)
+            if self.values:
+                out.append(f"{ind}{target} = {built}")
 
-    def record(self, fn: str, fields: list[dict[str, Any]], ns: str) -> list[str]:
-        code: list[str] = []
+    def fields(self, fields: list[dict[str, Any]], out: list[str], ind: str, ns: str) -> str:
+        """Code reading a record's fields into fresh variables; the record's dict display."""
         values: list[str] = []
         for field in fields:
             value = self.var()
-            self.emit(field["type"], code, "    ", ns, value)
+            self.emit(field["type"], out, ind, ns, value)
             values.append(f"{field['name']!r}: {value}")
-        if not self.values:
-            return [f"def {fn}(d, p):", *code, "    return p"]
-        return [f"def {fn}(d, p):", *code, f"    return {{{', '.join(values)}}}, p"]
+        return f"{{{', '.join(values)}}}"
 
     def skip(self, out: list[str], ind: str, size: int, target: str) -> None:
         """A fixed: ``size`` bytes (a position past the end is caught by the next read or at

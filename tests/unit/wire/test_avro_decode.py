@@ -17,13 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastavro import schemaless_reader
+from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.sim.generator import encode_events, generate
 from streams.sim.samples import valid_template
-from streams.wire.avro_strict import UnsupportedSchemaError, strict_decoder
+from streams.wire.avro_strict import (
+    AvroStrictError,
+    UnsupportedSchemaError,
+    _long,
+    _long_fast,
+    strict_decoder,
+)
 from streams.wire.codec import (
     TOUCHPOINT_SUBJECT,
     AvroCodec,
@@ -354,3 +360,44 @@ def test_logical_types_fastavro_converts_are_left_to_fastavro() -> None:
     message = _message("", b"\x04\x30\x39")  # 0x3039 = 12345 -> 123.45
     assert new.decode(message) == old.decode(message) == {"amount": Decimal("123.45")}
     assert _outcome(new, message[:-1])[0] == "truncated_body"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=14) | st.binary(max_size=12).map(lambda b: b"\xff" * 9 + b),
+    st.integers(0, 3),
+)
+def test_the_fast_long_reads_what_the_checked_long_reads(data: bytes, pos: int) -> None:
+    """Both generated walks read multi-byte numbers with ``_long_fast``."""
+
+    def read(long: Any) -> Any:
+        try:
+            return long(data, pos)
+        except AvroStrictError as exc:
+            return exc.kind, exc.detail
+
+    assert read(_long_fast) == read(_long)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    fields: list[dict[str, Any]] = [{"name": "x", "type": "int"}]
+    if depth:
+        items = {"type": "array", "items": _nested(depth - 1)}
+        fields += [{"name": "a", "type": items}, {"name": "m", "type": ["null", "string"]}]
+    return {"type": "record", "name": f"R{depth}", "fields": fields}
+
+
+def test_deeply_nested_records_compile_and_decode() -> None:
+    """Python allows 20 nested loops: records deep inside arrays become functions."""
+    schema = _nested(16)
+    value: dict[str, Any] = {"x": 0}
+    for depth in range(1, 17):
+        leaf: dict[str, Any] = {"x": -1} if depth == 1 else {"x": -1, "a": [], "m": None}
+        value = {"x": depth, "a": [value, leaf], "m": "é"}
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_writer_schema(schema), value)
+    expected = schemaless_reader(
+        io.BytesIO(buf.getvalue()), parse_writer_schema(schema), None, return_record_name=True
+    )
+    assert expected == value
+    _identical(strict_decoder(schema)(buf.getvalue(), 0), expected)
