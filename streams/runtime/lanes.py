@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from faust.types import TP
@@ -143,36 +143,48 @@ def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> None:
         batch.append(LaneEvent(message))
 
 
-async def lane_batches(
-    lane: Lane, stream: Any, max_: int, linger: float
-) -> AsyncIterator[list[LaneEvent]]:
+class lane_batches:  # noqa: N801 - used like the generator it replaces
     """The lane's messages in batches of what is queued (up to ``max_``), as
     ``take_batches`` does for a stream: a busy stage takes what arrived during its batch
     before; one that was idle waits up to ``linger`` seconds after its first message for
-    more. The caller acks each event with ``ack`` once it is done."""
-    app = stream.app
-    loop = asyncio.get_running_loop()
-    while not stream.should_stop:
-        idle = not lane.queue
-        if idle:
-            await lane.wait(WAKE_SECONDS)
-            if not lane.queue:
-                continue
-        batch: list[LaneEvent] = []
-        _admit(app, lane.take(max_), batch)
-        deadline = loop.time() + (linger if idle else 0.0)
-        while len(batch) < max_:
-            if lane.queue:
-                _admit(app, lane.take(max_ - len(batch)), batch)
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(remaining, LINGER_POLL_SECONDS))
-        generation = app.consumer_generation_id  # a rebalance while the batch lingered
-        batch = [e for e in batch if e.message.generation_id == generation]
-        if batch:
-            yield batch
+    more. The caller acks each event with ``ack`` once it is done.
+
+    An iterator object, not an async generator: a worker that stops cancels its agents
+    while they wait here, and an async generator suspended in that wait made the event
+    loop's shutdown log "aclose(): asynchronous generator is already running" per agent."""
+
+    def __init__(self, lane: Lane, stream: Any, max_: int, linger: float) -> None:
+        self.lane, self.stream, self.max_, self.linger = lane, stream, max_, linger
+
+    def __aiter__(self) -> lane_batches:
+        return self
+
+    async def __anext__(self) -> list[LaneEvent]:
+        lane, stream, max_ = self.lane, self.stream, self.max_
+        app = stream.app
+        loop = asyncio.get_running_loop()
+        while not stream.should_stop:
+            idle = not lane.queue
+            if idle:
+                await lane.wait(WAKE_SECONDS)
+                if not lane.queue:
+                    continue
+            batch: list[LaneEvent] = []
+            _admit(app, lane.take(max_), batch)
+            deadline = loop.time() + (self.linger if idle else 0.0)
+            while len(batch) < max_:
+                if lane.queue:
+                    _admit(app, lane.take(max_ - len(batch)), batch)
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, LINGER_POLL_SECONDS))
+            generation = app.consumer_generation_id  # a rebalance while the batch lingered
+            batch = [e for e in batch if e.message.generation_id == generation]
+            if batch:
+                return batch
+        raise StopAsyncIteration
 
 
 def ack(app: Any, events: Iterable[Any]) -> None:

@@ -157,3 +157,27 @@ def test_a_stopped_stream_ends_the_batches() -> None:
         return [batch async for batch in lane_batches(lane, stream, 10, linger=0.0)]
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_worker_stopping_while_an_agent_waits_logs_no_shutdown_error() -> None:
+    """A stopping worker shuts the loop's async generators down while its agents still wait
+    for messages (Faust's shutdown): an async generator suspended in that wait was reported
+    ("aclose(): asynchronous generator is already running"), once per agent."""
+    errors: list[dict[str, Any]] = []
+
+    async def agent(lane: Lane, stream: Any) -> None:
+        async for _ in lane_batches(lane, stream, 10, linger=0.0):
+            pass
+
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
+    try:
+        app = _app()
+        task = loop.create_task(agent(Lane(app, ["t"], maxsize=10), _stream(app)))
+        loop.run_until_complete(asyncio.sleep(0.05))  # the agent waits in the lane
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    finally:
+        loop.close()
+    assert errors == []
