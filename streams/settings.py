@@ -218,6 +218,12 @@ class Settings(BaseSettings):
         description="When a value is found shared (a household), split off what joined the"
         " person through it, unless a strong id vouched for it.",
     )
+    identity_cache_keys: int = Field(
+        50_000,
+        ge=0,
+        description="Identity states kept decoded between batches, each beside the stored bytes"
+        " it stands for (~1 KiB of memory each; README Performance); 0 = decode every read.",
+    )
     aggregate_lateness_seconds: int = Field(
         300, ge=0, description="Allowed lateness of events for the rolling windows."
     )

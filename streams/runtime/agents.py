@@ -4,7 +4,6 @@ deliver each batch's output before its state (through ``PipelineProtocol``)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from streams.customers.stage import (
     POSITION_SCALE,
     encode_rows,
 )
+from streams.identity.cache import TableStates
 from streams.identity.graph import (
     Erased,
     Merge,
@@ -28,8 +28,6 @@ from streams.identity.graph import (
     op_from_json,
     op_to_json,
     output_to_json,
-    state_from_json,
-    state_to_json,
 )
 from streams.ingest.dedupe import DUPLICATE_REASON
 from streams.runtime.faust_patches import take_batches
@@ -211,6 +209,16 @@ class PipelineAgents(PipelineProtocol):
 
     async def _identity_batch(self, events: list[Any]) -> None:
         """LINK ops from ingest + protocol ops from itself -> state, new ops, outputs."""
+        try:
+            await self._identity_step(events)
+        except BaseException:
+            # Handlers mutate the decoded states they read: a batch that does not finish
+            # leaves none of them behind (``streams.identity.cache``).
+            for partition in {e.message.partition for e in events}:
+                self._identity_states.forget(partition)
+            raise
+
+    async def _identity_step(self, events: list[Any]) -> None:
         settings, t = self.settings, self.settings.topics
         n = settings.topic_partitions
         started = time.perf_counter()
@@ -232,11 +240,14 @@ class PipelineAgents(PipelineProtocol):
             else:
                 ops.extend(op_from_json(item) for item in unpack(msg.value))
         shard = TableShard(self.identity_table, self.app.producer)
+        stored = self.identity_table.data
         stamps = TableShard(self.identity_table, self.app.producer)
         out_ops: list[tuple[str, Any]] = []
         outputs: list[Any] = list(refusals)
+        views = []
         for partition, ops in by_partition.items():
-            view = _IdentityView(shard, n, partition)
+            view = TableStates(shard, stored, n, partition, self._identity_states)
+            views.append(view)
             fx = self.identity.handle_batch(ops, view, now_ms)
             out_ops.extend((op.routing_key, op_to_json(op)) for op in fx.ops)
             memory = self._resolution_memory(partition)
@@ -262,6 +273,8 @@ class PipelineAgents(PipelineProtocol):
         # between replays the batch (idempotent) instead of stranding a locked customer.
         await asyncio.gather(*pending)
         await asyncio.gather(*(await shard.flush_async()))
+        for view in views:
+            view.remember()
         metrics.IDENTITY_BATCH_SECONDS.observe(time.perf_counter() - started)
 
     def _resolution_memory(self, partition: int) -> ResolutionMemory:
@@ -482,31 +495,3 @@ class PipelineAgents(PipelineProtocol):
     def _dedupe_entries(self, partition: int) -> list[tuple[str, dict[str, Any]]]:
         prefix = f"{partition}:"
         return list(StoredView(self.dedupe_table).items_with_prefix(prefix))
-
-
-class _IdentityView:
-    """The identity node's ``StateView`` over the identity table, for one batch.
-
-    Keys are stored hashed (BLAKE2b of ``kind:value``): the table and its changelog hold
-    no identifier in clear, so an erased identifier's tombstone holds no personal data.
-    The partition still follows the clear key (the op's routing key).
-    """
-
-    def __init__(self, shard: TableShard, partitions: int, partition: int) -> None:
-        self.shard = shard
-        self.partitions = partitions
-        self.partition = partition
-
-    def get(self, key: str) -> Any:
-        saved = self.shard.get(_hashed(key))
-        return None if saved is None else state_from_json(saved)
-
-    def put(self, key: str, value: Any) -> None:
-        partition = partition_for(key, self.partitions)
-        if partition != self.partition:  # handlers write only their op's routing key
-            raise RuntimeError(f"identity state for a key of partition {partition}")
-        self.shard.put(partition, _hashed(key), state_to_json(value))
-
-
-def _hashed(key: str) -> str:
-    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()

@@ -32,6 +32,7 @@ from streams.customers.detect import Detector, Rules
 from streams.customers.stage import (
     CustomerStage,
 )
+from streams.identity.cache import DecodedStates
 from streams.identity.graph import (
     IdentityNode,
     IdentityRules,
@@ -90,6 +91,7 @@ class Pipeline(PipelineAgents, PipelineViews):
         self._query_client: ClickHouse | None = None
         self.failing: set[str] = set()
         self._resolutions: dict[int, ResolutionMemory] = {}  # per identity partition
+        self._identity_states = DecodedStates(settings.identity_cache_keys)
         self._inflight = 0  # batches being processed (``_guarded``); revoke waits for them
         self._idle = asyncio.Event()
         self._idle.set()

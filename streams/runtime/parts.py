@@ -17,6 +17,7 @@ from streams.adapters.sink import SinkService
 from streams.adapters.webhooks import WebhookDispatcher
 from streams.customers.detect import Rules
 from streams.customers.stage import CustomerStage
+from streams.identity.cache import DecodedStates
 from streams.identity.graph import IdentityNode, IdentityRules, ResolutionMemory
 from streams.ingest.dedupe import DedupeStage
 from streams.ingest.stage import IngestStage
@@ -62,5 +63,6 @@ class PipelineParts:
     _customer_lock: asyncio.Lock
     _query_client: ClickHouse | None
     _resolutions: dict[int, ResolutionMemory]  # per identity partition
+    _identity_states: DecodedStates  # decoded identity state, per identity partition
     _inflight: int  # batches being processed (``_guarded``); revoke waits for them
     _idle: asyncio.Event

@@ -143,6 +143,7 @@ class PipelineProtocol(PipelineParts):
             self.dedupe_stage.forget(partition)
             self.customer_stage.forget(partition)
             self._resolutions.pop(partition, None)
+            self._identity_states.forget(partition)
 
     async def _send_envelopes(self, topic: str, partition: int, items: list[Any]) -> list[Any]:
         """Send ``items`` to one partition as envelopes under the size limit."""
@@ -190,6 +191,9 @@ class PipelineProtocol(PipelineParts):
                 self.customer_stage.forget(tp.partition)
             elif tp.topic == self.settings.topics.valid:
                 self._resolutions.pop(tp.partition, None)
+                self._identity_states.forget(tp.partition)
+            elif tp.topic == self.settings.topics.identity_ops:
+                self._identity_states.forget(tp.partition)
 
     async def _on_rebalanced(self, app: Any, **kwargs: Any) -> None:
         """Recovery is over: what is alive now is long-lived (``streams.runtime.gc_tuning``)."""

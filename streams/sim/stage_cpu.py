@@ -13,7 +13,6 @@ change to the pure steps side by side (run old and new alternately).
 from __future__ import annotations
 
 import gc
-import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import orjson
 from streams.customers.detect import Detector, Rules
 from streams.customers.items import ItemKind, event_item, merge_item
 from streams.customers.stage import POSITION_SCALE, CustomerStage, encode_rows
+from streams.identity.cache import DecodedStates, TableStates
 from streams.identity.graph import (
     IdentityNode,
     IdentityRules,
@@ -36,10 +36,9 @@ from streams.identity.graph import (
     op_from_json,
     op_to_json,
     output_to_json,
-    state_from_json,
-    state_to_json,
 )
 from streams.ingest.stage import IngestPolicy, IngestStage
+from streams.runtime.state import TableShard
 from streams.settings import Settings
 from streams.sim.generator import encode_events, generate
 from streams.wire.checked import pack_frames
@@ -88,23 +87,8 @@ class BytesTable:
         else:
             self.data[key.encode()] = bytes(memoryview(orjson.dumps(value)))
 
-
-class _IdentityView:
-    """The identity node's state view, keys hashed as the worker's (``agents._IdentityView``)."""
-
-    def __init__(self, table: BytesTable) -> None:
-        self.table = table
-
-    def get(self, key: str) -> Any:
-        saved = self.table.get(_hashed(key))
-        return None if saved is None else state_from_json(saved)
-
-    def put(self, key: str, value: Any) -> None:
-        self.table.put(_hashed(key), state_to_json(value))
-
-
-def _hashed(key: str) -> str:
-    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """(``TableShard.flush``: nothing to send offline.)"""
 
 
 @dataclass
@@ -140,6 +124,7 @@ class Pass:
         self.dedupe_table, self.identity_table = BytesTable(), BytesTable()
         self.customer_table = BytesTable()
         self.memories = {p: ResolutionMemory(HORIZON_MS) for p in range(n)}
+        self.states = DecodedStates(settings.identity_cache_keys)
 
     def _send(self, topic: str, partition: int, chunk: bytes) -> Message:
         offset = self.offsets[(topic, partition)]
@@ -211,8 +196,11 @@ class Pass:
                 ops.extend(op_from_json(item) for item in unpack(value))
         out_ops: list[tuple[str, Any]] = []
         outputs: list[Any] = []
+        shard, table = TableShard(self.identity_table), self.identity_table
+        views = []
         for p, ops in by_partition.items():
-            fx = self.node.handle_batch(ops, _IdentityView(self.identity_table), NOW_MS)
+            views.append(TableStates(shard, table.data, self.partitions, p, self.states))
+            fx = self.node.handle_batch(ops, views[-1], NOW_MS)
             out_ops.extend((op.routing_key, op_to_json(op)) for op in fx.ops)
             memory = self.memories[p]
             stamped = [memory.stamp(o) for o in fx.outputs if isinstance(o, Resolved)]
@@ -221,6 +209,9 @@ class Pass:
             entry = memory.remember(f"resolution:{p}:{first[p]}", stamped, NOW_MS)
             if entry is not None:
                 self.identity_table.put(f"resolution:{p}:{first[p]}", entry)
+        shard.flush()  # (the worker: after the batch's ops and outputs are delivered)
+        for view in views:
+            view.remember()
         return out_ops, outputs
 
     def _identity_outputs(self, outputs: list[Any]) -> list[Message]:
