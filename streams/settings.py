@@ -230,6 +230,14 @@ class Settings(BaseSettings):
     aggregate_pane_events: int = Field(
         20_000, ge=0, description="Input block size that bounds open aggregate state."
     )
+    customer_cache_entries: int = Field(
+        4096,
+        ge=0,
+        description="Decoded table values (behaviour profiles, customer-360 states, moved ids)"
+        " the customer stage keeps between batches, least recently used dropped first"
+        " (0 = off): a customer seen again is not decoded and rebuilt from JSON. Bounds the"
+        " memory: ~15 KB a full profile, ~1 KB a 360 state (README Performance).",
+    )
 
     # --- ClickHouse sink
     sink_enabled: bool = Field(

@@ -251,7 +251,7 @@ class AggregatorState:
         payload = record["payload"]
         if payload is not None:
             kind, body = payload
-            b = cast(dict[str, Any], body)
+            b = cast("dict[str, Any]", body)
             if kind == COMMERCE:
                 if event_type == "order_placed":
                     p.orders += 1

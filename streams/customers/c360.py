@@ -88,7 +88,7 @@ class Customer360State:
             self.channels.append(record["channel"])
             self.channels.sort()
         if len(self.identifier_hashes) < _MAX_IDENTIFIERS:
-            ids = cast(dict[str, "str | None"], record["identifiers"])
+            ids = cast("dict[str, str | None]", record["identifiers"])
             for kind, value in ids.items():
                 if value:
                     h = _identifier_hash(kind, value)
@@ -104,7 +104,7 @@ class Customer360State:
         if payload is None:
             return True
         kind, body = payload
-        b = cast(dict[str, Any], body)
+        b = cast("dict[str, Any]", body)
         event_type = record["event_type"]
         if kind == COMMERCE:
             if event_type == "order_placed":
@@ -201,11 +201,16 @@ class Customer360Book:
     (one entry per touched customer) and emitted as rows by ``flush``.
 
     ``store`` is any mapping of customer id -> ``Customer360State.to_dict()``; in the agent,
-    a changelog-backed table keyed by customer id (co-partitioned with the events).
+    a changelog-backed table keyed by customer id (co-partitioned with the events). With
+    ``live``, it holds the states themselves, read and written as they are (no copies:
+    the customer stage's store, which decodes from its table and caches the states).
     """
 
-    def __init__(self, store: MutableMapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, store: MutableMapping[str, Any] | None = None, *, live: bool = False
+    ) -> None:
         self.store: MutableMapping[str, Any] = store if store is not None else {}
+        self.live = live
         self.touched: dict[str, Customer360State] = {}
         self._loaded: dict[str, int] = {}  # version of each touched state when read
 
@@ -213,7 +218,10 @@ class Customer360Book:
         state = self.touched.get(customer_id)
         if state is None:
             saved = self.store.get(customer_id)
-            state = Customer360State() if saved is None else Customer360State.from_dict(saved)
+            if saved is None:
+                state = Customer360State()
+            else:
+                state = saved if self.live else Customer360State.from_dict(saved)
             self.touched[customer_id] = state
             self._loaded[customer_id] = state.version
         return state
@@ -241,7 +249,7 @@ class Customer360Book:
         for customer_id, state in self.touched.items():
             if loaded[customer_id] == state.version:
                 continue  # replayed events only: nothing new
-            self.store[customer_id] = state.to_dict()
+            self.store[customer_id] = state if self.live else state.to_dict()
             rows.append(state.row(customer_id))
         self.touched.clear()
         loaded.clear()

@@ -127,6 +127,11 @@ class Profile:
         A profile stored before ``geos`` (one ``last_geo``) starts its history with it; one
         stored before ``hour_first``/``early`` dates its hour histogram at ``first_ms``.
         """
+        if data.keys() == _FIELD_SET:  # as ``to_dict`` wrote it: nothing to sort out
+            profile = cls(**data)
+            if len(profile.hours) != 24 or len(profile.hour_first) != 24:
+                raise ValueError(f"profile {profile.customer_id}: hours must have 24 bins")
+            return profile
         known = {k: v for k, v in data.items() if k in _PROFILE_FIELDS}
         old = data.get("last_geo")
         if "geos" not in known and isinstance(old, list) and len(old) == 6:
@@ -157,6 +162,7 @@ class Profile:
 
 
 _PROFILE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Profile))
+_FIELD_SET: Final = frozenset(_PROFILE_FIELDS)
 
 
 def _bump(counts: dict[str, int], key: str, cap: int) -> None:

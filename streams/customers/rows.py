@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Final
@@ -14,8 +14,27 @@ from streams.customers.measures import BucketKey, Measures
 # --------------------------------------------------------------------------- rows
 
 
-def _money(values: Mapping[str, int]) -> dict[str, Decimal]:
+def _money(values: Mapping[str, int]) -> dict[str, Any]:
     return {currency: Decimal(v).scaleb(-4) for currency, v in values.items()}
+
+
+_PLAIN_E4: Final = 10**24  # below it, ``Decimal(v).scaleb(-4)`` is exact (28 digits)
+
+
+def money_text(values: Mapping[str, int]) -> dict[str, Any]:
+    """``_money`` as the exact strings the aggregates topic carries (``str`` of each
+    Decimal), without making the Decimals: ``12345`` -> ``"1.2345"``."""
+    out: dict[str, Any] = {}
+    for currency, v in values.items():
+        if -_PLAIN_E4 < v < _PLAIN_E4:
+            units, e4 = divmod(abs(v), 10_000)
+            out[currency] = f"{'-' if v < 0 else ''}{units}.{e4:04d}"
+        else:
+            out[currency] = str(Decimal(v).scaleb(-4))
+    return out
+
+
+Money = Callable[[Mapping[str, int]], dict[str, Any]]
 
 
 AGGREGATE_COLUMNS: Final[tuple[str, ...]] = (
@@ -59,7 +78,8 @@ class AggregateRow:
         """The ReplacingMergeTree key (its ORDER BY)."""
         return (*self.bucket, self.source_partition, self.pane)
 
-    def values(self) -> list[Any]:
+    def values(self, money: Money = _money) -> list[Any]:
+        """The columns' values; money maps as Decimals (``money_text``: exact strings)."""
         m = self.measures
         return [
             self.minute // 1000,
@@ -79,7 +99,7 @@ class AggregateRow:
             m.checkouts_started,
             m.payments_approved,
             m.payment_failures,
-            _money(m.revenue),
+            money(m.revenue),
             m.csat_responses,
             m.csat_sum,
             m.nps_promoters,
@@ -128,7 +148,7 @@ class AlertRow:
     def key(self) -> tuple[int, str, str, int]:
         return (self.minute, self.rule, self.severity, self.source_partition)
 
-    def values(self) -> list[Any]:
+    def values(self, money: Money = _money) -> list[Any]:  # (no money column)
         return [
             self.minute // 1000,
             self.rule,
@@ -198,7 +218,7 @@ class Customer360Row:
     TABLE: ClassVar[str] = "customer_360"
     COLUMNS: ClassVar[tuple[str, ...]] = CUSTOMER_360_COLUMNS
 
-    def values(self) -> list[Any]:
+    def values(self, money: Money = _money) -> list[Any]:
         return [
             self.customer_id,
             self.version,
@@ -210,7 +230,7 @@ class Customer360Row:
             list(self.identifier_hashes),
             self.orders,
             self.payments,
-            _money(self.lifetime_value),
+            money(self.lifetime_value),
             self.contacts,
             self.complaints,
             self.last_csat,

@@ -21,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from streams.customers.aggregates import AggregatorState
-from streams.customers.c360 import Customer360Book
+from streams.customers.c360 import Customer360Book, Customer360State
+from streams.customers.cache import DEFAULT_CACHE_ENTRIES, MISSING, DecodedCache
 from streams.customers.detect import Alert, Detector, Profile
 from streams.customers.items import (
     Item,
@@ -41,6 +42,7 @@ from streams.customers.rows import (
     AlertRow,
     Customer360Row,
     Row,
+    money_text,
 )
 from streams.identity.ids import is_household
 from streams.ingest.stage import DedupeBatch, Deduplicator, from_json
@@ -58,6 +60,8 @@ __all__ = [
 POSITION_SCALE = 100_000  # item position = envelope offset * scale + index in the envelope
 
 
+# Keys whose decoded values the stage reads again by key (the rest live in its memory)
+_CACHED_KEYS: tuple[str, ...] = (keys.profile(""), keys.c360(""), keys.moved(""))
 _MAX_HOPS = 8  # a chain of merges longer than this is judged where it stands
 _Judged = tuple[ResolvedEvent, Any, int]  # an event to judge, its record as JSON, its hops
 
@@ -73,14 +77,9 @@ _MONEY_COLUMNS: dict[str, tuple[int, ...]] = {
 
 
 def encode_rows(rows: Sequence[Row]) -> list[list[Any]]:
-    """Rows for the aggregates topic: ``[table, values]``. Money maps go as exact strings."""
-    out = []
-    for r in rows:
-        values = r.values()
-        for i in _MONEY_COLUMNS[r.TABLE]:
-            values[i] = {k: str(v) for k, v in values[i].items()}
-        out.append([r.TABLE, values])
-    return out
+    """Rows for the aggregates topic: ``[table, values]``. Money maps go as exact strings
+    (``str`` of the Decimals ``decode_row`` makes of them again)."""
+    return [[r.TABLE, r.values(money_text)] for r in rows]
 
 
 def decode_row(item: Sequence[Any]) -> tuple[str, list[Any]]:
@@ -104,10 +103,14 @@ class CustomerOutputs:
 
 
 class _StoreView(MutableMapping[str, Any]):
-    """The customer-360 store as the book sees it: reads from the table, writes queued."""
+    """The customer-360 store as the book sees it (``Customer360State``s, ``live``): read
+    from the decoded cache, else the table; writes queued (the states themselves)."""
 
-    def __init__(self, data: Any, outputs: CustomerOutputs, partitions: int) -> None:
+    def __init__(
+        self, data: Any, cache: DecodedCache, outputs: CustomerOutputs, partitions: int
+    ) -> None:
         self.data = data
+        self.cache = cache
         self.outputs = outputs
         self.partitions = partitions
         self.written: dict[str, Any] = {}
@@ -115,9 +118,13 @@ class _StoreView(MutableMapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         if key in self.written:
             return self.written[key]
-        value = self.data.get(keys.c360(key))
-        if value is None:
-            raise KeyError(key)
+        stored = keys.c360(key)
+        value = self.cache.get(stored)
+        if value is MISSING:
+            saved = self.data.get(stored)
+            if saved is None:
+                raise KeyError(key)
+            value = Customer360State.from_dict(saved)
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -127,7 +134,8 @@ class _StoreView(MutableMapping[str, Any]):
             return default
 
     def __contains__(self, key: object) -> bool:
-        return key in self.written or keys.c360(str(key)) in self.data
+        stored = keys.c360(str(key))
+        return key in self.written or stored in self.cache or stored in self.data
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.written[key] = value
@@ -153,10 +161,12 @@ class _Batch:
 
     def __init__(self, stage: CustomerStage, data: Any, now_ms: int) -> None:
         self.detector = stage.detector
+        self.stage = stage
         self.data = data
         self.now_ms = now_ms
         self.out = CustomerOutputs()
-        self.book = Customer360Book(_StoreView(data, self.out, stage.partitions))
+        store = _StoreView(data, stage.cache, self.out, stage.partitions)
+        self.book = Customer360Book(store, live=True)
         self.profiles: dict[str, Profile | None] = {}
         self.moved: dict[str, str] = {}  # absorbed customer -> survivor, as far as known here
 
@@ -164,8 +174,12 @@ class _Batch:
         known = self.profiles.get(customer_id)
         if known is not None:
             return known
-        saved = None if customer_id in self.profiles else self.data.get(keys.profile(customer_id))
-        loaded = Profile(customer_id) if saved is None else Profile.from_dict(saved)
+        saved = (
+            None
+            if customer_id in self.profiles
+            else self.stage.stored_profile(self.data, customer_id)
+        )
+        loaded = Profile(customer_id) if saved is None else saved
         self.profiles[customer_id] = loaded
         return loaded
 
@@ -176,11 +190,14 @@ class _Batch:
         if self.profiles.get(customer_id) is not None:
             return None
         if customer_id not in self.moved and customer_id not in self.profiles:
-            saved = self.data.get(keys.profile(customer_id))
+            saved = self.stage.stored_profile(self.data, customer_id)
             if saved is not None:
-                self.profiles[customer_id] = Profile.from_dict(saved)
+                self.profiles[customer_id] = saved
                 return None
-            target = self.data.get(keys.moved(customer_id))
+            key = keys.moved(customer_id)
+            target = self.stage.cache.get(key)
+            if target is MISSING:
+                target = self.data.get(key)
             if target is not None:
                 self.moved[customer_id] = str(target)
         return self.moved.get(customer_id)
@@ -229,8 +246,10 @@ class CustomerStage:
         detector: Detector | None = None,
         rolling_ms: int = 0,  # every batch: a quiet stream must not strand open partials
         dedupe_horizon_ms: int = 3_600_000,  # 0: off (replayed resolved events count twice)
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,  # decoded values kept (0: off)
     ) -> None:
         self.dedupe_horizon_ms = dedupe_horizon_ms
+        self.cache = DecodedCache(cache_entries)
         self._seen: dict[int, Deduplicator] = {}
         # per partition: customer -> when a deadline rule is next due (``due|<p>`` entries),
         # so the minute tick reads a handful of profiles instead of scanning them all
@@ -249,6 +268,9 @@ class CustomerStage:
         return partition in self._states
 
     def forget(self, partition: int) -> None:
+        """Drop a partition's in-memory state (revoked, or its batch failed: the next batch
+        restores it from the table), and the decoded cache whole (``streams.customers.cache``)."""
+        self.cache.clear()
         self._states.pop(partition, None)
         self._seen.pop(partition, None)
         self._due.pop(partition, None)
@@ -295,12 +317,30 @@ class CustomerStage:
         for customer_id, touched in batch.profiles.items():
             part = partition_for(customer_id, self.partitions)
             if touched is not None:
-                out.state_puts.append((part, keys.profile(customer_id), touched.to_dict()))
+                out.state_puts.append((part, keys.profile(customer_id), touched))
             if self._set_due(part, customer_id, touched):
                 changed_due.add(part)
         out.state_puts.extend(self._due_puts(changed_due))
         out.state_puts.extend(seen_puts)
+        self._remember(out.state_puts)
         return out
+
+    def stored_profile(self, data: Any, customer_id: str) -> Profile | None:
+        """A customer's stored profile: the decoded cache's, else the table's."""
+        key = keys.profile(customer_id)
+        profile = self.cache.get(key)
+        if profile is MISSING:
+            saved = data.get(key)
+            return None if saved is None else Profile.from_dict(saved)
+        return cast("Profile | None", profile)
+
+    def _remember(self, state_puts: list[tuple[int, str, Any]]) -> None:
+        """The decoded values a batch writes (those read by key again) into the cache."""
+        cache = self.cache
+        if cache.capacity:
+            for _, key, value in state_puts:
+                if key.startswith(_CACHED_KEYS):
+                    cache.put(key, value)
 
     def _process_partition(
         self, batch: _Batch, partition: int, entries: list[tuple[int, Any]]
@@ -461,13 +501,13 @@ class CustomerStage:
             clock = self.deadline_clock(partition, now_ms, idle_ms)
             due = [c for c, at in self._due.get(partition, {}).items() if at <= clock]
             for customer_id in due:
-                saved = data.get(keys.profile(customer_id))
-                profile = None if saved is None else Profile.from_dict(saved)
+                profile = self.stored_profile(data, customer_id)
                 if profile is not None:
                     profile, alerts = self.detector.tick(profile, now_ms, at_ms=clock)
                     out.alerts.extend(alerts)
-                    out.state_puts.append((partition, keys.profile(customer_id), profile.to_dict()))
+                    out.state_puts.append((partition, keys.profile(customer_id), profile))
                 if self._set_due(partition, customer_id, profile):
                     changed.add(partition)
         out.state_puts.extend(self._due_puts(changed))
+        self._remember(out.state_puts)
         return out

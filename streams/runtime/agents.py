@@ -363,8 +363,20 @@ class PipelineAgents(PipelineProtocol):
             if not stage.has_partition(partition):
                 stage.restore(partition, data)
         async with self._customer_lock:
-            out = stage.process(items, data, now_ms)
-            await self._emit_customer_outputs(out)
+            try:
+                out = stage.process(items, data, now_ms)
+                await self._emit_customer_outputs(out)
+            except BaseException:
+                # (``_guarded`` forgets on an error too; this also covers a cancellation)
+                self._forget_customers(items)
+                raise
+
+    def _forget_customers(self, partitions: Any) -> None:
+        """A customer batch or tick that did not store its state: what the stage holds in
+        memory for them (its aggregates, its cache of decoded values, which the batch
+        may have changed in place) goes; the next batch reads the table."""
+        for partition in partitions:
+            self.customer_stage.forget(partition)
 
     async def _emit_customer_outputs(self, out: Any) -> None:
         """Alerts, rows and hand-overs in one round trip (delivered), then the state: a crash
@@ -461,9 +473,13 @@ class PipelineAgents(PipelineProtocol):
         )
         if partitions:
             async with self._customer_lock:
-                out = self.customer_stage.tick(partitions, data, now_ms, idle_ms)
-                if out.state_puts or out.alerts:
-                    await self._emit_customer_outputs(out)
+                try:
+                    out = self.customer_stage.tick(partitions, data, now_ms, idle_ms)
+                    if out.state_puts or out.alerts:
+                        await self._emit_customer_outputs(out)
+                except BaseException:
+                    self._forget_customers(partitions)
+                    raise
 
     async def _webhook_dead_letter(self, dead: Any) -> None:
         await self.app.producer.send(

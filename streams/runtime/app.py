@@ -203,6 +203,7 @@ class Pipeline(PipelineAgents, PipelineViews):
             pane_events=settings.aggregate_pane_events,
             detector=Detector(self.rules),
             dedupe_horizon_ms=settings.dedupe_horizon_seconds * 1000,
+            cache_entries=settings.customer_cache_entries,
         )
         self.alert_codec: AvroCodec | None = (
             None if self.remote_schemas is not None else AvroCodec(self.registry, ALERT_SUBJECT)

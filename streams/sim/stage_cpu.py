@@ -119,6 +119,7 @@ class Pass:
             pane_events=settings.aggregate_pane_events,
             detector=Detector(Rules.default()),
             dedupe_horizon_ms=HORIZON_MS,
+            cache_entries=settings.customer_cache_entries,
         )
         self.dedupe_table, self.identity_table = BytesTable(), BytesTable()
         self.customer_table = BytesTable()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from streams.customers.stage import CustomerOutputs
 
 
@@ -24,8 +26,10 @@ class Store:
         return iter([(k, v) for k, v in self.data.items() if k.startswith(prefix)])
 
     def apply(self, out: CustomerOutputs) -> None:
+        """Store the batch's writes as the table does: through JSON (values may be the
+        stage's live dataclasses)."""
         for _, key, value in out.state_puts:
             if value is None:
                 self.data.pop(key, None)
             else:
-                self.data[key] = value
+                self.data[key] = orjson.loads(orjson.dumps(value))
