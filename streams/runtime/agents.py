@@ -107,7 +107,7 @@ class PipelineAgents(PipelineProtocol):
         topics = list(stream.channel.topics)
         lane = lanes.get(topics[0]) if topics else None
         if lane is None or lane.topics != frozenset(topics):
-            lane = Lane(app, topics, app.conf.stream_buffer_maxsize)
+            lane = Lane(app, topics, app.conf.stream_buffer_maxsize, settings.lane_max_mb * 2**20)
             for topic in topics:
                 lanes[topic] = lane
 

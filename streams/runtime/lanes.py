@@ -17,9 +17,10 @@ takes from a stream's queue, and what Faust's stream does per message is kept:
   rebalance), is skipped: the seek after the rebalance reads it again;
 * a message of an acking topic is tracked as unacked when it is taken, and acked with
   Faust's own ``Message.ack`` (``ack``) -- the offsets, gaps and commits are Faust's code;
-* back-pressure is Faust's: a partition whose lane holds ``high`` messages is paused in
-  the fetcher (``Consumer.on_buffer_full``) and resumed when the lane drains to ``low``
-  (``on_buffer_drop``); a lane at ``maxsize`` makes the delivery loop wait.
+* back-pressure is Faust's: a partition whose lane is ¾ full is paused in the fetcher
+  (``Consumer.on_buffer_full``) and resumed when the lane drains to ¼ (``on_buffer_drop``);
+  a full lane makes the delivery loop wait. Full is ``stream_buffer_maxsize`` messages or
+  ``LANE_MAX_MB`` of message bytes, whichever comes first.
 
 Only Faust's per-message sensors (its in-memory ``Monitor``, shown on its own web pages,
 which this project does not serve) no longer see these messages; the Prometheus metrics
@@ -40,6 +41,9 @@ __all__ = ["Lane", "LaneEvent", "ack", "lane_batches"]
 WAKE_SECONDS = 0.5
 """How often an idle agent looks whether its stream was stopped."""
 
+HIGH, LOW = 0.75, 0.25
+"""A partition is paused in the fetcher when its lane is this full, resumed at ``LOW``."""
+
 LINGER_POLL_SECONDS = 0.002
 """How often a lingering batch looks for more messages."""
 
@@ -54,36 +58,42 @@ class LaneEvent:
 
 
 class Lane:
-    """The fetched, not yet taken messages of one batch agent's topics."""
+    """The fetched, not yet taken messages of one batch agent's topics, bounded in count
+    (``maxsize``) and in bytes (``max_bytes``): envelopes on the internal topics are up to
+    512 KiB each, so a bound in messages alone let a lagging stage's lane hold gigabytes."""
 
-    def __init__(self, app: Any, topics: Iterable[str], maxsize: int) -> None:
+    def __init__(self, app: Any, topics: Iterable[str], maxsize: int, max_bytes: int) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.maxsize = max(2, maxsize)
-        self.high = max(1, self.maxsize * 3 // 4)
-        self.low = self.maxsize // 4
+        self.max_bytes = max(1, max_bytes)
         self.queue: deque[Any] = deque()
+        self.bytes = 0
         self.paused: set[Any] = set()
         self._waiter: asyncio.Future[None] | None = None
         self._space: asyncio.Event = asyncio.Event()
         self._space.set()
 
+    def fill(self) -> float:
+        """How full the lane is: the larger of its count and bytes over their bounds."""
+        return max(len(self.queue) / self.maxsize, self.bytes / self.max_bytes)
+
     def put(self, message: Any) -> bool:
         """Queue a fetched message; False when the lane is full (``await space()``)."""
-        queue = self.queue
-        queue.append(message)
+        self.queue.append(message)
+        self.bytes += len(message.value or b"")
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        size = len(queue)
-        if size >= self.high:
+        fill = self.fill()
+        if fill >= HIGH:
             # Faust's own TP: the fetcher asserts its active partitions are (a message's
             # ``tp`` can be aiokafka's TopicPartition, an equal tuple of another type).
             tp = TP(message.topic, message.partition)
             if tp not in self.paused:
                 self.paused.add(tp)
                 self.app.consumer.on_buffer_full(tp)
-        if size >= self.maxsize:
+        if fill >= 1.0:
             self._space.clear()
             return False
         return True
@@ -92,14 +102,22 @@ class Lane:
         await self._space.wait()
 
     def take(self, max_: int) -> list[Any]:
-        """Up to ``max_`` queued messages, oldest first."""
+        """Up to ``max_`` queued messages, oldest first; at least one, at most what
+        ``max_bytes`` holds."""
         queue = self.queue
-        n = min(max_, len(queue))
-        taken = [queue.popleft() for _ in range(n)]
-        size = len(queue)
-        if size < self.maxsize:
+        taken: list[Any] = []
+        size = 0
+        while queue and len(taken) < max_:
+            value = len(queue[0].value or b"")
+            if taken and size + value > self.max_bytes:
+                break
+            taken.append(queue.popleft())
+            size += value
+        self.bytes -= size
+        fill = self.fill()
+        if fill < 1.0:
             self._space.set()
-        if self.paused and size <= self.low:
+        if self.paused and fill <= LOW:
             consumer = self.app.consumer
             for tp in self.paused:
                 consumer.on_buffer_drop(tp)
