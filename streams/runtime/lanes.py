@@ -101,15 +101,16 @@ class Lane:
     async def space(self) -> None:
         await self._space.wait()
 
-    def take(self, max_: int) -> list[Any]:
-        """Up to ``max_`` queued messages, oldest first; at least one, at most what
-        ``max_bytes`` holds."""
+    def take(self, max_: int, max_bytes: int | None = None) -> list[Any]:
+        """Up to ``max_`` queued messages, oldest first: at most ``max_bytes`` (by
+        default what the lane holds), but at least one."""
         queue = self.queue
         taken: list[Any] = []
         size = 0
+        budget = self.max_bytes if max_bytes is None else max_bytes
         while queue and len(taken) < max_:
             value = len(queue[0].value or b"")
-            if taken and size + value > self.max_bytes:
+            if taken and size + value > budget:
                 break
             taken.append(queue.popleft())
             size += value
@@ -143,12 +144,12 @@ def _finish(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> None:
-    """What Faust's stream does per message as it comes in (see the module docstring)."""
-    if not messages:
-        return
-    if not app.flow_control.is_active():
-        return
+def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> int:
+    """What Faust's stream does per message as it comes in (see the module docstring);
+    the bytes taken."""
+    size = sum(len(m.value or b"") for m in messages)
+    if not messages or not app.flow_control.is_active():
+        return size
     generation = app.consumer_generation_id
     acking = app.topics.acking_topics
     add_unacked = app.consumer.unacked.add
@@ -159,6 +160,7 @@ def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> None:
             message.tracked = True
             add_unacked(message)
         batch.append(LaneEvent(message))
+    return size
 
 
 class lane_batches:  # noqa: N801 - used like the generator it replaces
@@ -188,11 +190,15 @@ class lane_batches:  # noqa: N801 - used like the generator it replaces
                 if not lane.queue:
                     continue
             batch: list[LaneEvent] = []
-            _admit(app, lane.take(max_), batch)
+            size = _admit(app, lane.take(max_), batch)
             deadline = loop.time() + (self.linger if idle else 0.0)
-            while len(batch) < max_:
+            while len(batch) < max_ and size < lane.max_bytes:
                 if lane.queue:
-                    _admit(app, lane.take(max_ - len(batch)), batch)
+                    # more, within the lane's bytes: a take of envelopes stays that size
+                    if size + len(lane.queue[0].value or b"") > lane.max_bytes:
+                        break
+                    more = lane.take(max_ - len(batch), lane.max_bytes - size)
+                    size += _admit(app, more, batch)
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:

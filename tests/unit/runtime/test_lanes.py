@@ -211,3 +211,21 @@ def test_a_lane_is_bounded_in_bytes_as_well_as_in_messages() -> None:
         assert [m.offset for m in lane.take(10)] == [4]
 
     asyncio.run(scenario())
+
+
+def test_a_take_that_lingers_stays_within_the_lanes_bytes() -> None:
+    async def scenario() -> None:
+        app = _app()
+        lane = Lane(app, ["t"], maxsize=1000, max_bytes=1000)
+        batches = lane_batches(lane, _stream(app), 100, linger=0.3)
+        waiting = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0.01)  # idle: the first message starts a linger
+        lane.put(_Message(0, size=300))
+        await asyncio.sleep(0.02)
+        for offset in (1, 2, 3):  # during the linger: 1,200 bytes would pass the bound
+            lane.put(_Message(offset, size=300))
+        first = await waiting
+        assert _offsets(first) == [0, 1, 2]  # 900 bytes; the next does not fit
+        assert _offsets(await anext(batches)) == [3]
+
+    asyncio.run(scenario())
