@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         " through Faust's per-message conductor, event and ack path (streams/runtime/lanes.py);"
         " false: Faust's path, as before.",
     )
+    lane_max_mb: int = Field(
+        32,
+        ge=1,
+        description="Message bytes a stage's lane holds before its partitions are paused in the"
+        " fetcher (at 3/4) and delivery waits (full); internal envelopes are up to 512 KiB each.",
+    )
     producer_linger_ms: int = Field(
         5,
         ge=0,

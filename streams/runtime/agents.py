@@ -64,29 +64,42 @@ class PipelineAgents(PipelineProtocol):
         this project's consumer the messages come through a lane (``streams.runtime.lanes``:
         none of Faust's per-message delivery path), otherwise from the stream's queue
         (``take_batches``)."""
-        settings = self.settings
 
         async def agent(stream: Any) -> None:
             batches, acker = self._batches(stream)
             async for events in batches:
-                parts = slices(events, settings.batch_max_bytes, message_bytes)
-                if len(parts) == 1:
-                    await self._guarded(stage, process, events, acker)
-                    continue
-                # Slices of one take (``streams.runtime.memory``): each is a whole batch;
-                # a rebalance waits for the take as it would for one batch.
-                self._inflight += 1
-                self._idle.clear()
-                try:
-                    for part in parts:
-                        await self._guarded(stage, process, list(part), acker)
-                finally:
-                    self._inflight -= 1
-                    if not self._inflight:
-                        self._idle.set()
+                await self._process_take(stage, process, events, acker)
+                # Nothing of the take stays referenced while the agent waits for the next
+                # one: a local ``events`` kept the last take of envelopes (tens of MiB,
+                # measured at the end of a memory run) alive until more input came.
+                del events
 
         agent.__name__ = agent.__qualname__ = f"{stage}_agent"
         return agent
+
+    async def _process_take(
+        self,
+        stage: str,
+        process: Callable[[list[Any]], Awaitable[None]],
+        events: list[Any],
+        acker: Callable[[list[Any]], Awaitable[None]],
+    ) -> None:
+        """One take: processed and acked through ``_guarded`` whole, or in slices of at
+        most ``BATCH_MAX_BYTES`` (``streams.runtime.memory``), each a whole batch; a
+        rebalance waits for the take as it would for one batch."""
+        parts = slices(events, self.settings.batch_max_bytes, message_bytes)
+        if len(parts) == 1:
+            await self._guarded(stage, process, events, acker)
+            return
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            for part in parts:
+                await self._guarded(stage, process, list(part), acker)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
 
     def _batches(
         self, stream: Any
@@ -107,7 +120,7 @@ class PipelineAgents(PipelineProtocol):
         topics = list(stream.channel.topics)
         lane = lanes.get(topics[0]) if topics else None
         if lane is None or lane.topics != frozenset(topics):
-            lane = Lane(app, topics, app.conf.stream_buffer_maxsize)
+            lane = Lane(app, topics, app.conf.stream_buffer_maxsize, settings.lane_max_mb * 2**20)
             for topic in topics:
                 lanes[topic] = lane
 

@@ -17,9 +17,10 @@ takes from a stream's queue, and what Faust's stream does per message is kept:
   rebalance), is skipped: the seek after the rebalance reads it again;
 * a message of an acking topic is tracked as unacked when it is taken, and acked with
   Faust's own ``Message.ack`` (``ack``) -- the offsets, gaps and commits are Faust's code;
-* back-pressure is Faust's: a partition whose lane holds ``high`` messages is paused in
-  the fetcher (``Consumer.on_buffer_full``) and resumed when the lane drains to ``low``
-  (``on_buffer_drop``); a lane at ``maxsize`` makes the delivery loop wait.
+* back-pressure is Faust's: a partition whose lane is ¾ full is paused in the fetcher
+  (``Consumer.on_buffer_full``) and resumed when the lane drains to ¼ (``on_buffer_drop``);
+  a full lane makes the delivery loop wait. Full is ``stream_buffer_maxsize`` messages or
+  ``LANE_MAX_MB`` of message bytes, whichever comes first.
 
 Only Faust's per-message sensors (its in-memory ``Monitor``, shown on its own web pages,
 which this project does not serve) no longer see these messages; the Prometheus metrics
@@ -40,6 +41,9 @@ __all__ = ["Lane", "LaneEvent", "ack", "lane_batches"]
 WAKE_SECONDS = 0.5
 """How often an idle agent looks whether its stream was stopped."""
 
+HIGH, LOW = 0.75, 0.25
+"""A partition is paused in the fetcher when its lane is this full, resumed at ``LOW``."""
+
 LINGER_POLL_SECONDS = 0.002
 """How often a lingering batch looks for more messages."""
 
@@ -54,36 +58,42 @@ class LaneEvent:
 
 
 class Lane:
-    """The fetched, not yet taken messages of one batch agent's topics."""
+    """The fetched, not yet taken messages of one batch agent's topics, bounded in count
+    (``maxsize``) and in bytes (``max_bytes``): envelopes on the internal topics are up to
+    512 KiB each, so a bound in messages alone let a lagging stage's lane hold gigabytes."""
 
-    def __init__(self, app: Any, topics: Iterable[str], maxsize: int) -> None:
+    def __init__(self, app: Any, topics: Iterable[str], maxsize: int, max_bytes: int) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.maxsize = max(2, maxsize)
-        self.high = max(1, self.maxsize * 3 // 4)
-        self.low = self.maxsize // 4
+        self.max_bytes = max(1, max_bytes)
         self.queue: deque[Any] = deque()
+        self.bytes = 0
         self.paused: set[Any] = set()
         self._waiter: asyncio.Future[None] | None = None
         self._space: asyncio.Event = asyncio.Event()
         self._space.set()
 
+    def fill(self) -> float:
+        """How full the lane is: the larger of its count and bytes over their bounds."""
+        return max(len(self.queue) / self.maxsize, self.bytes / self.max_bytes)
+
     def put(self, message: Any) -> bool:
         """Queue a fetched message; False when the lane is full (``await space()``)."""
-        queue = self.queue
-        queue.append(message)
+        self.queue.append(message)
+        self.bytes += len(message.value or b"")
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        size = len(queue)
-        if size >= self.high:
+        fill = self.fill()
+        if fill >= HIGH:
             # Faust's own TP: the fetcher asserts its active partitions are (a message's
             # ``tp`` can be aiokafka's TopicPartition, an equal tuple of another type).
             tp = TP(message.topic, message.partition)
             if tp not in self.paused:
                 self.paused.add(tp)
                 self.app.consumer.on_buffer_full(tp)
-        if size >= self.maxsize:
+        if fill >= 1.0:
             self._space.clear()
             return False
         return True
@@ -91,15 +101,24 @@ class Lane:
     async def space(self) -> None:
         await self._space.wait()
 
-    def take(self, max_: int) -> list[Any]:
-        """Up to ``max_`` queued messages, oldest first."""
+    def take(self, max_: int, max_bytes: int | None = None) -> list[Any]:
+        """Up to ``max_`` queued messages, oldest first: at most ``max_bytes`` (by
+        default what the lane holds), but at least one."""
         queue = self.queue
-        n = min(max_, len(queue))
-        taken = [queue.popleft() for _ in range(n)]
-        size = len(queue)
-        if size < self.maxsize:
+        taken: list[Any] = []
+        size = 0
+        budget = self.max_bytes if max_bytes is None else max_bytes
+        while queue and len(taken) < max_:
+            value = len(queue[0].value or b"")
+            if taken and size + value > budget:
+                break
+            taken.append(queue.popleft())
+            size += value
+        self.bytes -= size
+        fill = self.fill()
+        if fill < 1.0:
             self._space.set()
-        if self.paused and size <= self.low:
+        if self.paused and fill <= LOW:
             consumer = self.app.consumer
             for tp in self.paused:
                 consumer.on_buffer_drop(tp)
@@ -125,12 +144,12 @@ def _finish(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> None:
-    """What Faust's stream does per message as it comes in (see the module docstring)."""
-    if not messages:
-        return
-    if not app.flow_control.is_active():
-        return
+def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> int:
+    """What Faust's stream does per message as it comes in (see the module docstring);
+    the bytes taken."""
+    size = sum(len(m.value or b"") for m in messages)
+    if not messages or not app.flow_control.is_active():
+        return size
     generation = app.consumer_generation_id
     acking = app.topics.acking_topics
     add_unacked = app.consumer.unacked.add
@@ -141,6 +160,7 @@ def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> None:
             message.tracked = True
             add_unacked(message)
         batch.append(LaneEvent(message))
+    return size
 
 
 class lane_batches:  # noqa: N801 - used like the generator it replaces
@@ -170,11 +190,15 @@ class lane_batches:  # noqa: N801 - used like the generator it replaces
                 if not lane.queue:
                     continue
             batch: list[LaneEvent] = []
-            _admit(app, lane.take(max_), batch)
+            size = _admit(app, lane.take(max_), batch)
             deadline = loop.time() + (self.linger if idle else 0.0)
-            while len(batch) < max_:
+            while len(batch) < max_ and size < lane.max_bytes:
                 if lane.queue:
-                    _admit(app, lane.take(max_ - len(batch)), batch)
+                    # more, within the lane's bytes: a take of envelopes stays that size
+                    if size + len(lane.queue[0].value or b"") > lane.max_bytes:
+                        break
+                    more = lane.take(max_ - len(batch), lane.max_bytes - size)
+                    size += _admit(app, more, batch)
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:

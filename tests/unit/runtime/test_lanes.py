@@ -34,9 +34,10 @@ class _Consumer:
 
 
 class _Message:  # hashable, as Faust's messages are (the consumer keeps a set of them)
-    def __init__(self, offset: int, generation: int = 1, topic: str = "t") -> None:
+    def __init__(self, offset: int, generation: int = 1, topic: str = "t", size: int = 10) -> None:
         self.topic, self.partition, self.offset = topic, 0, offset
         self.tp = (topic, 0)  # aiokafka's TopicPartition: a tuple, not Faust's TP
+        self.value = b"x" * size
         self.generation_id, self.tracked = generation, False
 
     def ack(self, consumer: _Consumer) -> bool:  # Faust's Message.ack ends in consumer.ack
@@ -65,7 +66,7 @@ def _offsets(batch: list[Any]) -> list[int]:
 def test_a_batch_is_everything_queued_up_to_the_size_and_is_tracked() -> None:
     async def scenario() -> None:
         app = _app()
-        lane = Lane(app, ["t"], maxsize=100)
+        lane = Lane(app, ["t"], maxsize=100, max_bytes=1 << 20)
         for offset in range(5):
             assert lane.put(_Message(offset))
         batches = lane_batches(lane, _stream(app), 3, linger=0.0)
@@ -83,7 +84,7 @@ def test_a_batch_is_everything_queued_up_to_the_size_and_is_tracked() -> None:
 def test_messages_of_a_non_acking_topic_are_not_tracked() -> None:
     async def scenario() -> None:
         app = _app()
-        lane = Lane(app, ["u"], maxsize=100)
+        lane = Lane(app, ["u"], maxsize=100, max_bytes=1 << 20)
         lane.put(_Message(0, topic="u"))
         batch = await anext(lane_batches(lane, _stream(app), 10, linger=0.0))
         assert _offsets(batch) == [0] and not app.consumer.unacked
@@ -94,7 +95,7 @@ def test_messages_of_a_non_acking_topic_are_not_tracked() -> None:
 def test_earlier_generations_and_messages_taken_while_flow_is_suspended_are_skipped() -> None:
     async def scenario() -> None:
         app = _app()
-        lane = Lane(app, ["t"], maxsize=100)
+        lane = Lane(app, ["t"], maxsize=100, max_bytes=1 << 20)
         lane.put(_Message(0, generation=0))
         lane.put(_Message(1))
         batches = lane_batches(lane, _stream(app), 10, linger=0.0)
@@ -113,7 +114,7 @@ def test_earlier_generations_and_messages_taken_while_flow_is_suspended_are_skip
 def test_an_idle_stage_lingers_for_more_and_a_waiting_agent_wakes_on_a_put() -> None:
     async def scenario() -> None:
         app = _app()
-        lane = Lane(app, ["t"], maxsize=100)
+        lane = Lane(app, ["t"], maxsize=100, max_bytes=1 << 20)
         batches = lane_batches(lane, _stream(app), 10, linger=0.2)
         waiting = asyncio.ensure_future(anext(batches))
         await asyncio.sleep(0.01)
@@ -129,7 +130,7 @@ def test_an_idle_stage_lingers_for_more_and_a_waiting_agent_wakes_on_a_put() -> 
 def test_a_full_lane_pauses_the_partition_and_makes_delivery_wait() -> None:
     async def scenario() -> None:
         app = _app()
-        lane = Lane(app, ["t"], maxsize=8)  # pauses at 6, resumes at 2 or fewer
+        lane = Lane(app, ["t"], maxsize=8, max_bytes=1 << 20)  # pauses at 6, resumes at 2 or fewer
         results = [lane.put(_Message(offset)) for offset in range(8)]
         assert results == [True] * 7 + [False]
         assert app.consumer.full == [TP("t", 0)]  # once, at the high mark, Faust's TP
@@ -152,7 +153,7 @@ def test_a_stopped_stream_ends_the_batches() -> None:
     async def scenario() -> list[Any]:
         app = _app()
         stream = _stream(app)
-        lane = Lane(app, ["t"], maxsize=10)
+        lane = Lane(app, ["t"], maxsize=10, max_bytes=1 << 20)
         stream.should_stop = True
         return [batch async for batch in lane_batches(lane, stream, 10, linger=0.0)]
 
@@ -173,7 +174,9 @@ def test_a_worker_stopping_while_an_agent_waits_logs_no_shutdown_error() -> None
     loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
     try:
         app = _app()
-        task = loop.create_task(agent(Lane(app, ["t"], maxsize=10), _stream(app)))
+        task = loop.create_task(
+            agent(Lane(app, ["t"], maxsize=10, max_bytes=1 << 20), _stream(app))
+        )
         loop.run_until_complete(asyncio.sleep(0.05))  # the agent waits in the lane
         loop.run_until_complete(loop.shutdown_asyncgens())
         task.cancel()
@@ -181,3 +184,48 @@ def test_a_worker_stopping_while_an_agent_waits_logs_no_shutdown_error() -> None
     finally:
         loop.close()
     assert errors == []
+
+
+def test_a_lane_is_bounded_in_bytes_as_well_as_in_messages() -> None:
+    """Envelopes are up to 512 KiB: a lane of big messages pauses and fills by bytes, and one
+    take holds at most the lane's bytes (at least one message)."""
+
+    async def scenario() -> None:
+        app = _app()
+        lane = Lane(app, ["t"], maxsize=1000, max_bytes=1000)  # pauses at 750 bytes
+        assert [lane.put(_Message(offset, size=300)) for offset in range(4)] == [
+            True,
+            True,
+            True,
+            False,  # 1,200 bytes: full, delivery waits
+        ]
+        assert app.consumer.full == [TP("t", 0)]  # at the third message (900 >= 750)
+        assert lane.bytes == 1200
+        taken = lane.take(10)
+        assert [m.offset for m in taken] == [0, 1, 2]  # 900 bytes; the fourth would pass 1,000
+        assert lane.bytes == 300 and not app.consumer.dropped  # 300 > 250: still paused
+        await asyncio.wait_for(lane.space(), 1.0)  # no longer full
+        assert [m.offset for m in lane.take(10)] == [3]
+        assert lane.bytes == 0 and app.consumer.dropped == [TP("t", 0)]
+        lane.put(_Message(4, size=5000))  # bigger than the lane: still taken, alone
+        assert [m.offset for m in lane.take(10)] == [4]
+
+    asyncio.run(scenario())
+
+
+def test_a_take_that_lingers_stays_within_the_lanes_bytes() -> None:
+    async def scenario() -> None:
+        app = _app()
+        lane = Lane(app, ["t"], maxsize=1000, max_bytes=1000)
+        batches = lane_batches(lane, _stream(app), 100, linger=0.3)
+        waiting = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0.01)  # idle: the first message starts a linger
+        lane.put(_Message(0, size=300))
+        await asyncio.sleep(0.02)
+        for offset in (1, 2, 3):  # during the linger: 1,200 bytes would pass the bound
+            lane.put(_Message(offset, size=300))
+        first = await waiting
+        assert _offsets(first) == [0, 1, 2]  # 900 bytes; the next does not fit
+        assert _offsets(await anext(batches)) == [3]
+
+    asyncio.run(scenario())
