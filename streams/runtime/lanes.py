@@ -23,8 +23,9 @@ takes from a stream's queue, and what Faust's stream does per message is kept:
   ``LANE_MAX_MB`` of message bytes, whichever comes first.
 
 Only Faust's per-message sensors (its in-memory ``Monitor``, shown on its own web pages,
-which this project does not serve) no longer see these messages; the Prometheus metrics
-(``streams.metrics``) never came from them.
+which this project does not serve) no longer count these messages -- except the time a
+partition's stream last took one, which Faust's livelock check reads; the Prometheus
+metrics (``streams.metrics``) never came from them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable
+from time import monotonic
 from typing import Any
 
 from faust.types import TP
@@ -153,9 +155,16 @@ def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> int:
     generation = app.consumer_generation_id
     acking = app.topics.acking_topics
     add_unacked = app.consumer.unacked.add
+    # Faust's livelock check reads when a stream last took an event of a partition (its
+    # Monitor's ``on_stream_event_in``); without it, it logs "Stream has not started
+    # processing" for partitions the lanes serve.
+    monitor = getattr(app, "monitor", None)
+    inbound = monitor.stream_inbound_time if monitor is not None else {}
+    now = monotonic()
     for message in messages:
         if message.generation_id != generation:
             continue
+        inbound[message.tp] = now
         if message.topic in acking and not message.tracked:
             message.tracked = True
             add_unacked(message)

@@ -52,6 +52,7 @@ def _app() -> Any:
         topics=SimpleNamespace(acking_topics={"t"}),
         consumer=_Consumer(),
         consumer_generation_id=1,
+        monitor=SimpleNamespace(stream_inbound_time={}),
     )
 
 
@@ -74,6 +75,8 @@ def test_a_batch_is_everything_queued_up_to_the_size_and_is_tracked() -> None:
         assert _offsets(first) == [0, 1, 2]
         assert {m.offset for m in app.consumer.unacked} == {0, 1, 2}
         assert _offsets(await anext(batches)) == [3, 4]
+        # Faust's livelock check sees the partition's stream taking events
+        assert set(app.monitor.stream_inbound_time) == {("t", 0)}
         ack(app, first)
         assert app.consumer.acked == [0, 1, 2]
         assert {m.offset for m in app.consumer.unacked} == {3, 4}
