@@ -146,12 +146,10 @@ def _finish(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> int:
-    """What Faust's stream does per message as it comes in (see the module docstring);
-    the bytes taken."""
-    size = sum(len(m.value or b"") for m in messages)
+def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> None:
+    """What Faust's stream does per message as it comes in (see the module docstring)."""
     if not messages or not app.flow_control.is_active():
-        return size
+        return
     generation = app.consumer_generation_id
     acking = app.topics.acking_topics
     add_unacked = app.consumer.unacked.add
@@ -169,7 +167,6 @@ def _admit(app: Any, messages: list[Any], batch: list[LaneEvent]) -> int:
             message.tracked = True
             add_unacked(message)
         batch.append(LaneEvent(message))
-    return size
 
 
 class lane_batches:  # noqa: N801 - used like the generator it replaces
@@ -199,15 +196,18 @@ class lane_batches:  # noqa: N801 - used like the generator it replaces
                 if not lane.queue:
                     continue
             batch: list[LaneEvent] = []
-            size = _admit(app, lane.take(max_), batch)
+            held = lane.bytes
+            _admit(app, lane.take(max_), batch)
+            size = held - lane.bytes  # the bytes taken (the lane counts them)
             deadline = loop.time() + (self.linger if idle else 0.0)
             while len(batch) < max_ and size < lane.max_bytes:
                 if lane.queue:
                     # more, within the lane's bytes: a take of envelopes stays that size
                     if size + len(lane.queue[0].value or b"") > lane.max_bytes:
                         break
-                    more = lane.take(max_ - len(batch), lane.max_bytes - size)
-                    size += _admit(app, more, batch)
+                    held = lane.bytes
+                    _admit(app, lane.take(max_ - len(batch), lane.max_bytes - size), batch)
+                    size += held - lane.bytes
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
